@@ -1,0 +1,1 @@
+"""Click commands, one module per area, each with ``register(group)``; see :mod:`kdumplab.cli`."""
