@@ -69,3 +69,35 @@ class ConfigError(KdumplabError):
 
 class ArmError(KdumplabError):
     """Arming kdump failed (no reservation, kexec refused the kernel, ...)."""
+
+
+class DumpWriterError(KdumplabError, ValueError):
+    """A dump writer was driven wrongly: a pfn out of order or not in the dumpable bitmap, pages after
+    ``finish()``, bitmaps of the wrong size. The message names the pfn or argument."""
+
+
+class ConfigKeyError(ConfigError):
+    """One key of the configuration file is invalid; ``path`` is the file, ``key`` the dotted key."""
+
+    def __init__(self, path: str | os.PathLike | None, key: str, problem: str):
+        self.path = os.fspath(path) if path is not None else None
+        self.key = key
+        self.problem = problem
+        where = f"{self.path}: " if self.path else ""
+        super().__init__(f"{where}key '{key}': {problem}")
+
+
+class ReservationError(ArmError):
+    """No or too little memory is reserved for the crash kernel; ``problems`` lists what and what to do."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class KexecError(ArmError):
+    """kexec refused to load or unload the crash kernel; ``stderr`` keeps what kexec said."""
+
+    def __init__(self, message: str, stderr: str = ""):
+        self.stderr = stderr
+        super().__init__(message)
