@@ -1,0 +1,305 @@
+"""The crash kernel's memory reservation: is there one, is it big enough, and what to add if not.
+
+The crash kernel can only run in memory the first kernel set aside at boot with ``crashkernel=``. Three places
+tell whether that worked: the ``crashkernel=`` parameter on /proc/cmdline (asked for), the size in
+/sys/kernel/kexec_crash_size (granted) and the ``Crash kernel`` range(s) in /proc/iomem (where). They disagree
+in the cases people actually hit, and each gets its own message saying what to do:
+
+- no ``crashkernel=`` at all: "no memory reserved for the crash kernel: add crashkernel=256M ...";
+- ``crashkernel=`` given but nothing reserved (a size larger than the memory, a range syntax that does not
+  match this machine's RAM, a ``,high`` without room above 4 GiB);
+- a reservation smaller than the kdump kernel needs: "reserved 128 MiB, need about 300 MiB ...".
+
+The size needed is the usual table by RAM (more than 2 GiB: 256M, 12 GiB: 512M, 48 GiB: 768M, 128 GiB: 1G),
+raised when the estimate (the kernel image and initrd, each unpacked in the reserved memory, the capture's
+own bounded memory and a base for the kernel, udev and Python) says more. On arm64 the line to add is the
+``,high`` form, which puts the reservation above 4 GiB where large blocks are free.
+
+>>> import tempfile, pathlib
+>>> root = pathlib.Path(tempfile.mkdtemp())
+>>> for name, text in {"proc/cmdline": "root=/dev/vda1 quiet", "proc/meminfo": "MemTotal: 8388608 kB",
+...                    "sys/kernel/kexec_crash_size": "0", "proc/iomem": "00100000-7fffffff : System RAM"}.items():
+...     (root / name).parent.mkdir(parents=True, exist_ok=True); _ = (root / name).write_text(text)
+>>> r = check_reservation(root)
+>>> r.ok, r.recommended_line
+(False, 'crashkernel=256M')
+>>> print(r.problems[0])  # doctest: +ELLIPSIS
+no memory reserved for the crash kernel: add crashkernel=256M to the kernel command line ...
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from kdumplab.capture.arm_root import machine, meminfo, read_int, read_text
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+#: Memory the capture itself may use in the kdump kernel (windows of struct pages, the compression queue).
+CAPTURE_BYTES = 64 * MiB
+#: The kdump kernel's own running memory beyond its image: page tables, slab, udev, systemd, a Python with numpy.
+BASE_BYTES = 96 * MiB
+# Unpacked sizes relative to the files in /boot: a compressed bzImage is roughly a quarter of the running
+# kernel (text, data, bss), and an initramfs is unpacked into tmpfs and kept there.
+KERNEL_EXPANSION = 4
+INITRD_EXPANSION = 3
+
+#: (RAM threshold in bytes, MiB to reserve): more than 2 GiB, then at least 12, 48, 128 GiB; 192 MiB below.
+SIZE_TABLE: tuple[tuple[int, int], ...] = ((0, 192), (2 * GiB, 256), (12 * GiB, 512), (48 * GiB, 768), (128 * GiB, 1024))
+
+
+@dataclass
+class IomemRange:
+    """One ``Crash kernel`` range from /proc/iomem; ``hidden`` when read without root (it shows zeros)."""
+
+    start: int
+    end: int  # inclusive, as /proc/iomem prints it
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start + 1 if self.end >= self.start and self.end else 0
+
+    @property
+    def hidden(self) -> bool:
+        return self.start == 0 and self.end == 0
+
+
+@dataclass
+class Reservation:
+    """What is reserved for the crash kernel and whether it is enough.
+
+    ``requested`` is the ``crashkernel=`` value(s) on /proc/cmdline (empty when absent); ``reserved`` the
+    bytes the kernel set aside (kexec_crash_size, else the iomem ranges, None if neither can be read);
+    ``iomem`` the ``Crash kernel`` ranges; ``needed`` the estimate of what the kdump kernel needs and
+    ``recommended`` the size to reserve (table by RAM, raised to the estimate); ``recommended_line`` the
+    parameter to put on the kernel command line; ``problems`` says what is wrong and what to do (empty when ok).
+    """
+
+    requested: list[str]
+    reserved: int | None
+    iomem: list[IomemRange]
+    mem_total: int
+    arch: str
+    needed: int
+    recommended: int
+    recommended_line: str
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["ok"] = self.ok
+        out["iomem"] = [{"start": r.start, "end": r.end, "size": r.size} for r in self.iomem]
+        return out
+
+
+def crashkernel_params(cmdline: str) -> list[str]:
+    """The values of every ``crashkernel=`` on a command line (``crashkernel=X,high crashkernel=Y,low``).
+
+    >>> crashkernel_params('root=/dev/sda1 crashkernel=1G-4G:192M,4G-:256M crashkernel=72M,low')
+    ['1G-4G:192M,4G-:256M', '72M,low']
+    """
+    from kdumplab.capture.cmdline import param_key, param_value, split_cmdline
+
+    kernel_part, _ = _before_init_args(split_cmdline(cmdline))
+    return [param_value(p) or "" for p in kernel_part if param_key(p) == "crashkernel"]
+
+
+def _before_init_args(params: list[str]) -> tuple[list[str], list[str]]:
+    if "--" in params:
+        i = params.index("--")
+        return params[:i], params[i:]
+    return params, []
+
+
+def iomem_crash_ranges(iomem: str) -> list[IomemRange]:
+    """Every ``Crash kernel`` range in /proc/iomem text, at any nesting depth (it sits inside System RAM).
+
+    >>> iomem_crash_ranges("00100000-bffdffff : System RAM\\n  0b000000-1affffff : Crash kernel\\n")
+    [IomemRange(start=184549376, end=452984831)]
+    """
+    out = []
+    for line in iomem.splitlines():
+        span, sep, name = line.strip().partition(" : ")
+        if sep and name.strip() == "Crash kernel":
+            start, dash, end = span.partition("-")
+            try:
+                out.append(IomemRange(int(start, 16), int(end, 16)))
+            except ValueError:
+                continue
+    return out
+
+
+def _parse_size(text: str) -> int | None:
+    """``256M`` -> bytes, as the kernel's memparse (K, M, G, T suffixes); None if not a size."""
+    m = re.fullmatch(r"(0x[0-9a-fA-F]+|\d+)([KkMmGgTt]?)", text.strip())
+    if not m:
+        return None
+    value = int(m.group(1), 0)
+    return value << {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}[m.group(2).lower()]
+
+
+def requested_bytes(value: str, mem_total: int) -> int | None:
+    """The size a ``crashkernel=`` value asks for on a machine with ``mem_total`` bytes.
+
+    Handles ``256M``, ``256M@16M``, ``512M,high``, and the range form ``1G-4G:192M,4G-:256M`` (the kernel
+    matches against the system RAM; ``mem_total`` is a little less, which is close enough for advice).
+    None when the value cannot be read or no range matches.
+
+    >>> requested_bytes("1G-4G:192M,4G-64G:256M,64G-:512M", 8 << 30) >> 20
+    256
+    >>> requested_bytes("512M,high", 8 << 30) >> 20
+    512
+    """
+    if ":" in value:
+        ranges, _, _offset = value.partition("@")
+        for item in ranges.split(","):
+            span, colon, size = item.partition(":")
+            if not colon:
+                continue
+            low_text, _, high_text = span.partition("-")
+            low = _parse_size(low_text)
+            high = _parse_size(high_text) if high_text else None
+            if low is None:
+                return None
+            if mem_total >= low and (high is None or mem_total < high):
+                return _parse_size(size)
+        return None
+    size_text = value.split("@", 1)[0].split(",", 1)[0]
+    return _parse_size(size_text)
+
+
+def size_from_table(mem_total: int) -> int:
+    """The table size in bytes for ``mem_total`` bytes of RAM.
+
+    MemTotal is a little less than the installed RAM (the kernel's own image and reservations are not in it),
+    so it is rounded up to a whole GiB before the table is read: a 12 GiB machine gets the 12 GiB row.
+
+    >>> [size_from_table(g << 30) >> 20 for g in (1, 2, 4, 12, 64, 256)]
+    [192, 192, 256, 512, 768, 1024]
+    >>> size_from_table((12 << 30) - (300 << 20)) >> 20
+    512
+    """
+    ram = -(-mem_total // GiB) * GiB
+    mib = SIZE_TABLE[0][1]
+    for threshold, size in SIZE_TABLE[1:]:
+        # "more than 2 GiB", then "12 GiB and more", as the usual tables read
+        if ram > threshold if threshold == 2 * GiB else ram >= threshold:
+            mib = size
+    return mib * MiB
+
+
+def estimate_needed(kernel: Path | None, initrd: Path | None, capture_in_initrd: bool = False) -> int:
+    """Bytes the kdump kernel needs at its peak.
+
+    Two phases compete: booting (the running kernel, the initrd unpacked into tmpfs, a little working memory)
+    and capturing (the running kernel, its base memory for udev, systemd and Python, the capture's bounded
+    memory). The unpacked initrd is freed at switch_root, unless the capture runs from the initrd itself
+    (``capture_in_initrd``), when it stays for the whole capture. Missing files count as typical sizes (a
+    10 MiB kernel, a 40 MiB initrd) so that advice can still be given.
+
+    >>> estimate_needed(None, None) >> 20
+    200
+    """
+
+    def size(path: Path | None, typical: int) -> int:
+        try:
+            return path.stat().st_size if path is not None else typical
+        except OSError:
+            return typical
+
+    kernel_running = size(kernel, 10 * MiB) * KERNEL_EXPANSION
+    initrd_unpacked = size(initrd, 40 * MiB) * INITRD_EXPANSION
+    booting = kernel_running + initrd_unpacked + 32 * MiB
+    capturing = kernel_running + BASE_BYTES + CAPTURE_BYTES + (initrd_unpacked if capture_in_initrd else 0)
+    return max(booting, capturing)
+
+
+def format_size(nbytes: int) -> str:
+    """A crashkernel size: whole GiB as ``1G``, else MiB rounded up (``384M``)."""
+    if nbytes % GiB == 0:
+        return f"{nbytes // GiB}G"
+    return f"{-(-nbytes // MiB)}M"
+
+
+def recommend(mem_total: int, needed: int, arch: str) -> tuple[int, str]:
+    """The size to reserve (bytes, a multiple of 64 MiB) and the ``crashkernel=`` parameter for ``arch``."""
+    size = max(size_from_table(mem_total), -(-needed // (64 * MiB)) * 64 * MiB)
+    line = f"crashkernel={format_size(size)}"
+    if arch in ("aarch64", "arm64"):
+        # arm64 reserves below 4 GiB only from the small DMA zones; ",high" takes the block above 4 GiB and the
+        # kernel adds a default low part for DMA.
+        line += ",high"
+    return size, line
+
+
+def check_reservation(root: Path = Path("/"), kernel: Path | None = None, initrd: Path | None = None,
+                      capture_in_initrd: bool = False) -> Reservation:
+    """Read /proc/cmdline, /sys/kernel/kexec_crash_size, /proc/iomem and /proc/meminfo under ``root``.
+
+    ``kernel`` and ``initrd`` are the files the crash kernel will be loaded from (their sizes feed the
+    estimate; ``capture_in_initrd`` when the capture runs from the initrd). The result's ``problems`` hold the exact messages to show; ``ok`` means arming can go ahead.
+    """
+    root = Path(root)
+    cmdline = read_text(root, "/proc/cmdline") or ""
+    requested = crashkernel_params(cmdline)
+    crash_size = read_int(root, "/sys/kernel/kexec_crash_size")
+    iomem_text = read_text(root, "/proc/iomem")
+    ranges = iomem_crash_ranges(iomem_text or "")
+    mem_total = meminfo(root).get("MemTotal", 0)
+    arch = machine(root)
+    needed = estimate_needed(kernel, initrd, capture_in_initrd)
+    size, line = recommend(mem_total, needed, arch)
+
+    iomem_bytes = sum(r.size for r in ranges) if ranges and not any(r.hidden for r in ranges) else None
+    reserved = crash_size if crash_size is not None else iomem_bytes
+    result = Reservation(requested=requested, reserved=reserved, iomem=ranges, mem_total=mem_total, arch=arch,
+                         needed=needed, recommended=size, recommended_line=line)
+    how = ("to the kernel command line (on Debian: GRUB_CMDLINE_LINUX_DEFAULT in /etc/default/grub, then "
+           "update-grub) and reboot")
+
+    if crash_size is None and not ranges:
+        if iomem_text is None and read_text(root, "/sys/kernel/kexec_crash_loaded") is None:
+            result.problems.append("this kernel has no crash kernel support (/sys/kernel/kexec_crash_size is "
+                                   "missing): use a kernel built with CONFIG_CRASH_DUMP and CONFIG_KEXEC_FILE")
+            return result
+    if ranges and any(r.hidden for r in ranges):
+        result.notes.append("/proc/iomem hides addresses from non-root users; run as root to see the range")
+    if crash_size is not None and ranges and iomem_bytes is not None and iomem_bytes != crash_size:
+        # x86_64 ",high" reservations show a high range plus a separate low one that kexec_crash_size omits.
+        result.notes.append(f"/proc/iomem lists {format_mib(iomem_bytes)} in {len(ranges)} Crash kernel range(s), "
+                            f"kexec_crash_size says {format_mib(crash_size)}")
+
+    if not reserved:
+        if not requested:
+            result.problems.append(f"no memory reserved for the crash kernel: add {line} {how}")
+        else:
+            asked = requested_bytes(requested[-1], mem_total)
+            why = ""
+            if asked is None and ":" in requested[-1]:
+                why = f" (no range in crashkernel={requested[-1]} matches this machine's {format_mib(mem_total)})"
+            elif asked is not None and mem_total and asked >= mem_total // 2:
+                why = f" ({format_mib(asked)} is too much for {format_mib(mem_total)} of RAM)"
+            result.problems.append(
+                f"crashkernel={requested[-1]} is on the kernel command line but no memory was reserved{why}: "
+                f"the kernel log says why (dmesg | grep -i crashkernel); replace it with {line} {how}")
+        return result
+    if reserved < needed:
+        result.problems.append(
+            f"reserved {format_mib(reserved)}, need about {format_mib(needed)}: the kdump kernel would run out of "
+            f"memory; replace crashkernel= with {line} {how}")
+    elif not ranges and iomem_text is not None:
+        result.notes.append("no Crash kernel range in /proc/iomem although kexec_crash_size is set")
+    return result
+
+
+def format_mib(nbytes: int) -> str:
+    """``134217728`` -> ``'128 MiB'``."""
+    return f"{-(-nbytes // MiB)} MiB"
