@@ -1,0 +1,98 @@
+"""Progress of a save: a bar on a terminal, one log line per phase otherwise (the kdump kernel's console).
+
+Each phase is a context manager; ``advance(n)`` moves it on. The elapsed time of every phase is kept in
+``timings`` for meta.json. Without a terminal nothing is printed while a phase runs, and one line when it ends,
+so a serial console or the journal gets a short, greppable record:
+
+>>> import io
+>>> out = io.StringIO()
+>>> progress = Progress(stream=out, bar=False)
+>>> with progress.phase("classify", total=8192, unit="pages") as p:
+...     p.advance(8192)
+>>> out.getvalue().startswith("kdumplab save: classify: 8192 pages in ")
+True
+>>> list(progress.timings)
+['classify']
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, TextIO
+
+
+@dataclass
+class Phase:
+    """A running phase: ``done`` of ``total`` ``unit`` so far."""
+
+    name: str
+    total: int | None
+    unit: str
+    done: int = 0
+    _bar: object | None = None
+    _task: object | None = None
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(self._task, advance=n)  # type: ignore[attr-defined]
+
+
+@dataclass
+class Progress:
+    """Reports phases of a save to ``stream`` (stderr by default).
+
+    ``bar=None`` draws a bar when ``stream`` is a terminal; ``quiet`` prints nothing but still records timings.
+    ``prefix`` starts every line.
+    """
+
+    stream: TextIO | None = None
+    bar: bool | None = None
+    quiet: bool = False
+    prefix: str = "kdumplab save"
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.stream is None:
+            self.stream = sys.stderr
+        if self.bar is None:
+            isatty = getattr(self.stream, "isatty", None)
+            self.bar = bool(isatty and isatty()) and not self.quiet
+
+    def log(self, message: str) -> None:
+        """One line (warnings, fallbacks, the final result)."""
+        if not self.quiet:
+            print(f"{self.prefix}: {message}", file=self.stream, flush=True)
+
+    @contextmanager
+    def phase(self, name: str, total: int | None = None, unit: str = "pages") -> Iterator[Phase]:
+        phase = Phase(name, total, unit)
+        start = time.perf_counter()
+        bar = None
+        if self.bar:
+            # rich is imported only on a terminal: the kdump kernel's console path stays small.
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, \
+                TimeElapsedColumn, TimeRemainingColumn
+
+            bar = RichProgress(TextColumn(f"{name:<10}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
+                               TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
+                               console=Console(file=self.stream))
+            bar.start()
+            phase._bar, phase._task = bar, bar.add_task(name, total=total)
+        ok = False
+        try:
+            yield phase
+            ok = True
+        finally:
+            elapsed = time.perf_counter() - start
+            self.timings[name] = self.timings.get(name, 0.0) + elapsed
+            if bar is not None:
+                bar.stop()
+            if not self.quiet and not self.bar:
+                amount = f"{phase.done} {unit} " if phase.total is not None or phase.done else ""
+                status = "" if ok else " (failed)"
+                print(f"{self.prefix}: {name}: {amount}in {elapsed:.2f} s{status}", file=self.stream, flush=True)
