@@ -44,6 +44,8 @@ from kdumplab.capture.exitcodes import NoSpaceError, SaveError, TargetError
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 _SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|[0-9A-Fa-f:.]+)$")
+_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 def crash_dir_name(crash_time: int | None, hostname: str | None) -> str:
@@ -301,10 +303,14 @@ class SshTarget:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme != "ssh" or not parsed.hostname:
             raise SaveError(f"{url}: not an ssh://[user@]host[:port]/path target")
+        user = urllib.parse.unquote(parsed.username) if parsed.username else None
+        # Nothing that ssh could read as an option ("-oProxyCommand=..."), nothing the remote shell would expand.
+        if not _HOST.match(parsed.hostname) or (user is not None and not _USER.match(user)):
+            raise SaveError(f"{url}: the user or host name is not valid for ssh")
         path = urllib.parse.unquote(parsed.path) or "/"
         if path.startswith("/~/"):
             path = path[3:] or "./"  # ssh://host/~/crash/ -> relative to the remote home
-        return cls(user=urllib.parse.unquote(parsed.username) if parsed.username else None, host=parsed.hostname,
+        return cls(user=user, host=parsed.hostname,
                    port=parsed.port, path=path, **kwargs)
 
     # -- paths -----------------------------------------------------------------------------------------------------
@@ -343,7 +349,7 @@ class SshTarget:
         if self.port:
             cmd += ["-p", str(self.port)]
         cmd += list(self.options)
-        cmd += [f"{self.user}@{self.host}" if self.user else self.host, remote_command]
+        cmd += ["--", f"{self.user}@{self.host}" if self.user else self.host, remote_command]
         return cmd
 
     @staticmethod

@@ -1,0 +1,51 @@
+"""kdumplab.capture runs in the kdump kernel: it must import without drgn, pandas, matplotlib or jupyter.
+
+A subprocess marks those packages unimportable (a ``None`` entry in ``sys.modules`` makes ``import`` raise) and
+then imports every module of kdumplab.capture, the ``kdumplab save`` command module and the memory and formats
+packages it builds on. It also runs ``kdumplab save --help`` that way.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+BANNED = ("drgn", "pandas", "matplotlib", "jupyter", "jupyterlab", "IPython", "nbformat", "papermill", "dask")
+
+_SCRIPT = textwrap.dedent("""
+    import sys, importlib, pkgutil
+    for name in {banned!r}:
+        sys.modules[name] = None
+    import kdumplab.capture
+    names = ["kdumplab.capture." + m.name for m in pkgutil.iter_modules(kdumplab.capture.__path__)]
+    for extra in ("kdumplab.commands.capture", "kdumplab.memory", "kdumplab.formats"):
+        try:
+            importlib.import_module(extra)
+            names.append(extra)
+        except ModuleNotFoundError as error:
+            if error.name != extra:
+                raise
+    for name in names:
+        importlib.import_module(name)
+    loaded = sorted(n for n in sys.modules if n.split(".")[0] in {banned!r} and sys.modules[n] is not None)
+    assert not loaded, loaded
+    print("\\n".join(names))
+""")
+
+
+def test_capture_imports_without_analysis_stack():
+    out = subprocess.run([sys.executable, "-c", _SCRIPT.format(banned=BANNED)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    imported = out.stdout.split()
+    for module in ("kdumplab.capture.save", "kdumplab.capture.pipeline", "kdumplab.capture.targets",
+                   "kdumplab.capture.elf_output", "kdumplab.capture.exitcodes", "kdumplab.capture.progress"):
+        assert module in imported, f"{module} is missing"
+
+
+def test_save_help_without_analysis_stack():
+    script = (f"import sys\nfor n in {BANNED!r}: sys.modules[n] = None\n"
+              "sys.argv = ['kdumplab', 'save', '--help']\nfrom kdumplab.cli import main\nmain()\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "--dump-level" in out.stdout and "Exit status" in out.stdout
