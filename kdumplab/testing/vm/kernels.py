@@ -1,0 +1,182 @@
+"""Debian kernels for the real-kernel tests: which release a suite ships now, and its files in the cache.
+
+A suite's current kernel is what its ``linux-image-amd64`` metapackage depends on: on bookworm
+``linux-image-6.1.0-56-amd64`` (version ``6.1.192-2``), on trixie ``linux-image-6.12.118+deb13-amd64``. The
+answer comes from the package lists apt already has (the system's for the machine's own suite, the private ones
+of :class:`kdumplab.debuginfo.debian.AptSuite` for the others), so it does not change between two test runs
+unless the lists are refreshed.
+
+:func:`ensure_kernel` puts everything a guest needs under ``~/.cache/kdumplab/kernels/<release>/``:
+
+- ``vmlinuz-<release>``: the bootable image;
+- ``vmlinux-<release>``: the debug vmlinux (from the ``-dbg`` package);
+- ``modules/``: the ``.ko`` files the test initramfs loads (decompressed, flat) and their ``load-order``;
+- ``kernel.json``: suite, release, package version.
+
+>>> from kdumplab.testing.vm.kernels import ensure_kernel
+>>> k = ensure_kernel("bookworm")                         # doctest: +SKIP
+>>> k.release, k.version, k.vmlinuz.name                 # doctest: +SKIP
+('6.1.0-56-amd64', '6.1.192-2', 'vmlinuz-6.1.0-56-amd64')
+"""
+
+from __future__ import annotations
+
+import json
+import lzma
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from kdumplab.debuginfo.debian import (AptSuite, cache_lock, extract_members, fetch_image_deb, fetch_vmlinux,
+                                       kernel_dir)
+from kdumplab.errors import DebugInfoError
+
+#: The suites the harness knows by name.
+SUITES = ("bookworm", "trixie")
+
+#: Modules the test initramfs loads (with their dependencies from modules.dep): virtio PCI devices,
+#: 9p shares over virtio, and virtio-blk disks.
+GUEST_MODULES = ("virtio", "virtio_ring", "virtio_pci", "9pnet", "9pnet_virtio", "netfs", "fscache", "9p",
+                 "virtio_blk")
+
+
+@dataclass(frozen=True)
+class KernelRelease:
+    """A suite's current kernel as apt describes it.
+
+    ``release`` is ``uname -r`` (``6.1.0-56-amd64``); ``version`` the package version (``6.1.192-2``).
+    """
+
+    suite: str
+    release: str
+    version: str
+
+
+@dataclass(frozen=True)
+class KernelFiles:
+    """A kernel ready to boot, all under :attr:`directory` (``~/.cache/kdumplab/kernels/<release>/``)."""
+
+    suite: str
+    release: str
+    version: str
+    vmlinuz: Path
+    vmlinux: Path
+    modules: Path  #: directory with the decompressed .ko files the initramfs needs and their load-order
+
+    @property
+    def directory(self) -> Path:
+        return self.vmlinuz.parent
+
+
+def current_release(suite: str) -> KernelRelease:
+    """The kernel ``suite`` ships now: the dependency of its ``linux-image-amd64`` candidate."""
+    apt = AptSuite(suite)
+    meta = apt.package("linux-image-amd64")
+    match = re.search(r"linux-image-(\S+)", meta.depends)
+    if not match:
+        raise DebugInfoError(f"{suite}: linux-image-amd64 {meta.version} depends on no kernel ({meta.depends!r})")
+    return KernelRelease(suite=suite, release=match.group(1), version=meta.version)
+
+
+def module_name(path: str | Path) -> str:
+    """The kernel's name of a module file: ``kernel/fs/9p/9p.ko.xz`` is ``9p``, ``virtio-rng.ko`` ``virtio_rng``."""
+    return Path(path).name.split(".ko")[0].replace("-", "_")
+
+
+def modinfo_depends(ko: bytes) -> list[str]:
+    """The ``depends=`` of a module's ``.modinfo`` section (names, possibly none).
+
+    >>> modinfo_depends(b"\\0license=GPL\\0depends=virtio,virtio_ring\\0intree=Y\\0")
+    ['virtio', 'virtio_ring']
+    """
+    for field in ko.split(b"\0"):
+        if field.startswith(b"depends="):
+            return [name for name in field[len(b"depends="):].decode().split(",") if name]
+    return []
+
+
+def load_order(depends: dict[str, list[str]], wanted: tuple[str, ...] = GUEST_MODULES) -> list[str]:
+    """``wanted`` and everything they depend on, dependencies first. Names missing from ``depends`` (built
+    into the kernel) are skipped.
+
+    >>> load_order({"9p": ["9pnet", "netfs"], "9pnet": [], "netfs": ["fscache"], "fscache": []}, ("9p",))
+    ['9pnet', 'fscache', 'netfs', '9p']
+    """
+    order: list[str] = []
+
+    def visit(name: str, stack: tuple[str, ...]) -> None:
+        if name in order or name in stack or name not in depends:
+            return
+        for dep in depends[name]:
+            visit(dep, stack + (name,))
+        order.append(name)
+
+    for name in wanted:
+        visit(name, ())
+    return order
+
+
+def _decompress(path: Path) -> bytes:
+    data = path.read_bytes()
+    if path.name.endswith(".xz"):
+        return lzma.decompress(data)
+    if path.name.endswith(".zst"):
+        import zstandard  # a kdumplab dependency; some kernels compress modules with zstd
+
+        return zstandard.ZstdDecompressor().decompress(data, max_output_size=64 << 20)
+    return data
+
+
+def _unpack_modules(image_deb: Path, release: str, target: Path) -> None:
+    """Put the modules of :data:`GUEST_MODULES` and their dependencies, decompressed, into ``target`` with a
+    ``load-order`` file. Debian's packages carry modules.order but no modules.dep (depmod makes it at install),
+    so dependencies come from each module's own ``depends=``; each round extracts what is still missing."""
+    base = f"*lib/modules/{release}"
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch_name:
+        scratch = Path(scratch_name)
+        [order_file] = extract_members(image_deb, [f"{base}/modules.order"], scratch / "order")
+        paths = {module_name(line): line.strip() for line in order_file.read_text().splitlines() if line.strip()}
+        staged = scratch / "modules"
+        staged.mkdir()
+        depends: dict[str, list[str]] = {}
+        missing = [name for name in GUEST_MODULES if name in paths]
+        for round_ in range(8):
+            if not missing:
+                break
+            got = extract_members(image_deb, [f"{base}/{paths[n]}*" for n in missing], scratch / f"r{round_}")
+            for ko in got:
+                name = module_name(ko)
+                data = _decompress(ko)
+                (staged / f"{name}.ko").write_bytes(data)
+                depends[name] = modinfo_depends(data)
+            missing = sorted({d for deps in depends.values() for d in deps if d in paths and d not in depends})
+        order = load_order(depends)
+        (staged / "load-order").write_text("".join(f"{name}.ko\n" for name in order))
+        staged.rename(target)
+
+
+def ensure_kernel(suite: str = "bookworm") -> KernelFiles:
+    """Download (once) and unpack the current kernel of ``suite`` into the cache; see the module docstring."""
+    if suite not in SUITES:
+        raise DebugInfoError(f"unknown suite {suite!r}: choose one of {', '.join(SUITES)}")
+    rel = current_release(suite)
+    directory = kernel_dir(rel.release)
+    directory.mkdir(parents=True, exist_ok=True)
+    vmlinuz = directory / f"vmlinuz-{rel.release}"
+    modules = directory / "modules"
+    vmlinux = fetch_vmlinux(rel.release, suite)
+    with cache_lock(f"kernel-{rel.release}"):
+        if not vmlinuz.exists() or not modules.exists():
+            deb = fetch_image_deb(rel.release, suite)
+            if not modules.exists():
+                _unpack_modules(deb, rel.release, modules)
+            if not vmlinuz.exists():
+                with tempfile.TemporaryDirectory(dir=directory) as scratch:
+                    [got] = extract_members(deb, [f"boot/vmlinuz-{rel.release}"], Path(scratch))
+                    got.rename(vmlinuz)
+        files = KernelFiles(suite=suite, release=rel.release, version=rel.version, vmlinuz=vmlinuz,
+                            vmlinux=vmlinux, modules=modules)
+        meta = {k: str(v) for k, v in asdict(files).items()}
+        (directory / "kernel.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return files
