@@ -1,0 +1,249 @@
+"""Reader of ELF vmcores: /proc/vmcore copies, ``makedumpfile -E`` output, the synthetic builder's cores.
+
+The ELF and program headers are read with pyelftools; segment and note data are read with ``os.pread``, so a
+multi-GiB core is never read whole. A vmcore has one PT_NOTE (one ``CORE``/NT_PRSTATUS note per CPU and a
+``VMCOREINFO`` note) and PT_LOADs: one per RAM range at the direct map, and one for the kernel image that
+overlaps one of them physically (any covering segment serves a read). Bytes past ``p_filesz`` but within
+``p_memsz`` (pages ``makedumpfile -E`` excluded) read as zero, as drgn reads them.
+
+>>> from kdumplab.formats.elfcore import ElfVmcore
+>>> with ElfVmcore("/var/crash/vmcore") as core:                     # doctest: +SKIP
+...     core.segments[0], core.page_size, core.max_pfn
+...     core.prstatus[0].regs["rip"], core.vmcoreinfo.osrelease
+...     core.read_phys(0x1000000, 4)
+(LoadSegment(paddr=16777216, vaddr=18446744071578845184, offset=8192, filesz=..., memsz=...), 4096, 524288)
+(18446744071579495393, '6.1.0-56-amd64')
+b'\\xf3\\x0f\\x1e\\xfa'
+
+Errors name the file and the header or segment: :class:`~kdumplab.errors.UnsupportedDumpError` for an ELF
+that is not an x86_64 ET_CORE, :class:`~kdumplab.errors.TruncatedDumpError` for program headers or a segment
+past the end of the file, :class:`~kdumplab.errors.CorruptDumpError` for bad note sizes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from typing import NamedTuple
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from kdumplab.errors import CorruptDumpError, MemoryReadError, TruncatedDumpError, UnsupportedDumpError
+from kdumplab.formats.dumpfile import ELF_MAGIC, DumpFile
+from kdumplab.formats.notes import find_note, parse_notes, prstatus_notes
+from kdumplab.formats.vmcoreinfo import VmcoreInfo
+
+_EHDR64_SIZE = 64
+
+
+class LoadSegment(NamedTuple):
+    """One PT_LOAD.
+
+    Attributes:
+        paddr: physical address of the first byte (``p_paddr``).
+        vaddr: kernel virtual address of the first byte (``p_vaddr``).
+        offset: file offset of the data (``p_offset``).
+        filesz: bytes stored in the file (``p_filesz``).
+        memsz: bytes of memory described (``p_memsz``); the part past ``filesz`` reads as zero.
+    """
+
+    paddr: int
+    vaddr: int
+    offset: int
+    filesz: int
+    memsz: int
+
+
+class _Piece(NamedTuple):
+    start: int  # physical, inclusive
+    end: int  # physical, exclusive
+    offset: int | None  # file offset of ``start``; None: reads as zero
+
+
+def _merge(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(runs):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        elif s < e:
+            out.append((s, e))
+    return out
+
+
+class ElfVmcore(DumpFile):
+    """An ELF64 x86_64 ET_CORE vmcore.
+
+    Attributes (besides those of :class:`~kdumplab.formats.dumpfile.DumpFile`):
+        segments: the PT_LOADs in program header order.
+        e_flags: the ELF header flags (bit 0 set: makedumpfile marked the dump incomplete).
+        incomplete: ``e_flags & 1``.
+    """
+
+    format = "elf"
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__(path)
+        try:
+            self._load()
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self) -> None:
+        head = os.pread(self._fd, _EHDR64_SIZE, 0)
+        if not head.startswith(ELF_MAGIC):
+            raise UnsupportedDumpError(self.path, 0, "ELF header e_ident", f"{head[:8]!r} is not an ELF file")
+        if len(head) < 6 or head[4] != 2:
+            raise UnsupportedDumpError(self.path, 4, "ELF header EI_CLASS", "not a 64-bit ELF; only x86_64 is read")
+        if head[5] != 1:
+            raise UnsupportedDumpError(self.path, 5, "ELF header EI_DATA", "not little-endian; only x86_64 is read")
+        if len(head) < _EHDR64_SIZE:
+            raise TruncatedDumpError(self.path, 0, "ELF header", f"the file has {len(head)} of {_EHDR64_SIZE} bytes")
+        with open(self.path, "rb") as stream:
+            try:
+                self._read_headers(ELFFile(stream))
+            except (ELFError, ValueError, OSError, AssertionError, KeyError) as exc:  # pyelftools' own failures
+                raise CorruptDumpError(self.path, None, "ELF headers", f"pyelftools cannot parse them: {exc}") from None
+            except Exception as exc:  # construct's StreamError and friends on a cut file
+                if type(exc).__module__.startswith(("construct", "elftools")):
+                    raise TruncatedDumpError(self.path, None, "ELF headers", f"cannot be read: {exc}") from None
+                raise
+        self._build_map()
+
+    def _read_headers(self, elf: ELFFile) -> None:
+        h = elf.header
+        if h["e_type"] != "ET_CORE":
+            raise UnsupportedDumpError(self.path, 16, "ELF header e_type", f"{h['e_type']}, a vmcore is ET_CORE")
+        if h["e_machine"] != "EM_X86_64":
+            raise UnsupportedDumpError(self.path, 18, "ELF header e_machine", f"{h['e_machine']}; only x86_64 is read")
+        self.e_flags = int(h["e_flags"])
+        self.incomplete = bool(self.e_flags & 1)
+        phoff, phentsize = h["e_phoff"], h["e_phentsize"]
+        if h["e_phnum"] and phentsize < 56:
+            raise CorruptDumpError(self.path, 54, "ELF header e_phentsize", f"{phentsize}, an Elf64_Phdr has 56 bytes")
+        phnum = elf.num_segments()
+        ph_end = phoff + phnum * phentsize
+        if ph_end > self.file_size:
+            raise TruncatedDumpError(
+                self.path, phoff, "program headers",
+                f"{phnum} headers of {phentsize} bytes end at {ph_end}, the file ends at {self.file_size}",
+            )  # fmt: skip
+        self.segments: list[LoadSegment] = []
+        note_ranges: list[tuple[int, int, int]] = []
+        for i in range(phnum):
+            ph = elf.get_segment(i).header
+            ptype, off, filesz, memsz = ph["p_type"], ph["p_offset"], ph["p_filesz"], ph["p_memsz"]
+            if ptype == "PT_LOAD":
+                if filesz > memsz:
+                    raise CorruptDumpError(
+                        self.path, phoff + i * phentsize, f"program header {i} (PT_LOAD) p_filesz",
+                        f"p_filesz={filesz} is larger than p_memsz={memsz}",
+                    )  # fmt: skip
+                if filesz and off + filesz > self.file_size:
+                    raise TruncatedDumpError(
+                        self.path, off, f"PT_LOAD segment {i} (paddr {ph['p_paddr']:#x})",
+                        f"its data runs from {off} to {off + filesz}, the file ends at {self.file_size}",
+                    )  # fmt: skip
+                self.segments.append(LoadSegment(ph["p_paddr"], ph["p_vaddr"], off, filesz, memsz))
+            elif ptype == "PT_NOTE":
+                if off + filesz > self.file_size:
+                    raise TruncatedDumpError(
+                        self.path, off, f"PT_NOTE segment {i} p_filesz",
+                        f"its {filesz} bytes run to {off + filesz}, the file ends at {self.file_size}",
+                    )  # fmt: skip
+                note_ranges.append((i, off, filesz))
+        for _i, off, filesz in note_ranges:
+            data = self._pread(off, filesz, "PT_NOTE data")
+            self.notes.extend(parse_notes(data, path=self.path, base_offset=off))
+        self.prstatus = prstatus_notes(self.notes, path=self.path)
+        vmci = find_note(self.notes, "VMCOREINFO")
+        self.vmcoreinfo = VmcoreInfo.parse(vmci.desc, source=self.path) if vmci else None
+        page_size = 4096
+        if self.vmcoreinfo is not None and "PAGESIZE" in self.vmcoreinfo:
+            page_size = self.vmcoreinfo.page_size
+        self.page_size = page_size
+
+    def _build_map(self) -> None:
+        """Disjoint physical pieces: file-backed parts first, so they win over another segment's zero tail."""
+        pieces: list[_Piece] = []
+
+        def add(start: int, end: int, offset: int | None) -> None:
+            # Keep only the parts of [start, end) no piece covers yet.
+            cur = start
+            for p in sorted(pieces):
+                if p.end <= cur or p.start >= end:
+                    continue
+                if p.start > cur:
+                    pieces.append(_Piece(cur, p.start, None if offset is None else offset + (cur - start)))
+                cur = max(cur, p.end)
+                if cur >= end:
+                    break
+            if cur < end:
+                pieces.append(_Piece(cur, end, None if offset is None else offset + (cur - start)))
+
+        for s in self.segments:
+            if s.filesz:
+                add(s.paddr, s.paddr + s.filesz, s.offset)
+        for s in self.segments:
+            if s.memsz > s.filesz:
+                add(s.paddr + s.filesz, s.paddr + s.memsz, None)
+        self._pieces = sorted(pieces)
+        self._starts = [p.start for p in self._pieces]
+        ps = self.page_size
+        self.max_pfn = max((-(-(s.paddr + s.memsz) // ps) for s in self.segments), default=0)
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def _fill(self, out: bytearray, paddr: int, strict: bool) -> None:
+        """Copy what the dump has of ``[paddr, paddr + len(out))`` into ``out``; strict: holes raise."""
+        end = paddr + len(out)
+        mv = memoryview(out)
+        i = max(0, bisect.bisect_right(self._starts, paddr) - 1)
+        cur = paddr
+        while cur < end:
+            piece = self._pieces[i] if i < len(self._pieces) else None
+            if piece is None or piece.start >= end:
+                break
+            if piece.end <= cur:
+                i += 1
+                continue
+            if piece.start > cur:
+                if strict:
+                    raise MemoryReadError(f"{self.path}: physical address {cur:#x} is not in the dump (a memory hole)")
+                cur = piece.start
+            stop = min(end, piece.end)
+            if piece.offset is not None:
+                n = stop - cur
+                data = self._pread(piece.offset + (cur - piece.start), n, "PT_LOAD data")
+                mv[cur - paddr : stop - paddr] = data
+            cur = stop
+            i += 1
+        if strict and cur < end:
+            raise MemoryReadError(f"{self.path}: physical address {cur:#x} is not in the dump (a memory hole)")
+
+    def read_phys(self, paddr: int, size: int) -> bytes:
+        """``size`` bytes at ``paddr``; MemoryReadError for holes, zeros past a segment's ``p_filesz``."""
+        if size <= 0:
+            return b""
+        out = bytearray(size)
+        self._fill(out, paddr, strict=True)
+        return bytes(out)
+
+    def read_pfns(self, pfn: int, count: int) -> bytes:
+        """``count`` pages from ``pfn``; holes read as zeros."""
+        out = bytearray(count * self.page_size)
+        self._fill(out, pfn * self.page_size, strict=False)
+        return bytes(out)
+
+    def present_pfns(self) -> list[tuple[int, int]]:
+        """pfn runs covered by a PT_LOAD's ``p_memsz`` (a partly covered page counts)."""
+        ps = self.page_size
+        return _merge([(s.paddr // ps, -(-(s.paddr + s.memsz) // ps)) for s in self.segments if s.memsz])
+
+    def dumpable_pfns(self) -> list[tuple[int, int]]:
+        """pfn runs with data in the file (``p_filesz``; a partly covered page counts)."""
+        ps = self.page_size
+        return _merge([(s.paddr // ps, -(-(s.paddr + s.filesz) // ps)) for s in self.segments if s.filesz])
+
+
+__all__ = ["ElfVmcore", "LoadSegment"]

@@ -1,0 +1,144 @@
+"""makedumpfile's flattened format (``-F``): a dump as a stream of positioned writes, and its reassembly (``-R``).
+
+A stream that cannot seek (stdout, ssh) carries the dump file as records::
+
+    header   4096 bytes: "makedumpfile" + 4 NULs, int64 type = 1, int64 version = 1, zero padding
+    record   int64 offset, int64 size, then size bytes that belong at offset in the dump file
+    ...
+    end      int64 -1, int64 -1
+
+All integers are big-endian. Later records win where offsets repeat. :class:`FlatSink` is a
+:class:`~kdumplab.formats.kdump_writer.Sink`, so :class:`~kdumplab.formats.kdump_writer.KdumpWriter` writes a
+flattened stream in one pass; :func:`reassemble` turns a stream back into the dump file, byte for byte what
+``makedumpfile -R`` gives.
+
+>>> import io
+>>> buf = io.BytesIO()
+>>> sink = FlatSink(buf)
+>>> sink.pwrite(4, b"abcd"); sink.pwrite(0, b"KDMP"); sink.finish()
+>>> _ = buf.seek(0)
+>>> reassemble(buf, "/tmp/doctest.flat.out")
+8
+>>> open("/tmp/doctest.flat.out", "rb").read()
+b'KDMPabcd'
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import BinaryIO
+
+from kdumplab.errors import CorruptDumpError, TruncatedDumpError
+
+FLAT_SIGNATURE = b"makedumpfile\0\0\0\0"
+FLAT_HEADER_SIZE = 4096
+TYPE_FLAT_HEADER = 1
+VERSION_FLAT_HEADER = 1
+RECORD = struct.Struct(">qq")
+_COPY_CHUNK = 1 << 20
+
+
+class FlatSink:
+    """A :class:`~kdumplab.formats.kdump_writer.Sink` writing the flattened format to a binary ``stream``.
+
+    The 4096-byte header goes out at construction, one record per :meth:`pwrite`, and :meth:`finish` writes
+    the end marker and flushes (the stream stays open: it is the caller's, e.g. ``sys.stdout.buffer``).
+    ``bytes_written`` counts what went to the stream.
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        header = FLAT_SIGNATURE + struct.pack(">qq", TYPE_FLAT_HEADER, VERSION_FLAT_HEADER)
+        self.stream.write(header.ljust(FLAT_HEADER_SIZE, b"\0"))
+        self.bytes_written = FLAT_HEADER_SIZE
+        self._finished = False
+
+    def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        if self._finished:
+            raise ValueError("FlatSink.pwrite after finish()")
+        size = memoryview(data).nbytes
+        if not size:
+            return
+        self.stream.write(RECORD.pack(offset, size))
+        self.stream.write(data)
+        self.bytes_written += RECORD.size + size
+
+    def finish(self) -> None:
+        if not self._finished:
+            self.stream.write(RECORD.pack(-1, -1))
+            self.bytes_written += RECORD.size
+            self.stream.flush()
+            self._finished = True
+
+
+def _read_exact(stream: BinaryIO, size: int) -> bytes:
+    parts = []
+    while size:
+        chunk = stream.read(size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size -= len(chunk)
+    return b"".join(parts)
+
+
+def reassemble(src: str | os.PathLike | BinaryIO, dst: str | os.PathLike) -> int:
+    """Rebuild the dump file ``dst`` from the flattened stream ``src`` (a path or a binary stream).
+
+    Returns the size of ``dst``. Raises :class:`CorruptDumpError` for a bad signature, type or record, and
+    :class:`TruncatedDumpError` (naming the stream offset) when the stream ends before the end marker.
+    """
+    if isinstance(src, (str, os.PathLike)):
+        with open(src, "rb") as f:
+            return _reassemble(f, os.fspath(src), dst)
+    return _reassemble(src, getattr(src, "name", None) if isinstance(getattr(src, "name", None), str) else None, dst)
+
+
+def _reassemble(stream: BinaryIO, name: str | None, dst: str | os.PathLike) -> int:
+    label = name or "<flattened stream>"
+    head = _read_exact(stream, FLAT_HEADER_SIZE)
+    if head[:16] != FLAT_SIGNATURE:
+        raise CorruptDumpError(label, 0, "flattened header signature", f"{head[:16]!r} is not 'makedumpfile' + NULs")
+    if len(head) < FLAT_HEADER_SIZE:
+        raise TruncatedDumpError(label, 0, "flattened header", f"{len(head)} of {FLAT_HEADER_SIZE} bytes")
+    ftype, _version = struct.unpack_from(">qq", head, 16)
+    if ftype != TYPE_FLAT_HEADER:
+        raise CorruptDumpError(label, 16, "flattened header type", f"type {ftype}, expected {TYPE_FLAT_HEADER}")
+    pos = FLAT_HEADER_SIZE
+    end = 0
+    fd = os.open(os.fspath(dst), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        while True:
+            raw = _read_exact(stream, RECORD.size)
+            if len(raw) < RECORD.size:
+                raise TruncatedDumpError(
+                    label, pos, "flattened record header", "the stream ends before the end marker (-1, -1)"
+                )
+            offset, size = RECORD.unpack(raw)
+            if offset == -1 and size == -1:
+                break
+            if offset < 0 or size < 0:
+                raise CorruptDumpError(label, pos, "flattened record header", f"offset {offset}, size {size}")
+            pos += RECORD.size
+            left = size
+            while left:
+                chunk = stream.read(min(left, _COPY_CHUNK))
+                if not chunk:
+                    raise TruncatedDumpError(
+                        label, pos, "flattened record data",
+                        f"the stream ends {left} bytes into a {size}-byte record for offset {offset}",
+                    )  # fmt: skip
+                view = memoryview(chunk)
+                while view:
+                    n = os.pwrite(fd, view, offset)
+                    view, offset = view[n:], offset + n
+                left -= len(chunk)
+                pos += len(chunk)
+            end = max(end, offset)
+        return max(end, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+__all__ = ["FLAT_SIGNATURE", "FlatSink", "reassemble"]

@@ -1,0 +1,586 @@
+"""Reader of makedumpfile's kdump-compressed files (``KDUMP   `` header versions 1 to 6, and ``DISKDUMP``).
+
+Layout (x86_64, little-endian, ``block_size`` = page size)::
+
+    0                                   disk_dump_header (464 bytes)
+    block_size                          kdump_sub_header (104 bytes), then the ELF note data (offset_note)
+    (1 + sub_hdr_size) * block_size     1st bitmap: memory present        (bitmap_blocks * block_size / 2)
+    ... + len_bitmap / 2                2nd bitmap: pages with a page_desc
+    (1 + sub_hdr_size + bitmap_blocks) * block_size
+                                        page_desc[num_dumpable]: {offset, size, flags, page_flags}, 24 bytes
+    ... + 24 * num_dumpable             page data: the shared zero page (dump level bit 1), then pages in pfn order
+
+The k-th set bit of the 2nd bitmap owns the k-th page_desc. :class:`KdumpFile` keeps a prefix count of set bits
+per 512 pfns (a numpy cumsum of per-block popcounts, bit order little), so :meth:`KdumpFile.page_desc` is O(1)
+and a window read ranks its pfns with one ``unpackbits`` + ``cumsum``.
+
+>>> from kdumplab.formats.kdump import KdumpFile
+>>> with KdumpFile("/var/crash/dump.kdump") as dump:               # doctest: +SKIP
+...     dump.compression, dump.dump_level, dump.incomplete
+...     dump.page_desc(0x1000)
+...     dump.read_phys(0x1000000, 8)
+('zstd', 31, False)
+PageDesc(offset=1118208, size=1022, flags=32, page_flags=0)
+b'\\xf3\\x0f\\x1e\\xfa\\xe8\\x00\\x00\\x00'
+
+Every check that fails raises a :class:`~kdumplab.errors.DumpFormatError` subclass naming the file, the offset
+and the field: a bad signature or header_version, a block_size that is not the page size, bitmaps too small for
+``max_mapnr`` or past the end of the file, a page_desc with an unknown codec flag, a size above the page size
+or data past the end, data that does not decompress to one page.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from kdumplab.errors import CorruptDumpError, MemoryReadError, TruncatedDumpError, UnsupportedDumpError
+from kdumplab.formats.codecs import CODEC_FLAGS_MASK, codec_for_flag
+from kdumplab.formats.dumpfile import DISKDUMP_SIGNATURE, KDUMP_SIGNATURE, DumpFile
+from kdumplab.formats.notes import find_note, parse_notes, prstatus_notes
+from kdumplab.formats.vmcoreinfo import VmcoreInfo
+
+#: ``disk_dump_header.status`` bits beyond the codec flags.
+STATUS_INCOMPLETE = 0x8
+STATUS_EXCLUDED_VMEMMAP = 0x10
+
+HEADER_VERSION = 6
+UTSNAME_FIELD = 65
+HEADER = struct.Struct("<8si390s6xqqIiiIIIIIIi")  # disk_dump_header, LP64: 464 bytes
+SUB_HEADER = struct.Struct("<QiiQQqQqQqQQQQ")  # kdump_sub_header, LP64: 104 bytes
+PAGE_DESC = struct.Struct("<qIIQ")  # page_desc: 24 bytes
+PAGE_DESC_DTYPE = np.dtype([("offset", "<i8"), ("size", "<u4"), ("flags", "<u4"), ("page_flags", "<u8")])
+
+#: Version of the sub header that introduced each field (absent fields read as None).
+_SUB_FIELDS_SINCE = (
+    ("phys_base", 0), ("dump_level", 1), ("split", 2), ("start_pfn", 2), ("end_pfn", 2),
+    ("offset_vmcoreinfo", 3), ("size_vmcoreinfo", 3), ("offset_note", 4), ("size_note", 4),
+    ("offset_eraseinfo", 5), ("size_eraseinfo", 5), ("start_pfn_64", 6), ("end_pfn_64", 6), ("max_mapnr_64", 6),
+)  # fmt: skip
+
+#: popcount of every byte value.
+POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+_RANK_BLOCK_BYTES = 64  # prefix counts every 512 pfns: 1/64 of the bitmap in int64, not 8x it
+_RANK_BLOCK_SHIFT = 9
+
+
+class Utsname(NamedTuple):
+    """The crashed kernel's ``utsname`` (``uname -a``), as the header stores it."""
+
+    sysname: str
+    nodename: str
+    release: str
+    version: str
+    machine: str
+    domainname: str
+
+    def to_bytes(self) -> bytes:
+        """The 6 x 65-byte NUL-padded form of the header."""
+        return b"".join(f.encode()[: UTSNAME_FIELD - 1].ljust(UTSNAME_FIELD, b"\0") for f in self)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> "Utsname":
+        return cls(
+            *(
+                raw[i * UTSNAME_FIELD : (i + 1) * UTSNAME_FIELD].split(b"\0", 1)[0].decode("utf-8", "replace")
+                for i in range(6)
+            )
+        )
+
+
+@dataclass(frozen=True)
+class DiskDumpHeader:
+    """``struct disk_dump_header`` (LP64), at offset 0.
+
+    Attributes:
+        signature: ``b"KDUMP   "`` or ``b"DISKDUMP"``.
+        header_version: 6 for current makedumpfile; decides which sub header fields exist.
+        utsname: the crashed kernel's uname.
+        timestamp: ``(tv_sec, tv_usec)``; makedumpfile puts VMCOREINFO's CRASHTIME in tv_sec.
+        status: codec flag | INCOMPLETE (0x8) | EXCLUDED_VMEMMAP (0x10).
+        block_size: the page size.
+        sub_hdr_size: blocks taken by the sub header and the note data.
+        bitmap_blocks: blocks taken by both bitmaps.
+        max_mapnr: pfn count, clamped to 32 bits (use the sub header's ``max_mapnr_64``).
+        nr_cpus: the number of NT_PRSTATUS notes in the crashed kernel's PT_NOTE.
+    """
+
+    signature: bytes
+    header_version: int
+    utsname: Utsname
+    timestamp: tuple[int, int]
+    status: int
+    block_size: int
+    sub_hdr_size: int
+    bitmap_blocks: int
+    max_mapnr: int
+    total_ram_blocks: int
+    device_blocks: int
+    written_blocks: int
+    current_cpu: int
+    nr_cpus: int
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "DiskDumpHeader":
+        f = HEADER.unpack(raw)
+        return cls(f[0], f[1], Utsname.from_bytes(f[2]), (f[3], f[4]), *f[5:])
+
+    def pack(self) -> bytes:
+        return HEADER.pack(
+            self.signature, self.header_version, self.utsname.to_bytes(), *self.timestamp, self.status,
+            self.block_size, self.sub_hdr_size, self.bitmap_blocks, self.max_mapnr, self.total_ram_blocks,
+            self.device_blocks, self.written_blocks, self.current_cpu, self.nr_cpus,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class KdumpSubHeader:
+    """``struct kdump_sub_header`` (LP64), at offset ``block_size``. Fields newer than the file's
+    ``header_version`` are None.
+
+    Attributes:
+        phys_base: x86_64 physical load offset of the kernel (unsigned 64-bit; it may have wrapped).
+        dump_level: the ``-d`` level used (bit 1 zero, 2 cache, 4 cache-private, 8 user, 16 free).
+        split: 1 when the file is one part of ``--split``; then only ``[start_pfn_64, end_pfn_64)`` has descs.
+        offset_vmcoreinfo, size_vmcoreinfo: the VMCOREINFO note's descriptor inside the note data.
+        offset_note, size_note: the copy of the crashed kernel's PT_NOTE.
+        offset_eraseinfo, size_eraseinfo: the text of makedumpfile's erase rules (0 when none).
+        max_mapnr_64: the pfn count (the authoritative one since version 6).
+    """
+
+    phys_base: int
+    dump_level: int | None = None
+    split: int | None = None
+    start_pfn: int | None = None
+    end_pfn: int | None = None
+    offset_vmcoreinfo: int | None = None
+    size_vmcoreinfo: int | None = None
+    offset_note: int | None = None
+    size_note: int | None = None
+    offset_eraseinfo: int | None = None
+    size_eraseinfo: int | None = None
+    start_pfn_64: int | None = None
+    end_pfn_64: int | None = None
+    max_mapnr_64: int | None = None
+
+    @classmethod
+    def unpack(cls, raw: bytes, version: int) -> "KdumpSubHeader":
+        values = SUB_HEADER.unpack(raw)
+        return cls(**{name: v for (name, since), v in zip(_SUB_FIELDS_SINCE, values) if version >= since})
+
+    def pack(self) -> bytes:
+        return SUB_HEADER.pack(*((getattr(self, name) or 0) for name, _ in _SUB_FIELDS_SINCE))
+
+
+class PageDesc(NamedTuple):
+    """``struct page_desc``: where a page's data is.
+
+    Attributes:
+        offset: file offset of the data (0 in an incomplete file: the page was never written).
+        size: bytes stored; the page size when stored raw.
+        flags: the codec flag (0 raw, 0x1 zlib, 0x2 lzo, 0x4 snappy, 0x20 zstd).
+        page_flags: always 0 from makedumpfile.
+    """
+
+    offset: int
+    size: int
+    flags: int
+    page_flags: int
+
+
+# -- bitmap helpers (shared with the writer) ---------------------------------------------------------------
+def count_bits(bitmap: np.ndarray) -> int:
+    """Number of set bits in a uint8 bitmap."""
+    return int(POPCOUNT8[np.asarray(bitmap, dtype=np.uint8)].sum(dtype=np.int64))
+
+
+def bitmap_runs(bitmap: np.ndarray, nbits: int, *, chunk_bytes: int = 1 << 20) -> list[tuple[int, int]]:
+    """``[start, end)`` runs of set bits among the first ``nbits`` of an LSB-first bitmap.
+
+    Works in chunks so that a 1 TiB machine's bitmap is never unpacked into 2^28 bytes at once.
+    """
+    bitmap = np.asarray(bitmap, dtype=np.uint8)
+    runs: list[tuple[int, int]] = []
+    nbytes = min(len(bitmap), (nbits + 7) // 8)
+    for b0 in range(0, nbytes, chunk_bytes):
+        chunk = bitmap[b0 : min(nbytes, b0 + chunk_bytes)]
+        if not chunk.any():
+            continue
+        bits = np.unpackbits(chunk, bitorder="little")
+        base = b0 * 8
+        bits = bits[: max(0, nbits - base)]
+        edges = np.diff(np.concatenate(([0], bits, [0])).astype(np.int8))
+        starts = np.flatnonzero(edges == 1) + base
+        ends = np.flatnonzero(edges == -1) + base
+        for s, e in zip(starts.tolist(), ends.tolist()):
+            if runs and runs[-1][1] == s:  # a run that crosses a chunk boundary
+                runs[-1] = (runs[-1][0], e)
+            else:
+                runs.append((s, e))
+    return runs
+
+
+def _runs(mask: np.ndarray) -> Iterator[tuple[int, int]]:
+    edges = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
+    return zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist())
+
+
+class KdumpFile(DumpFile):
+    """A kdump-compressed dump file, opened and validated.
+
+    Attributes (besides those of :class:`~kdumplab.formats.dumpfile.DumpFile`):
+        header: the :class:`DiskDumpHeader`.
+        sub_header: the :class:`KdumpSubHeader` (None for a ``DISKDUMP`` file).
+        dump_level: the dump level (sub header; 0 when unknown).
+        compression: codec name from the status flags (``"none"`` when no flag is set).
+        incomplete: the writer ran out of space or was cut off (status 0x8); lost pages raise on read.
+        bitmap1: memory-present bitmap, uint8, ``ceil(max_pfn/8)`` bytes, LSB first.
+        bitmap2: dumpable bitmap (pages with a page_desc), same shape.
+        num_dumpable: the number of page descs in the file.
+        desc_offset: file offset of the page_desc table.
+    """
+
+    format = "kdump"
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__(path)
+        try:
+            self._load()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- opening --------------------------------------------------------------------------------------------
+    def _corrupt(self, offset: int | None, field: str, problem: str) -> CorruptDumpError:
+        return CorruptDumpError(self.path, offset, field, problem)
+
+    def _load(self) -> None:
+        if self.file_size < HEADER.size:
+            raise TruncatedDumpError(
+                self.path, 0, "disk_dump_header", f"the file has {self.file_size} bytes, the header needs {HEADER.size}"
+            )
+        raw = self._pread(0, HEADER.size, "disk_dump_header")
+        h = DiskDumpHeader.unpack(raw)
+        self.header = h
+        if h.signature not in (KDUMP_SIGNATURE, DISKDUMP_SIGNATURE):
+            raise self._corrupt(0, "disk_dump_header.signature", f"{h.signature!r} is not 'KDUMP   ' or 'DISKDUMP'")
+        is_kdump = h.signature == KDUMP_SIGNATURE
+        if self._looks_big_endian(raw):
+            raise UnsupportedDumpError(
+                self.path, 428, "disk_dump_header.block_size", "a big-endian dump; only x86_64 (little-endian) is read"
+            )
+        if is_kdump and not 1 <= h.header_version <= HEADER_VERSION:
+            cls = UnsupportedDumpError if h.header_version > HEADER_VERSION else CorruptDumpError
+            raise cls(self.path, 8, "disk_dump_header.header_version", f"version {h.header_version}; 1 to 6 are read")
+        bs = h.block_size
+        if bs < 512 or bs > (1 << 20) or bs & (bs - 1):
+            raise self._corrupt(428, "disk_dump_header.block_size", f"{bs} is not a power of two page size")
+        self.block_size = self.page_size = bs
+
+        # The sub header and the notes.
+        self.sub_header = None
+        if is_kdump:
+            self.sub_header = KdumpSubHeader.unpack(self._pread(bs, SUB_HEADER.size, "kdump_sub_header"), h.header_version)
+        sub = self.sub_header
+        self.dump_level = (sub.dump_level if sub and sub.dump_level is not None else 0) or 0
+        self.status = h.status
+        self.incomplete = bool(h.status & STATUS_INCOMPLETE)
+        self.excluded_vmemmap = bool(h.status & STATUS_EXCLUDED_VMEMMAP)
+        codec_bits = h.status & CODEC_FLAGS_MASK
+        codec = codec_for_flag(codec_bits & -codec_bits)  # lowest set codec bit; 0 -> "none"
+        self.compression = codec.name if codec else "none"
+
+        if sub is not None and sub.max_mapnr_64 is not None:
+            max_mapnr = sub.max_mapnr_64
+            field = "kdump_sub_header.max_mapnr_64"
+        else:
+            max_mapnr, field = h.max_mapnr, "disk_dump_header.max_mapnr"
+        if not 0 < max_mapnr <= (1 << 40):  # 2^52 bytes of physical memory is x86_64's architectural limit
+            raise self._corrupt(None, field, f"max_mapnr={max_mapnr} is impossible")
+        self.max_mapnr = self.max_pfn = max_mapnr
+
+        if h.sub_hdr_size < (1 if is_kdump else 0):
+            raise self._corrupt(432, "disk_dump_header.sub_hdr_size", f"{h.sub_hdr_size} blocks")
+        size_note = (sub.size_note or 0) if sub else 0
+        need_sub_blocks = -(-(SUB_HEADER.size + size_note) // bs) if is_kdump else 0
+        if is_kdump and h.sub_hdr_size < need_sub_blocks:
+            raise self._corrupt(
+                432, "disk_dump_header.sub_hdr_size",
+                f"{h.sub_hdr_size} blocks cannot hold the sub header and {size_note} bytes of notes",
+            )  # fmt: skip
+        self._load_notes()
+
+        # The bitmaps.
+        self.bitmap_offset = (1 + h.sub_hdr_size) * bs
+        len_bitmap = h.bitmap_blocks * bs
+        half = len_bitmap // 2
+        expected_blocks = 2 * (-(-(-(-max_mapnr // 8)) // bs))
+        if half * 8 < max_mapnr:
+            raise self._corrupt(
+                436, "disk_dump_header.bitmap_blocks",
+                f"bitmap_blocks={h.bitmap_blocks} is impossible for max_mapnr={max_mapnr}: two bitmaps of "
+                f"{half} bytes hold {half * 8} pfns (a consistent file has {expected_blocks} blocks)",
+            )  # fmt: skip
+        bitmap_end = self.bitmap_offset + len_bitmap
+        if bitmap_end > self.file_size:
+            plausible = h.bitmap_blocks == expected_blocks and h.sub_hdr_size == max(need_sub_blocks, 1)
+            cls = TruncatedDumpError if plausible else CorruptDumpError
+            raise cls(
+                self.path, self.bitmap_offset, "bitmaps (disk_dump_header.sub_hdr_size/bitmap_blocks)",
+                f"sub_hdr_size={h.sub_hdr_size} and bitmap_blocks={h.bitmap_blocks} put the bitmaps' end at "
+                f"{bitmap_end}, past the end of the file at {self.file_size}",
+            )  # fmt: skip
+        nbytes = -(-max_mapnr // 8)
+        self.bitmap1 = self._read_bitmap(self.bitmap_offset, nbytes, "1st bitmap")
+        self.bitmap2 = self._read_bitmap(self.bitmap_offset + half, nbytes, "2nd bitmap")
+
+        # Split files hold descs only for [start_pfn_64, end_pfn_64).
+        if sub is not None and sub.split and sub.start_pfn_64 is not None:
+            self._desc_start, self._desc_end = sub.start_pfn_64, min(sub.end_pfn_64 or max_mapnr, max_mapnr)
+        else:
+            self._desc_start, self._desc_end = 0, max_mapnr
+        counts = POPCOUNT8[self.bitmap2]
+        pad = (-len(counts)) % _RANK_BLOCK_BYTES
+        counts = np.concatenate((counts, np.zeros(pad, np.uint8))).reshape(-1, _RANK_BLOCK_BYTES)
+        per_block = counts.sum(axis=1, dtype=np.int64)
+        self._rank_index = np.concatenate(([0], np.cumsum(per_block)))
+        self._rank_origin = self._rank(self._desc_start)
+        self.num_dumpable = self._rank(self._desc_end) - self._rank_origin
+
+        self.desc_offset = bitmap_end
+        self.data_offset = self.desc_offset + self.num_dumpable * PAGE_DESC.size
+        if self.data_offset > self.file_size and not self.incomplete:
+            raise TruncatedDumpError(
+                self.path, self.desc_offset, "page_desc table",
+                f"{self.num_dumpable} descs end at {self.data_offset}, the file ends at {self.file_size}",
+            )  # fmt: skip
+        self._zero_offset = None
+        if self.num_dumpable and self.data_offset + bs <= self.file_size and self.dump_level & 1:
+            if not any(self._pread(self.data_offset, bs, "shared zero page")):
+                self._zero_offset = self.data_offset
+        if self.num_dumpable and not self.incomplete:
+            # Catch a file cut inside the page data at open time: the last page's data must be there.
+            last = self._read_descs(self.num_dumpable - 1, 1)
+            self._check_descs(last, np.array([self._last_dumpable_pfn()]), lost_ok=False)
+
+    def _last_dumpable_pfn(self) -> int:
+        part = self.bitmap2[: (self._desc_end + 7) >> 3]
+        nonzero = part != 0
+        byte = len(part) - 1 - int(np.argmax(nonzero[::-1]))
+        pfn = byte * 8 + int(part[byte]).bit_length() - 1
+        return min(pfn, self._desc_end - 1)
+
+    @staticmethod
+    def _looks_big_endian(raw: bytes) -> bool:
+        (le,) = struct.unpack_from("<i", raw, 428)
+        (be,) = struct.unpack_from(">i", raw, 428)
+        is_pow2 = lambda v: 512 <= v <= (1 << 20) and not v & (v - 1)  # noqa: E731
+        return not is_pow2(le) and is_pow2(be)
+
+    def _load_notes(self) -> None:
+        sub = self.sub_header
+        if sub is None:
+            return
+        if sub.offset_note is not None and sub.size_note:
+            off, size = sub.offset_note, sub.size_note
+            if off < self.block_size + SUB_HEADER.size or off + size > self.file_size:
+                raise self._corrupt(
+                    self.block_size + 48, "kdump_sub_header.offset_note/size_note",
+                    f"notes at {off}, {size} bytes: outside the sub header area or past the end of the file "
+                    f"({self.file_size})",
+                )  # fmt: skip
+            self.notes = parse_notes(self._pread(off, size, "note data"), path=self.path, base_offset=off)
+            self.prstatus = prstatus_notes(self.notes, path=self.path)
+        vmci = find_note(self.notes, "VMCOREINFO")
+        text = vmci.desc if vmci else None
+        if text is None and sub.offset_vmcoreinfo and sub.size_vmcoreinfo:
+            off, size = sub.offset_vmcoreinfo, sub.size_vmcoreinfo
+            if off + size > self.file_size:
+                raise self._corrupt(
+                    self.block_size + 32, "kdump_sub_header.offset_vmcoreinfo",
+                    f"VMCOREINFO at {off}, {size} bytes, passes the end of the file ({self.file_size})",
+                )  # fmt: skip
+            text = self._pread(off, size, "VMCOREINFO")
+        if text is not None:
+            self.vmcoreinfo = VmcoreInfo.parse(text, source=self.path)
+            pagesize = self.vmcoreinfo.get("PAGESIZE")
+            if pagesize and pagesize.isdigit() and int(pagesize) != self.block_size:
+                raise self._corrupt(
+                    428, "disk_dump_header.block_size",
+                    f"block_size={self.block_size} differs from VMCOREINFO PAGESIZE={pagesize}",
+                )  # fmt: skip
+
+    def _read_bitmap(self, offset: int, nbytes: int, what: str) -> np.ndarray:
+        bm = np.frombuffer(self._pread(offset, nbytes, what), dtype=np.uint8).copy()
+        tail = self.max_mapnr & 7
+        if tail:  # bits past max_mapnr in the last byte mean nothing
+            bm[-1] &= (1 << tail) - 1
+        return bm
+
+    # -- ranks and descs ------------------------------------------------------------------------------------
+    def _rank(self, pfn: int) -> int:
+        """Set bits of bitmap2 below ``pfn`` (from pfn 0)."""
+        block = pfn >> _RANK_BLOCK_SHIFT
+        b0 = block * _RANK_BLOCK_BYTES
+        b1 = pfn >> 3
+        r = int(self._rank_index[block]) + int.from_bytes(self.bitmap2[b0:b1].tobytes(), "little").bit_count()
+        if pfn & 7 and b1 < len(self.bitmap2):
+            r += (int(self.bitmap2[b1]) & ((1 << (pfn & 7)) - 1)).bit_count()
+        return r
+
+    def _has_desc(self, pfn: int) -> bool:
+        return (
+            self._desc_start <= pfn < self._desc_end and bool((int(self.bitmap2[pfn >> 3]) >> (pfn & 7)) & 1)
+        )
+
+    def _read_descs(self, index: int, count: int) -> np.ndarray:
+        """``count`` descs from table index ``index``; in an incomplete file the part past EOF reads as zeros."""
+        off = self.desc_offset + index * PAGE_DESC.size
+        size = count * PAGE_DESC.size
+        avail = max(0, min(size, self.file_size - off))
+        if avail < size and not self.incomplete:
+            raise TruncatedDumpError(
+                self.path, off, "page_desc table", f"needs {size} bytes, the file ends at {self.file_size}"
+            )
+        raw = os.pread(self._fd, avail, off) if avail else b""
+        return np.frombuffer(raw.ljust(size, b"\0"), dtype=PAGE_DESC_DTYPE)
+
+    def page_desc(self, pfn: int) -> PageDesc | None:
+        """The page_desc of ``pfn``, or None if the pfn has none (excluded, a hole, past max_pfn)."""
+        if not 0 <= pfn < self.max_mapnr or not self._has_desc(pfn):
+            return None
+        d = self._read_descs(self._rank(pfn) - self._rank_origin, 1)[0]
+        return PageDesc(int(d["offset"]), int(d["size"]), int(d["flags"]), int(d["page_flags"]))
+
+    def _check_descs(self, descs: np.ndarray, pfns: np.ndarray, *, lost_ok: bool) -> None:
+        """Vectorised sanity checks of descs; raise on the first bad one."""
+        off, size, flags = descs["offset"], descs["size"].astype(np.int64), descs["flags"]
+        lost = off == 0
+        known = np.isin(flags, (0, 0x1, 0x2, 0x4, 0x20))
+        bad_flag = ~known & ~lost
+        bad_size = ~lost & ((size > self.block_size) | (size == 0) | ((flags == 0) & (size != self.block_size)))
+        bad_off = ~lost & ((off < self.data_offset) | (off + size > self.file_size))
+        for mask, kind in ((bad_flag, "flag"), (bad_size, "size"), (bad_off, "offset")):
+            if mask.any():
+                i = int(np.flatnonzero(mask)[0])
+                pfn = int(pfns[i])
+                where = self.desc_offset + (self._rank(pfn) - self._rank_origin) * PAGE_DESC.size
+                o, s, f = int(off[i]), int(size[i]), int(flags[i])
+                if kind == "flag":
+                    raise self._corrupt(where, f"page_desc.flags of pfn {pfn:#x}", f"unknown compression flag {f:#x}")
+                if kind == "size":
+                    raise self._corrupt(
+                        where, f"page_desc.size of pfn {pfn:#x}",
+                        f"size {s} with flags {f:#x} (block_size {self.block_size})",
+                    )  # fmt: skip
+                cls = TruncatedDumpError if o + s > self.file_size and o >= self.data_offset else CorruptDumpError
+                raise cls(
+                    self.path, where, f"page_desc.offset of pfn {pfn:#x}",
+                    f"data at {o}..{o + s} is outside the page data area {self.data_offset}..{self.file_size}",
+                )  # fmt: skip
+        if lost.any() and not lost_ok:
+            pfn = int(pfns[int(np.flatnonzero(lost)[0])])
+            if self.incomplete:
+                raise MemoryReadError(
+                    f"{self.path}: pfn {pfn:#x} was not written: the dump is incomplete (status 0x8, the writer ran "
+                    "out of space or was stopped)"
+                )
+            raise self._corrupt(None, f"page_desc.offset of pfn {pfn:#x}", "offset 0 in a complete dump")
+
+    # -- reading --------------------------------------------------------------------------------------------
+    def _read_window(self, pfn: int, count: int, strict: bool) -> bytearray:
+        ps = self.page_size
+        out = bytearray(count * ps)
+        lo, hi = max(pfn, self._desc_start), min(pfn + count, self._desc_end)
+        if lo >= hi:
+            if strict and count:
+                self._raise_absent(pfn)
+            return out
+        b0 = lo >> 3
+        bits = np.unpackbits(self.bitmap2[b0 : (hi + 7) >> 3], bitorder="little")[lo - 8 * b0 : hi - 8 * b0]
+        if strict and (lo > pfn or hi < pfn + count or not bits.all()):
+            missing = [p for p in range(pfn, pfn + count) if not (lo <= p < hi and bits[p - lo])]
+            self._raise_absent(missing[0])
+        idx = np.flatnonzero(bits)
+        if not len(idx):
+            return out
+        pfns = idx + lo
+        descs = self._read_descs(self._rank(lo) - self._rank_origin, len(idx))
+        self._check_descs(descs, pfns, lost_ok=not strict)
+        mv = memoryview(out)
+        offs, sizes, flags = descs["offset"], descs["size"], descs["flags"]
+        real = (offs != 0) & (offs != (self._zero_offset if self._zero_offset is not None else -1))
+        if not real.any():
+            return out
+        # One read covers the window when its pages are stored close together (the usual case: pfn order).
+        r_off, r_end = offs[real], offs[real] + sizes[real].astype(np.int64)
+        span_lo, span_hi = int(r_off.min()), int(r_end.max())
+        span = None
+        if span_hi - span_lo <= max(2 * int(sizes[real].sum()), ps) and span_hi - span_lo <= (32 << 20):
+            span = self._pread(span_lo, span_hi - span_lo, "page data")
+        for i in np.flatnonzero(real).tolist():
+            o, s, f = int(offs[i]), int(sizes[i]), int(flags[i])
+            data = span[o - span_lo : o - span_lo + s] if span is not None else self._pread(o, s, "page data")
+            dst = (int(pfns[i]) - pfn) * ps
+            if f == 0:
+                mv[dst : dst + ps] = data
+            else:
+                mv[dst : dst + ps] = codec_for_flag(f).decompress(data, ps, path=self.path, offset=o, pfn=int(pfns[i]))
+        return out
+
+    def _raise_absent(self, pfn: int) -> None:
+        if not 0 <= pfn < self.max_mapnr:
+            raise MemoryReadError(f"{self.path}: pfn {pfn:#x} is past the end of the dump (max_pfn {self.max_mapnr:#x})")
+        if not (int(self.bitmap1[pfn >> 3]) >> (pfn & 7)) & 1:
+            raise MemoryReadError(f"{self.path}: pfn {pfn:#x} is a memory hole (not in the 1st bitmap)")
+        if not self._desc_start <= pfn < self._desc_end:
+            raise MemoryReadError(
+                f"{self.path}: pfn {pfn:#x} is in another part of a split dump "
+                f"(this part holds {self._desc_start:#x}..{self._desc_end:#x})"
+            )
+        raise MemoryReadError(f"{self.path}: pfn {pfn:#x} was excluded from the dump (dump level {self.dump_level})")
+
+    def read_pfns(self, pfn: int, count: int) -> bytes:
+        """``count`` pages from ``pfn``; excluded pages, holes and lost pages of an incomplete dump read as zeros."""
+        if count < 0 or pfn < 0:
+            raise ValueError(f"bad page range {pfn}, {count}")
+        return bytes(self._read_window(pfn, count, strict=False))
+
+    def read_phys(self, paddr: int, size: int) -> bytes:
+        """``size`` bytes at ``paddr``. MemoryReadError names the first pfn that is a hole, excluded or lost."""
+        if size <= 0:
+            return b""
+        ps = self.page_size
+        first, last = paddr // ps, (paddr + size - 1) // ps
+        data = self._read_window(first, last - first + 1, strict=True)
+        start = paddr - first * ps
+        return bytes(data[start : start + size])
+
+    def present_pfns(self) -> list[tuple[int, int]]:
+        return bitmap_runs(self.bitmap1, self.max_mapnr)
+
+    def dumpable_pfns(self) -> list[tuple[int, int]]:
+        runs = bitmap_runs(self.bitmap2, self.max_mapnr)
+        if (self._desc_start, self._desc_end) == (0, self.max_mapnr):
+            return runs
+        return [(max(s, self._desc_start), min(e, self._desc_end)) for s, e in runs
+                if s < self._desc_end and e > self._desc_start]  # fmt: skip
+
+
+__all__ = [
+    "DiskDumpHeader",
+    "KdumpFile",
+    "KdumpSubHeader",
+    "PAGE_DESC",
+    "PageDesc",
+    "STATUS_EXCLUDED_VMEMMAP",
+    "STATUS_INCOMPLETE",
+    "Utsname",
+    "bitmap_runs",
+    "count_bits",
+]
