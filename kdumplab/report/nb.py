@@ -1,0 +1,318 @@
+"""What the curated notebooks are made of: a dump opened once, sections that say why they are skipped, and
+displays that never let text from the dump become markup.
+
+The notebooks in ``notebooks/`` stay short and readable because the mechanics live here:
+
+- :func:`open_dump` opens the dump named by the notebook's parameters once per kernel (the report runs all its
+  notebooks in one kernel, so the vmlinux is loaded once), and sets up matplotlib for inline PNG plots.
+- :func:`section` wraps a group of cells' work: a table that needs debug info the dump lacks
+  (:class:`~kdumplab.errors.DebugInfoError`) turns the section into one line saying so, and the notebook goes
+  on. Each section also leaves a machine-readable record (``application/vnd.kdumplab.section+json``) that the
+  JSON export collects.
+- :func:`show` displays a DataFrame as an escaped HTML table (pandas ``to_html(escape=True)``), an escaped
+  Markdown table and plain text, and carries the whole frame as records for the JSON export.
+- :func:`say` and :func:`conclusions` display sentences built from dump values: the template is ours (trusted
+  Markdown), every value is escaped for both Markdown and HTML, so a comm of ``<script>alert(1)</script>`` is
+  shown as those characters.
+
+>>> from kdumplab.report import nb
+>>> nb.md_escape("<script>alert(1)</script> *x*")
+'&lt;script&gt;alert\\\\(1\\\\)&lt;/script&gt; \\\\*x\\\\*'
+>>> print(nb.Text("**{n}** tasks in D state, oldest {comm}", n=3, comm="<b>kworker</b>").markdown())
+**3** tasks in D state, oldest &lt;b&gt;kworker&lt;/b&gt;
+>>> d = nb.open_dump("/var/crash/vmcore")                                   # doctest: +SKIP
+>>> with nb.section("Tasks by state"):                                       # doctest: +SKIP
+...     nb.show(d.tasks()["state"].value_counts().to_frame("tasks"), "tasks_by_state", index=True)
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+
+from kdumplab.errors import DebugInfoError, KdumplabError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from kdumplab.analysis.dump import Dump
+
+__all__ = [
+    "CONCLUSIONS_MIME", "DEFAULT_OPTIONS", "FRAME_MIME", "SECTION_MIME", "Text", "conclusions", "fmt_bytes",
+    "md_escape", "open_dump", "options", "say", "section", "show",
+]
+
+#: MIME types of the machine-readable outputs the notebooks leave for the exporters. Front ends and the
+#: nbconvert HTML exporter do not know them and show the HTML/Markdown/plain alternatives instead.
+FRAME_MIME = "application/vnd.kdumplab.frame+json"
+SECTION_MIME = "application/vnd.kdumplab.section+json"
+CONCLUSIONS_MIME = "application/vnd.kdumplab.conclusions+json"
+
+#: The notebooks' ``options`` parameter: what a caller may override (``kdumplab report -O top=30``).
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "top": 15,                        # rows in "top N" tables and plots
+    "dmesg_tail": 30,                 # kernel messages shown before the panic
+    "long_unscheduled_seconds": 120,  # the kernel's default hung_task_timeout_secs
+    "max_rows": 60,                   # rows shown of a long table (the JSON export keeps them all)
+    "max_json_rows": 100_000,         # rows of one frame kept for the JSON export
+    "strict": False,                  # re-raise errors other than missing debug info (the tests set it)
+}
+
+# Dumps opened in this kernel, by (path, vmlinux): the report runs every notebook in one kernel.
+_OPEN: dict[tuple[str, str | None], "Dump"] = {}
+_OPTIONS: dict[str, Any] = dict(DEFAULT_OPTIONS)
+# Debug-info messages already shown in full, so later sections say "see above" instead of repeating them.
+_SHOWN_REASONS: set[str] = set()
+
+
+def options(given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The notebook options: :data:`DEFAULT_OPTIONS` updated with ``given`` (remembered for :func:`section`)."""
+    merged = dict(DEFAULT_OPTIONS)
+    merged.update(given or {})
+    _OPTIONS.clear()
+    _OPTIONS.update(merged)
+    return merged
+
+
+def open_dump(path: str | None, vmlinux: str | None = None, opts: Mapping[str, Any] | None = None) -> "Dump":
+    """Open ``path`` with ``kdumplab.open`` (once per kernel) and prepare matplotlib for inline PNG plots.
+
+    Displays one line naming the dump and whether its debug info was found.
+
+    :raises KdumplabError: no path was given, or the dump cannot be opened (the message says why).
+    """
+    import kdumplab
+
+    options(opts)
+    _setup_plots()
+    if not path:
+        raise KdumplabError("no dump given: set `dump` in the parameters cell (or run `kdumplab lab DUMP`)")
+    key = (str(path), None if vmlinux is None else str(vmlinux))
+    dump = _OPEN.get(key)
+    if dump is None:
+        dump = _OPEN[key] = kdumplab.open(path, vmlinux=vmlinux)
+    if getattr(dump, "has_debuginfo", True):
+        say("Dump `{path}` ({release}, {format}); debug info: `{vmlinux}`.", path=str(dump.path),
+            release=dump.release, format=dump.format, vmlinux=str(dump.vmlinux))
+    else:
+        say("Dump `{path}` ({release}, {format}); **no debug info**: the sections that need it say so.",
+            path=str(dump.path), release=dump.release, format=dump.format)
+    return dump
+
+
+def _setup_plots() -> None:
+    import matplotlib
+
+    # Text from the dump (comms, cache names) lands in tick labels: never parse it as mathtext ($...$).
+    matplotlib.rcParams.update({"text.parse_math": False, "figure.figsize": (9, 4), "figure.dpi": 96,
+                                "axes.grid": True, "grid.alpha": 0.3, "figure.autolayout": True})
+    try:
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+        set_matplotlib_formats("png")  # PNG only: the HTML report embeds them as data URIs
+    except ImportError:  # not in a kernel
+        pass
+
+
+# -- escaping ------------------------------------------------------------------------------------------------
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~>-])")
+
+
+def md_escape(value: Any) -> str:
+    """``value`` as text safe inside Markdown that is rendered to HTML: HTML-escaped, Markdown syntax
+    backslash-escaped, newlines folded into spaces (a value never starts a block)."""
+    text = "" if value is None else str(value)
+    text = html.escape(text, quote=True)
+    text = _MD_SPECIAL.sub(r"\\\1", text)
+    return re.sub(r"[\r\n]+", " ", text)
+
+
+def _display(bundle: dict[str, Any]) -> None:
+    try:
+        from IPython.display import display
+    except ImportError:  # plain Python: print the text
+        print(bundle.get("text/plain", ""))
+        return
+    display(bundle, raw=True)
+
+
+@dataclass(frozen=True)
+class Text:
+    """A sentence: a trusted Markdown ``template`` with ``{name}`` fields filled from dump ``values``.
+
+    :meth:`markdown` escapes every value; :meth:`plain` does not (for terminals and JSON).
+    """
+
+    template: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(self, template: str, **values: Any):
+        object.__setattr__(self, "template", template)
+        object.__setattr__(self, "values", values)
+
+    def markdown(self) -> str:
+        return self.template.format(**{k: md_escape(_plain_value(v)) for k, v in self.values.items()})
+
+    def plain(self) -> str:
+        text = self.template.format(**{k: _plain_value(v) for k, v in self.values.items()})
+        return text.replace("**", "").replace("`", "")
+
+
+def _plain_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.1f}" if math.isfinite(value) else str(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return "" if value is None else str(value)
+
+
+def say(template: str, **values: Any) -> None:
+    """Display one sentence (see :class:`Text`): Markdown with escaped values, and plain text."""
+    text = Text(template, **values)
+    _display({"text/markdown": text.markdown(), "text/plain": text.plain()})
+
+
+def conclusions(findings: Iterable[Text | str], title: str = "Conclusions") -> None:
+    """Display computed findings as a bulleted list and record them (plain text) for the JSON export.
+    ``str`` findings are escaped like values."""
+    items = [f if isinstance(f, Text) else Text("{s}", s=f) for f in findings]
+    if not items:
+        items = [Text("Nothing stands out in the tables this notebook could read.")]
+    markdown = "\n".join(f"- {t.markdown()}" for t in items)
+    plain = [t.plain() for t in items]
+    _display({"text/markdown": markdown, "text/plain": "\n".join(f"- {p}" for p in plain),
+              CONCLUSIONS_MIME: {"title": title, "findings": plain}})
+
+
+def fmt_bytes(n: float | int | None) -> str:
+    """``n`` bytes in binary units: ``fmt_bytes(3 << 20) == '3.0 MiB'``."""
+    if n is None or (isinstance(n, float) and not math.isfinite(n)):
+        return "?"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+# -- sections ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Section:
+    """What :func:`section` yields: the section's title and, after the block, its status."""
+
+    title: str
+    status: str = "ok"          # "ok" | "skipped" (no debug info) | "failed" (another KdumplabError)
+    reason: str | None = None
+
+
+@contextmanager
+def section(title: str) -> Iterator[Section]:
+    """Run a block as one report section: missing debug info skips it with a note instead of failing.
+
+    :class:`DebugInfoError` makes the section "skipped" and shows why (in full the first time, then "see
+    above"); another :class:`KdumplabError` makes it "failed" and shows the message, unless the ``strict``
+    option is set, when it propagates (the tests run strict). Any other exception is a bug and propagates.
+    """
+    sec = Section(title)
+    try:
+        yield sec
+    except DebugInfoError as error:
+        sec.status, sec.reason = "skipped", str(error)
+        if sec.reason in _SHOWN_REASONS:
+            say("*{title}: skipped: needs debug info (see above).*", title=title)
+        else:
+            _SHOWN_REASONS.add(sec.reason)
+            _display({"text/markdown": f"*{md_escape(title)}: skipped: needs debug info.*\n\n"
+                                       + _md_quote(sec.reason),
+                      "text/plain": f"{title}: skipped: needs debug info: {sec.reason}"})
+    except KdumplabError as error:
+        if _OPTIONS.get("strict"):
+            raise
+        sec.status, sec.reason = "failed", str(error)
+        _display({"text/markdown": f"*{md_escape(title)}: could not be computed.*\n\n" + _md_quote(sec.reason),
+                  "text/plain": f"{title}: could not be computed: {sec.reason}"})
+    _display({"text/plain": "", SECTION_MIME: {"title": title, "status": sec.status, "reason": sec.reason}})
+
+
+def _md_quote(text: str) -> str:
+    return "\n".join(f"> {md_escape(line)}" for line in text.splitlines() if line.strip())
+
+
+# -- tables --------------------------------------------------------------------------------------------------
+
+def show(frame: "pd.DataFrame", name: str, *, index: bool = False, max_rows: int | None = None,
+         caption: str | None = None) -> None:
+    """Display ``frame`` as a table (escaped HTML, escaped Markdown, plain text) and record it as ``name``.
+
+    At most ``max_rows`` rows are displayed (the ``max_rows`` option by default), with a line saying how many
+    there are; the JSON export gets up to ``max_json_rows`` rows as records.
+    """
+    limit = int(max_rows or _OPTIONS.get("max_rows") or 60)
+    shown = frame.head(limit)
+    more = len(frame) - len(shown)
+    note = f"{len(frame):,} rows; the first {limit:,} shown." if more > 0 else ""
+    title = " ".join(p for p in (f"{caption}." if caption else "", note) if p)
+    html_table = shown.to_html(escape=True, index=index, border=0, na_rep="", classes="kdl-table",
+                               float_format=_float)
+    if title:
+        html_table = f'<p class="kdl-caption">{html.escape(title)}</p>\n' + html_table
+    markdown = (f"*{md_escape(title)}*\n\n" if title else "") + markdown_table(shown, index=index)
+    plain = shown.to_string(index=index, na_rep="", float_format=_float) + (f"\n({note})" if note else "")
+    _display({"text/plain": plain, "text/html": html_table, "text/markdown": markdown,
+              FRAME_MIME: frame_payload(frame, name, caption)})
+
+
+def _float(x: float) -> str:
+    return f"{x:,.2f}"
+
+
+def markdown_table(frame: "pd.DataFrame", index: bool = False) -> str:
+    """``frame`` as a GitHub Markdown table with every cell escaped (:func:`md_escape`)."""
+    if index:
+        frame = frame.reset_index()
+    if frame.columns.empty:
+        return "*(no columns)*"
+    cells = [[md_escape(c) for c in frame.columns]]
+    cells.append(["---"] * len(frame.columns))
+    for row in frame.itertuples(index=False):
+        cells.append([md_escape(_cell(v)) for v in row])
+    if len(frame) == 0:
+        cells.append(["*(none)*"] + [""] * (len(frame.columns) - 1))
+    return "\n".join("| " + " | ".join(r) + " |" for r in cells)
+
+
+def _cell(value: Any) -> str:
+    import pandas as pd
+
+    if value is None or (not isinstance(value, (list, tuple)) and pd.isna(value)):
+        return ""
+    if isinstance(value, float):
+        return _float(value)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def frame_payload(frame: "pd.DataFrame", name: str, caption: str | None = None) -> dict[str, Any]:
+    """``frame`` as JSON-ready data: ``{name, caption, columns, dtypes, rows, records}``."""
+    limit = int(_OPTIONS.get("max_json_rows") or 100_000)
+    head = frame.head(limit)
+    flat = head.reset_index() if _has_named_index(head) else head
+    flat = flat.copy()
+    flat.columns = [str(c) for c in flat.columns]
+    records = json.loads(flat.to_json(orient="records", date_format="iso", default_handler=str))
+    return {"name": name, "caption": caption, "columns": list(flat.columns),
+            "dtypes": {str(c): str(t) for c, t in flat.dtypes.items()}, "rows": int(len(frame)),
+            "truncated": len(frame) > limit, "records": records}
+
+
+def _has_named_index(frame: "pd.DataFrame") -> bool:
+    return any(n is not None for n in frame.index.names)
