@@ -192,7 +192,8 @@ class KdumpWriter:
         notes: the crashed kernel's PT_NOTE content, copied verbatim.
         vmcoreinfo_offset: offset of the VMCOREINFO descriptor inside ``notes``; None finds it.
         vmcoreinfo_size: its size; None takes the note's n_descsz.
-        utsname: the crashed kernel's uname (6 strings); None gives ``Linux``, OSRELEASE, ``x86_64``.
+        utsname: the crashed kernel's uname (6 strings); empty fields default to ``Linux``, VMCOREINFO's
+            OSRELEASE, ``(unknown)`` and ``x86_64``, since libkdumpfile needs sysname, release, version, machine.
         crashtime: header timestamp (seconds); None takes VMCOREINFO's CRASHTIME, else 0.
         dump_level: the dump level recorded in the sub header; bit 1 turns on the shared zero page.
         codec: ``"zstd"``, ``"lzo"``, ``"zlib"``, ``"snappy"``, ``"none"`` or a Codec.
@@ -263,11 +264,13 @@ class KdumpWriter:
             nr_cpus = sum(1 for n in parsed if n.name == "CORE" and n.type == NT_PRSTATUS)
         if crashtime is None:
             crashtime = (vmci.crashtime if vmci else None) or 0
-        if utsname is None:
-            release = (vmci.osrelease if vmci else None) or ""
-            utsname = ("Linux", "", release, "", "x86_64", "")
+        utsname = list(utsname) if utsname is not None else ["", "", "", "", "", ""]
         if len(utsname) != 6:
             raise DumpWriterError(f"utsname needs 6 fields (sysname ... domainname), got {len(utsname)}")
+        # libkdumpfile (drgn) ignores a utsname whose sysname is not "Linux" or whose release, version or
+        # machine is empty, and then cannot tell the architecture: fill what the caller left empty.
+        defaults = ("Linux", "", (vmci.osrelease if vmci else None) or "unknown", "(unknown)", "x86_64", "")
+        utsname = [u or d for u, d in zip(utsname, defaults)]
 
         self.incomplete = False
         self._header = DiskDumpHeader(
