@@ -1,0 +1,358 @@
+"""The save pipeline: which pages to keep (pass 1), then read, zero-check, compress and write them (pass 2).
+
+Memory stays bounded whatever the size of the dump, as in makedumpfile's cyclic mode:
+
+1. **Plan** (:func:`plan_pages`). The pfn range is walked in aligned windows of :data:`WINDOW_PFNS` pages. For
+   each window the ``struct page`` records are read and classified with vectorised masks
+   (:mod:`kdumplab.memory.page_class`), and the window's kept pages become bits of the 2nd bitmap. Only the two
+   bitmaps (one bit per pfn: 512 KiB for 16 GiB) and a few counters outlive a window. A window whose struct
+   pages cannot be read or make no sense (a corrupted mem_map) keeps all its pages and is recorded as a
+   :class:`Fallback`; a layout that cannot be found at all is the caller's fallback (``classifier=None``).
+   For ELF output, where zero pages are excluded rather than shared, the kept pages are also read and the
+   all-zero ones cleared (as makedumpfile does for ``-E``).
+2. **Write** (:func:`write_kdump`). The kept pfns are cut into batches of :data:`BATCH_PAGES` pages; worker
+   threads read each batch (merging nearby runs into one ``pread``), find the all-zero pages and compress the
+   rest (:func:`kdumplab.formats.kdump_writer.encode_pages`: a page stays raw unless compression makes it
+   strictly smaller). At most ``2 * threads`` batches are in flight (a bounded queue), and the main thread hands
+   them to the :class:`~kdumplab.formats.kdump_writer.KdumpWriter` in pfn order, so the file is laid out exactly
+   as a serial run would lay it out. zlib and zstd release the GIL while compressing, so threads scale; LZO
+   holds it but is fast enough on one core.
+
+>>> import numpy as np
+>>> from kdumplab.memory.image import MemoryImage
+>>> img = MemoryImage(64 * 4096, "PAGESIZE=4096\\n")
+>>> img.write(5 * 4096, b"data")
+>>> plan = plan_pages(img, 1, classifier=None, zero_check=True)
+>>> plan.num_dumpable, plan.counts["zero_excluded"]
+(1, 63)
+>>> [int(p) for p in kept_pfns(plan, 0, 64)]
+[5]
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from kdumplab.capture.exitcodes import SourceReadError
+from kdumplab.errors import KdumplabError
+from kdumplab.formats.kdump_writer import EncodedPage, KdumpWriter, bitmap_from_runs, encode_pages
+
+#: Pfns per classification window (128 MiB of memory with 4 KiB pages; about 2 MiB of struct pages).
+WINDOW_PFNS = 1 << 15
+#: Kept pages per compression job (4 MiB of page data with 4 KiB pages).
+BATCH_PAGES = 1024
+#: Excluded pages between two kept runs that are cheaper to read and drop than to skip with another pread.
+READ_GAP = 16
+
+#: The mask bits of each dump level bit, for the log (makedumpfile's names).
+LEVEL_BITS = {1: "zero", 2: "cache", 4: "cache_private", 8: "user", 16: "free"}
+
+
+class WindowClassifier(Protocol):
+    """What pass 1 needs from :mod:`kdumplab.memory`: for pfns ``[start, start+count)`` (all present), the page
+    classes (names in ``class_names``) and the mask of pages the dump level keeps."""
+
+    class_names: list[str]
+
+    def window(self, start: int, count: int, dump_level: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass
+class Fallback:
+    """A part of the dump saved less filtered than asked, and why.
+
+    ``start_pfn``/``count`` name the window (None: the whole dump); ``dump_level`` is the level applied there.
+    """
+
+    dump_level: int
+    reason: str
+    start_pfn: int | None = None
+    count: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"dump_level": self.dump_level, "reason": self.reason}
+        if self.start_pfn is not None:
+            out["start_pfn"], out["count"] = self.start_pfn, self.count
+        return out
+
+
+@dataclass
+class PagePlan:
+    """The outcome of pass 1.
+
+    Attributes:
+        page_size, max_mapnr: the dump's geometry.
+        dump_level: the level applied (where no window fell back).
+        bitmap1: LSB-first packed bitmap of the pages present (``ceil(max_mapnr/8)`` bytes).
+        bitmap2: the pages kept (a subset of bitmap1).
+        counts: pages per class over the present pages, plus ``unclassified`` (fallback windows) and, when zero
+            pages were checked in this pass, ``zero_excluded``.
+        excluded: pages dropped per class.
+        fallbacks: the windows (or the whole dump) saved less filtered than asked.
+    """
+
+    page_size: int
+    max_mapnr: int
+    dump_level: int
+    bitmap1: np.ndarray
+    bitmap2: np.ndarray
+    counts: dict[str, int] = field(default_factory=dict)
+    excluded: dict[str, int] = field(default_factory=dict)
+    fallbacks: list[Fallback] = field(default_factory=list)
+
+    @property
+    def num_present(self) -> int:
+        return _popcount(self.bitmap1)
+
+    @property
+    def num_dumpable(self) -> int:
+        return _popcount(self.bitmap2)
+
+
+@dataclass
+class WriteStats:
+    """What pass 2 wrote: pages by kind and the bytes of page data stored."""
+
+    pages: int = 0
+    zero_pages: int = 0
+    raw_pages: int = 0
+    compressed_pages: int = 0
+    data_bytes: int = 0
+    complete: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+_POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def _popcount(bitmap: np.ndarray) -> int:
+    return int(_POP8[bitmap].sum(dtype=np.int64))
+
+
+def _windows(max_mapnr: int, window: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, max_mapnr, window):
+        yield start, min(start + window, max_mapnr)
+
+
+def _unpack(bitmap: np.ndarray, start: int, end: int) -> np.ndarray:
+    """Bool mask of pfns ``[start, end)``; ``start`` is a multiple of 8."""
+    bits = np.unpackbits(bitmap[start >> 3 : (end + 7) >> 3], bitorder="little")
+    return bits[: end - start].view(bool)
+
+
+def _store(bitmap: np.ndarray, start: int, mask: np.ndarray) -> None:
+    """Write the bool ``mask`` for pfns from ``start`` (a multiple of 8) into the packed ``bitmap``."""
+    packed = np.packbits(mask, bitorder="little")
+    end_byte = (start >> 3) + len(packed)
+    if len(mask) % 8:  # keep the bits past the end of the mask in the last byte
+        keep = np.uint8((0xFF << (len(mask) % 8)) & 0xFF)
+        packed[-1] |= bitmap[end_byte - 1] & keep
+    bitmap[start >> 3 : end_byte] = packed
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """``[start, end)`` runs of True in a bool mask."""
+    if not len(mask):
+        return []
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], mask, [False])).astype(np.int8)))
+    return list(zip(edges[0::2].tolist(), edges[1::2].tolist()))
+
+
+def kept_pfns(plan: PagePlan, start: int, end: int) -> np.ndarray:
+    """The kept pfns in ``[start, end)`` (``start`` a multiple of 8), ascending int64."""
+    return np.flatnonzero(_unpack(plan.bitmap2, start, end)).astype(np.int64) + start
+
+
+def read_pages(dump: Any, pfns: np.ndarray, page_size: int) -> np.ndarray:
+    """The pages ``pfns`` (ascending) as a ``(n, page_size)`` uint8 array, read in as few ``read_pfns`` calls as
+    gaps of at most :data:`READ_GAP` pages allow. Read failures become :class:`SourceReadError`."""
+    n = len(pfns)
+    out = np.empty((n, page_size), dtype=np.uint8)
+    if not n:
+        return out
+    breaks = np.flatnonzero(np.diff(pfns) > READ_GAP + 1) + 1
+    starts = np.concatenate(([0], breaks)).tolist()
+    ends = np.concatenate((breaks, [n])).tolist()
+    for a, b in zip(starts, ends):
+        lo, hi = int(pfns[a]), int(pfns[b - 1]) + 1
+        try:
+            raw = dump.read_pfns(lo, hi - lo)
+        except (OSError, KdumplabError) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            raise SourceReadError(f"{getattr(dump, 'path', '<source>')}: cannot read pfns {lo:#x}..{hi - 1:#x}: "
+                                  f"{reason}") from error
+        block = np.frombuffer(raw, dtype=np.uint8).reshape(hi - lo, page_size)
+        if hi - lo == b - a:
+            out[a:b] = block
+        else:
+            out[a:b] = block[pfns[a:b] - lo]
+    return out
+
+
+def zero_pages(pages: np.ndarray) -> np.ndarray:
+    """Bool mask of the all-zero rows of a ``(n, page_size)`` uint8 array (checked as 64-bit words)."""
+    if not len(pages):
+        return np.zeros(0, bool)
+    return ~pages.view(np.uint64).any(axis=1)
+
+
+# -- pass 1 ----------------------------------------------------------------------------------------------------
+def plan_pages(
+    dump: Any,
+    dump_level: int,
+    classifier: WindowClassifier | None,
+    *,
+    zero_check: bool = False,
+    window: int = WINDOW_PFNS,
+    on_window: Callable[[int], None] | None = None,
+) -> PagePlan:
+    """Pass 1: the 2nd bitmap for ``dump_level``.
+
+    ``classifier`` None keeps every present page (dump levels 0 and 1: no struct page is read). With
+    ``zero_check`` (ELF output and ``dump_level & 1``) the kept pages are read and the all-zero ones dropped.
+    ``on_window(pages)`` reports progress. Read errors raise :class:`SourceReadError`; classification errors of
+    a window are recorded as a :class:`Fallback` for that window, never raised.
+    """
+    page_size = int(dump.page_size)
+    max_mapnr = int(dump.max_pfn)
+    bitmap1 = bitmap_from_runs(dump.present_pfns(), max_mapnr)
+    bitmap2 = bitmap1.copy()
+    plan = PagePlan(page_size, max_mapnr, dump_level, bitmap1, bitmap2)
+    names = list(classifier.class_names) if classifier is not None else []
+    counts = np.zeros(len(names), dtype=np.int64)
+    excluded = np.zeros(len(names), dtype=np.int64)
+    unclassified = zero_excluded = 0
+    check_zero = zero_check and bool(dump_level & 1)
+    for w0, w1 in _windows(max_mapnr, window):
+        present = _unpack(bitmap1, w0, w1)
+        if not present.any():
+            continue
+        keep = present.copy()
+        if classifier is not None:
+            for s, e in _runs(present):
+                try:
+                    classes, kept = classifier.window(w0 + s, e - s, dump_level)
+                    classes = np.asarray(classes)
+                    kept = np.asarray(kept, dtype=bool)
+                    if kept.shape != (e - s,) or classes.shape != (e - s,):
+                        raise ValueError(f"classifier returned {classes.shape} classes for {e - s} pages")
+                except Exception as error:  # noqa: BLE001 - garbage struct pages must never stop a capture
+                    reason = f"{type(error).__name__}: {error}" if not isinstance(error, KdumplabError) else str(error)
+                    plan.fallbacks.append(Fallback(dump_level & 1, f"struct pages unusable: {reason}", w0 + s, e - s))
+                    unclassified += e - s
+                    continue
+                keep[s:e] = kept
+                bins = np.bincount(classes, minlength=len(names))[: len(names)]
+                counts += bins
+                excluded += np.bincount(classes[~kept], minlength=len(names))[: len(names)]
+        if check_zero:
+            pfns = np.flatnonzero(keep).astype(np.int64) + w0
+            for i in range(0, len(pfns), BATCH_PAGES):
+                batch = pfns[i : i + BATCH_PAGES]
+                zeros = zero_pages(read_pages(dump, batch, page_size))
+                keep[batch[zeros] - w0] = False
+                zero_excluded += int(zeros.sum())
+        _store(bitmap2, w0, keep)
+        if on_window is not None:
+            on_window(int(present.sum()))
+    plan.counts = {name: int(c) for name, c in zip(names, counts)}
+    plan.excluded = {name: int(c) for name, c in zip(names, excluded) if c}
+    if unclassified or classifier is None:
+        plan.counts["unclassified"] = unclassified if classifier is not None else plan.num_present
+    if check_zero:
+        plan.counts["zero_excluded"] = zero_excluded
+        plan.excluded["zero"] = plan.excluded.get("zero", 0) + zero_excluded
+    return plan
+
+
+# -- pass 2 ----------------------------------------------------------------------------------------------------
+def batches(plan: PagePlan, window: int = WINDOW_PFNS, batch: int = BATCH_PAGES) -> Iterator[np.ndarray]:
+    """The kept pfns in ascending order, in arrays of at most ``batch``."""
+    pending: list[np.ndarray] = []
+    size = 0
+    for w0, w1 in _windows(plan.max_mapnr, window):
+        pfns = kept_pfns(plan, w0, w1)
+        while len(pfns):
+            take = pfns[: batch - size]
+            pending.append(take)
+            size += len(take)
+            pfns = pfns[len(take) :]
+            if size == batch:
+                yield np.concatenate(pending)
+                pending, size = [], 0
+    if size:
+        yield np.concatenate(pending)
+
+
+def _encode_batch(dump: Any, pfns: np.ndarray, page_size: int, codec: str, zero_page: bool) -> list[EncodedPage]:
+    pages = read_pages(dump, pfns, page_size)
+    return encode_pages(pages, codec, page_size=page_size, zero_page=zero_page, threads=1)
+
+
+def write_kdump(
+    dump: Any,
+    plan: PagePlan,
+    writer: KdumpWriter,
+    *,
+    codec: str,
+    threads: int = 1,
+    on_batch: Callable[[int], None] | None = None,
+    stats: WriteStats | None = None,
+) -> WriteStats:
+    """Pass 2 for kdump-compressed (and flattened) output: every kept page, in pfn order, through ``writer``.
+
+    ``threads`` workers read, zero-check and compress batches; at most ``2 * threads`` batches wait in memory.
+    Errors propagate (the caller marks the file incomplete); ``stats`` is filled as pages are written, so it is
+    accurate up to the failure.
+    """
+    stats = stats if stats is not None else WriteStats()
+    threads = max(1, int(threads))
+    inflight: deque[tuple[np.ndarray, Future]] = deque()
+    ps = plan.page_size
+    zero_page = writer.zero_page
+
+    def drain_one() -> None:
+        pfns, future = inflight.popleft()
+        encoded = future.result()
+        writer.add_encoded(pfns, encoded)
+        n = len(pfns)
+        zeros = sum(1 for e in encoded if e.data is None)
+        raw = sum(1 for e in encoded if e.data is not None and e.flags == 0)
+        stats.pages += n
+        stats.zero_pages += zeros
+        stats.raw_pages += raw
+        stats.compressed_pages += n - zeros - raw
+        stats.data_bytes += sum(len(e.data) for e in encoded if e.data is not None)
+        if on_batch is not None:
+            on_batch(n)
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kdumplab-compress") as pool:
+        try:
+            for pfns in batches(plan):
+                inflight.append((pfns, pool.submit(_encode_batch, dump, pfns, ps, codec, zero_page)))
+                while len(inflight) >= 2 * threads:
+                    drain_one()
+            while inflight:
+                drain_one()
+        finally:
+            for _, future in inflight:
+                future.cancel()
+    stats.complete = True
+    return stats
+
+
+def default_threads() -> int:
+    """The CPUs this process may run on (the kdump kernel usually boots with ``nr_cpus=1``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
