@@ -47,22 +47,24 @@ class RunResult:
 Runner = Callable[[Sequence[str]], RunResult]
 
 
-def subprocess_runner(timeout: float = 120.0, env: dict[str, str] | None = None) -> Runner:
+def subprocess_runner(timeout: float | None = 120.0, env: dict[str, str] | None = None,
+                      interactive: bool = False) -> Runner:
     """A runner that really runs commands (argument lists, no shell), capturing their output.
 
-    A missing program gives exit status 127 and a timeout 124, as a shell would, so callers handle one case.
+    ``interactive`` leaves the terminal to the command (ssh-copy-id asking for a password) and captures
+    nothing. A missing program gives exit status 127 and a timeout 124, as a shell would.
     """
 
     def run(argv: Sequence[str]) -> RunResult:
         argv = [os.fspath(a) for a in argv]
+        io = {} if interactive else {"capture_output": True, "stdin": subprocess.DEVNULL}
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
-                                  stdin=subprocess.DEVNULL, env=env)
+            done = subprocess.run(argv, text=True, timeout=timeout, check=False, env=env, **io)
         except FileNotFoundError:
             return RunResult(argv, 127, "", f"{argv[0]}: command not found")
         except subprocess.TimeoutExpired:
             return RunResult(argv, 124, "", f"{argv[0]}: timed out after {timeout:g} s")
-        return RunResult(argv, done.returncode, done.stdout, done.stderr)
+        return RunResult(argv, done.returncode, done.stdout or "", done.stderr or "")
 
     return run
 
