@@ -1,0 +1,49 @@
+"""Analysis: a crash dump as pandas DataFrames.
+
+:func:`kdumplab.open` returns a :class:`~kdumplab.analysis.dump.Dump`; each table is a method of it, backed by
+one small module here (``system``, ``tasks``, ``panic`` (``panic``, ``backtrace``), ``stacks``, ``dmesg``,
+``meminfo``, ``slabs``, ``page_classes``, ``modules``, ``cpus``). Every table documents its typed columns and the
+kernel objects it reads. ``system()``, ``dmesg()`` and ``page_classes()`` need only the dump (VMCOREINFO);
+the others need the kernel's vmlinux, found by build ID (:mod:`kdumplab.analysis.find_vmlinux`).
+
+>>> import kdumplab
+>>> dump = kdumplab.open("/var/crash/202611260800-web1/")     # doctest: +SKIP
+>>> sorted(TABLES)
+['backtrace', 'cpus', 'dmesg', 'meminfo', 'modules', 'page_classes', 'panic', 'slabs', 'stacks', 'system', 'tasks']
+>>> TABLES["dmesg"].needs_vmlinux, TABLES["tasks"].needs_vmlinux
+(False, True)
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class TableInfo(NamedTuple):
+    """A table: its ``Dump`` method name, its module, and whether it needs the vmlinux."""
+
+    name: str
+    module: str
+    needs_vmlinux: bool
+    summary: str
+
+
+#: Every table, in the order the CLI and the report list them.
+TABLES: dict[str, TableInfo] = {
+    t.name: t
+    for t in (
+        TableInfo("system", "kdumplab.analysis.system", False, "crash's sys: release, host, CPUs, memory, panic"),
+        TableInfo("panic", "kdumplab.analysis.panic", False, "the crashed task and CPU, the panic message"),
+        TableInfo("backtrace", "kdumplab.analysis.panic", True, "the crashed thread's stack (bt)"),
+        TableInfo("tasks", "kdumplab.analysis.tasks", True, "every task (ps)"),
+        TableInfo("stacks", "kdumplab.analysis.stacks", True, "every stack, grouped by identical trace"),
+        TableInfo("dmesg", "kdumplab.analysis.dmesg", False, "the kernel log (log)"),
+        TableInfo("meminfo", "kdumplab.analysis.meminfo", True, "memory figures (kmem -i, /proc/meminfo)"),
+        TableInfo("slabs", "kdumplab.analysis.slabs", True, "slab caches (kmem -s)"),
+        TableInfo("page_classes", "kdumplab.analysis.page_classes", False, "every page by class, zone, node"),
+        TableInfo("modules", "kdumplab.analysis.modules", True, "loaded modules (mod)"),
+        TableInfo("cpus", "kdumplab.analysis.cpus", True, "per CPU: current task, run queue, idle"),
+    )
+}
+
+__all__ = ["TABLES", "TableInfo"]

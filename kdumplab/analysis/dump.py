@@ -1,0 +1,409 @@
+"""A crash dump opened for analysis: :class:`Dump` and :func:`open_dump` (``kdumplab.open``).
+
+A :class:`Dump` joins two readers of the same file:
+
+- :mod:`kdumplab.formats` and :mod:`kdumplab.memory` read the file directly: the VMCOREINFO note, the per-CPU
+  NT_PRSTATUS notes, the kdump header (dump level, codec), physical and virtual memory through the page
+  tables, the ``struct page`` array and the printk ring buffer, all from VMCOREINFO alone. The tables that
+  need only these (:meth:`Dump.system`, :meth:`Dump.dmesg`, :meth:`Dump.page_classes`) work without vmlinux.
+- a :class:`drgn.Program` with the vmlinux's type information (DWARF), created the first time a table needs it
+  (:attr:`Dump.prog`). Tasks, stacks, slab caches, modules and memory counters are read through drgn's helpers.
+  Without a matching vmlinux, those tables raise :class:`~kdumplab.errors.DebugInfoError` saying which
+  kernel build they need and where it was looked for.
+
+What :func:`open_dump` accepts: an ELF vmcore (``/proc/vmcore`` copied, ``makedumpfile -E``, ``kdumplab save -f
+elf``), a kdump-compressed file (makedumpfile, ``kdumplab save``), a flattened stream (``makedumpfile -F``;
+reassembled once into the cache), or a directory written by ``kdumplab save`` (``DEST/<time>-<host>/`` holding
+``vmcore`` and ``meta.json``; given ``DEST`` itself, the newest dump in it is opened).
+
+>>> import kdumplab
+>>> dump = kdumplab.open("/var/crash/202611260800-web1/")                  # doctest: +SKIP
+>>> dump.release, dump.format, dump.dump_level, dump.codec                  # doctest: +SKIP
+('6.1.0-56-amd64', 'kdump', 31, 'zstd')
+>>> dump.tasks().query("state == 'D'")[["pid", "comm", "last_run_ago"]]   # doctest: +SKIP
+>>> dump.page_classes().groupby("class", observed=True)["bytes"].sum()     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+from kdumplab.errors import DebugInfoError, DumpFormatError, KdumplabError, VmcoreinfoError
+from kdumplab.analysis.find_vmlinux import VmlinuxMatch, cache_dir, check_vmlinux, find_vmlinux
+
+if TYPE_CHECKING:  # heavy imports stay lazy
+    import drgn
+    import pandas as pd
+
+__all__ = ["Dump", "open_dump", "resolve_dump_path"]
+
+#: File names ``kdumplab save`` and the usual tools give the dump inside a dump directory, in order of preference.
+DUMP_FILE_NAMES = ("vmcore", "dump", "vmcore.kdump", "vmcore.flat", "vmcore.elf", "dumpfile")
+
+
+def _is_dump_dir(directory: Path) -> Path | None:
+    for name in DUMP_FILE_NAMES:
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def resolve_dump_path(path: str | os.PathLike) -> tuple[Path, Path | None]:
+    """The dump file to open for ``path`` and the dump directory it belongs to (None for a bare file).
+
+    A directory is either a dump directory (holding ``vmcore``) or a ``kdumplab save`` destination whose
+    sub-directories are dump directories; then the newest one (by name, which starts with the time) is used.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise KdumplabError(f"{path}: no such file or directory")
+    if path.is_file():
+        return path, None
+    found = _is_dump_dir(path)
+    if found:
+        return found, path
+    subdirs = sorted((d for d in path.iterdir() if d.is_dir() and _is_dump_dir(d)), key=lambda d: d.name)
+    if subdirs:
+        return _is_dump_dir(subdirs[-1]), subdirs[-1]  # type: ignore[return-value]
+    raise KdumplabError(
+        f"{path}: a directory without a dump: expected a file named {' or '.join(DUMP_FILE_NAMES[:2])} in it "
+        f"(as kdumplab save writes DEST/<time>-<host>/vmcore) or dump directories below it")
+
+
+class Dump:
+    """One crash dump; its tables are methods returning :class:`pandas.DataFrame`.
+
+    Attributes:
+        path: the dump file read (for a flattened stream, the file the user named; see ``file.path``).
+        directory: the ``kdumplab save`` directory it came from, or None.
+        meta: the directory's ``meta.json`` (``{}`` when there is none).
+        file: the :class:`~kdumplab.formats.dumpfile.DumpFile` reader.
+        vmcoreinfo: the parsed VMCOREINFO note.
+        release: ``OSRELEASE``; build_id: ``BUILD-ID`` (lowercase hex, or None on kernels before 5.9).
+        vmlinux: the vmlinux matched to this dump, or None when none was found (see :attr:`debuginfo_error`).
+        debuginfo_error: why there is no vmlinux (the places searched), or None.
+    """
+
+    def __init__(self, path: str | os.PathLike, vmlinux: str | os.PathLike | None = None,
+                 debug_dirs: Iterable[str | os.PathLike] | None = None, fetch_debuginfo: bool = False):
+        from kdumplab.formats import dumpfile as _dumpfile
+
+        self.source = Path(path)
+        file_path, self.directory = resolve_dump_path(path)
+        self.path = file_path
+        self.meta: dict[str, Any] = self._read_meta()
+        self.file = _dumpfile.open_dumpfile(file_path)
+        if self.file.vmcoreinfo is None:
+            raise VmcoreinfoError(
+                f"{file_path}: the dump has no VMCOREINFO note, so it is not a Linux kernel dump kdumplab can read "
+                f"(a QEMU 'dump-guest-memory' without vmcoreinfo, or a process core?)")
+        self.vmcoreinfo = self.file.vmcoreinfo
+        self.release: str | None = self.vmcoreinfo.osrelease
+        self.build_id: str | None = self.vmcoreinfo.build_id
+        self.debug_dirs: list[Path] = [Path(d) for d in (debug_dirs or [])]
+        self.vmlinux_match: VmlinuxMatch | None = None
+        self.debuginfo_error: str | None = None
+        self._lock = threading.RLock()
+        self._prog: drgn.Program | None = None
+        self._memory = None
+        self._cache: dict[Any, Any] = {}
+        if vmlinux is not None:
+            # An explicit vmlinux that is not this kernel's is a mistake worth stopping for.
+            self.vmlinux_match = check_vmlinux(vmlinux, self.vmcoreinfo)
+        else:
+            self._search_vmlinux()
+            if self.vmlinux_match is None and fetch_debuginfo:
+                self.fetch_debuginfo()
+
+    # -- what the dump is -------------------------------------------------------------------------------
+    def _read_meta(self) -> dict[str, Any]:
+        if self.directory is None:
+            return {}
+        try:
+            data = json.loads((self.directory / "meta.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _meta(self, *keys: str) -> Any:
+        for key in keys:
+            node: Any = self.meta
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is not None:
+                return node
+        return None
+
+    @property
+    def format(self) -> str:
+        """``"elf"``, ``"kdump"`` or ``"flat"`` (a flattened stream, read through its reassembled copy)."""
+        if os.fspath(getattr(self.file, "source_path", self.file.path)) != os.fspath(self.file.path):
+            return "flat"
+        return self.file.format
+
+    @property
+    def dump_level(self) -> int | None:
+        """makedumpfile's dump level (which page classes were dropped): the kdump header's, else meta.json's."""
+        level = getattr(self.file, "dump_level", None)
+        if level is None:
+            level = self._meta("dump_level", "level", "filter.dump_level")
+        if level is None and self.file.format == "elf":
+            level = 0 if not self.meta else None
+        return None if level is None else int(level)
+
+    @property
+    def codec(self) -> str | None:
+        """Page compression (``zstd``, ``lzo``, ``zlib``, ``snappy``, ``none``) or None for ELF."""
+        codec = getattr(self.file, "compression", None)
+        if codec is None:
+            codec = self._meta("compression", "codec", "compress")
+        return None if codec is None else str(codec)
+
+    @property
+    def incomplete(self) -> bool:
+        """True when the writer marked the dump incomplete (a full disk, a capture cut short)."""
+        return bool(getattr(self.file, "incomplete", False) or self._meta("incomplete"))
+
+    @property
+    def page_size(self) -> int:
+        return self.vmcoreinfo.page_size
+
+    @property
+    def vmlinux(self) -> Path | None:
+        return self.vmlinux_match.path if self.vmlinux_match else None
+
+    @property
+    def has_debuginfo(self) -> bool:
+        """True when a matching vmlinux is known (type information, stacks and the drgn tables work)."""
+        return self.vmlinux_match is not None
+
+    def __repr__(self) -> str:
+        vml = self.vmlinux or "no vmlinux"
+        return f"<Dump {str(self.path)!r} {self.release} {self.format} ({vml})>"
+
+    # -- debug info -------------------------------------------------------------------------------------
+    def _search_vmlinux(self) -> None:
+        try:
+            self.vmlinux_match = find_vmlinux(
+                self.vmcoreinfo, dump_dir=self.directory or self.path.parent, debug_dirs=self.debug_dirs)
+            self.debuginfo_error = None
+        except DebugInfoError as error:
+            self.debuginfo_error = str(error)
+
+    def fetch_debuginfo(self) -> Path:
+        """Fetch the Debian ``linux-image-RELEASE-dbg`` vmlinux for this dump with apt (see
+        :mod:`kdumplab.debuginfo.debian`), then use it. Says the download size first."""
+        from kdumplab.debuginfo import debian
+
+        if not self.release:
+            raise DebugInfoError(f"{self.path}: VMCOREINFO has no OSRELEASE, so the kernel package is unknown")
+        path = debian.fetch_vmlinux(self.release, suite=debian_suite(self.release))
+        self.vmlinux_match = check_vmlinux(path, self.vmcoreinfo)
+        self.debuginfo_error = None
+        self._prog = None
+        return path
+
+    def require_debuginfo(self, what: str) -> None:
+        """Raise :class:`DebugInfoError` for table ``what`` when no matching vmlinux is known."""
+        if self.vmlinux_match is None:
+            raise DebugInfoError(
+                f"{self.path}: {what} needs the kernel's type information: the vmlinux (with DWARF) of "
+                f"{self.release} with build ID {self.build_id or '(not recorded)'}. The tables system(), dmesg() "
+                f"and page_classes() work without it.\n{self.debuginfo_error or ''}".rstrip())
+
+    @property
+    def prog(self) -> "drgn.Program":
+        """The :class:`drgn.Program` on this dump with the vmlinux loaded (created on first use).
+
+        :raises DebugInfoError: no matching vmlinux (the message says what is needed and where it was sought).
+        """
+        with self._lock:
+            if self._prog is None:
+                self.require_debuginfo("this table")
+                self._prog = self._load_prog()
+            return self._prog
+
+    def program(self, what: str) -> "drgn.Program":
+        """:attr:`prog`, with ``what`` (the table's name) in the error message when there is no vmlinux."""
+        self.require_debuginfo(what)
+        return self.prog
+
+    def _load_prog(self) -> "drgn.Program":
+        import drgn
+
+        prog = drgn.Program()
+        core = os.fspath(self.file.path)  # for a flattened stream: the reassembled file
+        try:
+            prog.set_core_dump(core)
+        except (drgn.FaultError, ValueError, OSError) as error:
+            raise DumpFormatError(core, None, "core dump", f"drgn cannot open it: {error}") from None
+        # Only local files: never the network (debuginfod) from inside a table.
+        try:
+            prog.set_enabled_debug_info_finders(["standard"])
+        except ValueError:
+            pass
+        assert self.vmlinux_match is not None
+        vmlinux = os.fspath(self.vmlinux_match.path)
+        dirs = [os.fspath(d) for d in self._module_debug_dirs()]
+        options = prog.debug_info_options
+        options.directories = tuple(dict.fromkeys([*dirs, *options.directories]))
+        options.kernel_directories = tuple(dict.fromkeys([*dirs, *options.kernel_directories]))
+        try:
+            if self.build_id is None:
+                prog.main_module("kernel", create=True).try_file(vmlinux, force=True)
+            else:
+                prog.load_debug_info([vmlinux], main=True)
+        except drgn.MissingDebugInfoError as error:
+            raise DebugInfoError(f"{vmlinux}: drgn could not use it for {self.path}: {error}") from None
+        # Module debug info where it exists (Debian -dbg modules extracted next to the vmlinux); best effort.
+        if dirs:
+            try:
+                prog.load_debug_info(default=True)
+            except drgn.MissingDebugInfoError:
+                pass
+        return prog
+
+    def _module_debug_dirs(self) -> list[Path]:
+        dirs = list(self.debug_dirs)
+        if self.release:
+            dirs.append(cache_dir() / "kernels" / self.release)
+        return [d for d in dirs if d.is_dir()]
+
+    # -- direct readers (no vmlinux) ---------------------------------------------------------------------
+    @property
+    def memory(self):
+        """:class:`kdumplab.memory.KernelMemory` on this dump: virtual reads from VMCOREINFO alone."""
+        with self._lock:
+            if self._memory is None:
+                from kdumplab.memory import KernelMemory
+
+                self._memory = KernelMemory(self.file)
+            return self._memory
+
+    def cached(self, key: Any, compute):
+        """``compute()`` once per dump for ``key`` (tables are costly and their inputs never change)."""
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = compute()
+            value = self._cache[key]
+        return value.copy() if hasattr(value, "copy") else value
+
+    def close(self) -> None:
+        self.file.close()
+        self._prog = None
+
+    def __enter__(self) -> "Dump":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the tables ------------------------------------------------------------------------------------
+    def system(self) -> "pd.DataFrame":
+        """One row: what crash's ``sys`` says; see :func:`kdumplab.analysis.system.system`."""
+        from kdumplab.analysis.system import system
+
+        return self.cached("system", lambda: system(self))
+
+    def tasks(self) -> "pd.DataFrame":
+        """Every task, as crash's ``ps``; see :func:`kdumplab.analysis.tasks.tasks`."""
+        from kdumplab.analysis.tasks import tasks
+
+        return self.cached("tasks", lambda: tasks(self))
+
+    def panic(self) -> "pd.DataFrame":
+        """The crashed task and CPU and the panic message; see :func:`kdumplab.analysis.panic.panic`."""
+        from kdumplab.analysis.panic import panic
+
+        return self.cached("panic", lambda: panic(self))
+
+    def backtrace(self, task: Any = None, locals: bool = False) -> "pd.DataFrame":  # noqa: A002
+        """A task's kernel stack (default: the crashed thread); see :func:`kdumplab.analysis.panic.backtrace`."""
+        from kdumplab.analysis.panic import backtrace
+
+        if task is None and not locals:
+            return self.cached("backtrace", lambda: backtrace(self))
+        return backtrace(self, task, locals=locals)
+
+    def frame_locals(self, task: Any = None, level: int = 0) -> "pd.DataFrame":
+        """The local variables of one frame; see :func:`kdumplab.analysis.panic.frame_locals`."""
+        from kdumplab.analysis.panic import frame_locals
+
+        return frame_locals(self, task, level)
+
+    def stacks(self) -> "pd.DataFrame":
+        """Every task's stack, grouped by identical trace; see :func:`kdumplab.analysis.stacks.stacks`."""
+        from kdumplab.analysis.stacks import stacks
+
+        return self.cached("stacks", lambda: stacks(self))
+
+    def dmesg(self) -> "pd.DataFrame":
+        """The kernel log; see :func:`kdumplab.analysis.dmesg.dmesg`."""
+        from kdumplab.analysis.dmesg import dmesg
+
+        return self.cached("dmesg", lambda: dmesg(self))
+
+    def meminfo(self) -> "pd.DataFrame":
+        """crash's ``kmem -i`` and /proc/meminfo; see :func:`kdumplab.analysis.meminfo.meminfo`."""
+        from kdumplab.analysis.meminfo import meminfo
+
+        return self.cached("meminfo", lambda: meminfo(self))
+
+    def slabs(self) -> "pd.DataFrame":
+        """Slab caches, as crash's ``kmem -s``; see :func:`kdumplab.analysis.slabs.slabs`."""
+        from kdumplab.analysis.slabs import slabs
+
+        return self.cached("slabs", lambda: slabs(self))
+
+    def page_classes(self) -> "pd.DataFrame":
+        """Every page by class, zone and node; see :func:`kdumplab.analysis.page_classes.page_classes`."""
+        from kdumplab.analysis.page_classes import page_classes
+
+        return self.cached("page_classes", lambda: page_classes(self))
+
+    def modules(self) -> "pd.DataFrame":
+        """Loaded kernel modules, as crash's ``mod``; see :func:`kdumplab.analysis.modules.modules`."""
+        from kdumplab.analysis.modules import modules
+
+        return self.cached("modules", lambda: modules(self))
+
+    def cpus(self) -> "pd.DataFrame":
+        """Per CPU: current task, run-queue length, idle; see :func:`kdumplab.analysis.cpus.cpus`."""
+        from kdumplab.analysis.cpus import cpus
+
+        return self.cached("cpus", lambda: cpus(self))
+
+
+def debian_suite(release: str) -> str | None:
+    """The Debian suite whose kernel is ``release`` (``+deb13`` is trixie; 6.1 is bookworm), or None (the host's)."""
+    import re
+
+    m = re.search(r"\+deb(\d+)", release)
+    if m:
+        return {"11": "bullseye", "12": "bookworm", "13": "trixie", "14": "forky"}.get(m.group(1))
+    if release.startswith("6.1."):
+        return "bookworm"
+    if release.startswith("5.10."):
+        return "bullseye"
+    if release.startswith("6.12."):
+        return "trixie"
+    return None
+
+
+def open_dump(path: str | os.PathLike, vmlinux: str | os.PathLike | None = None,
+              debug_dirs: Iterable[str | os.PathLike] | None = None, fetch_debuginfo: bool = False) -> Dump:
+    """Open a crash dump for analysis (this is ``kdumplab.open``).
+
+    ``path``: a vmcore (ELF, kdump-compressed or flattened) or a ``kdumplab save`` directory. ``vmlinux``: the
+    kernel's debug image; when omitted it is found by the dump's BUILD-ID (see
+    :mod:`kdumplab.analysis.find_vmlinux`). ``debug_dirs``: more places to search. ``fetch_debuginfo``: when no
+    vmlinux is found, download the Debian -dbg package with apt.
+
+    :raises DumpFormatError: the file is not a dump, is truncated or corrupt.
+    :raises DebugInfoError: an explicit ``vmlinux`` is not this kernel's (its build ID differs).
+    """
+    return Dump(path, vmlinux=vmlinux, debug_dirs=debug_dirs, fetch_debuginfo=fetch_debuginfo)

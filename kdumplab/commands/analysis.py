@@ -1,0 +1,198 @@
+"""``kdumplab show TABLE DUMP`` and ``kdumplab debuginfo fetch DUMP``: the analysis tables on the command line.
+
+Text output is a rich table for a person at a terminal (one-row tables such as ``system`` are printed as
+key/value pairs); ``--format csv`` and ``--format json`` are for scripts. Dump text is hostile (a comm or a log
+line may hold terminal escapes or markup): the text renderer shows control characters as ``\\xNN`` and never
+interprets markup; CSV and JSON carry the exact strings, quoted by their own rules.
+
+    $ kdumplab show tasks /var/crash/202611260800-web1 --format csv > tasks.csv
+    $ kdumplab show backtrace vmcore --vmlinux vmlinux-6.1.0-56-amd64 --task 1
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import click
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def escape_text(value: str) -> str:
+    """``value`` with control characters (ESC, BEL, CR, ...) shown as ``\\xNN``; newlines and tabs are kept."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
+
+
+def _cell(value) -> str:
+    import pandas as pd
+
+    if value is None:
+        return ""
+    if isinstance(value, (tuple, list)):
+        return ", ".join(_cell(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_cell(v)}" for k, v in value.items())
+    try:
+        if pd.isna(value):
+            return ""
+    except (TypeError, ValueError):
+        pass
+    if isinstance(value, pd.Timedelta):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return escape_text(str(value))
+
+
+def render_text(frame, title: str | None = None, limit: int | None = None, file=None) -> None:
+    """Print ``frame`` as a rich table (as key/value pairs when it has one row and many columns)."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(file=file or sys.stdout, soft_wrap=False, width=max(100, Console().width))
+    if len(frame) == 1 and len(frame.columns) > 6:
+        table = Table(title=title, show_header=False, box=None)
+        table.add_column("key", style="bold")
+        table.add_column("value", overflow="fold")
+        for column in frame.columns:
+            table.add_row(Text(str(column)), Text(_cell(frame[column].iloc[0])))
+        console.print(table)
+        return
+    shown = frame if limit is None else frame.head(limit)
+    table = Table(title=title, show_lines=False)
+    for column in frame.columns:
+        numeric = str(frame[column].dtype) in ("Int64", "UInt64", "float64", "int64")
+        table.add_column(str(column), justify="right" if numeric else "left", overflow="fold")
+    for row in shown.itertuples(index=False):
+        table.add_row(*(Text(_cell(v)) for v in row))  # Text: never parsed as markup
+    console.print(table)
+    if limit is not None and len(frame) > limit:
+        console.print(f"... {len(frame) - limit} more rows (--limit 0 shows all)")
+
+
+def render_json(frame, file=None) -> None:
+    import json
+
+    import pandas as pd
+
+    def plain(value):
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if value is None:
+            return None
+        try:
+            if pd.isna(value):
+                return None
+        except (TypeError, ValueError):
+            pass
+        if isinstance(value, pd.Timestamp):
+            return value.isoformat()
+        if isinstance(value, pd.Timedelta):
+            return value.total_seconds()
+        if hasattr(value, "item"):
+            return value.item()
+        return value
+
+    records = [{str(k): plain(v) for k, v in zip(frame.columns, row)} for row in frame.itertuples(index=False)]
+    json.dump(records, file or sys.stdout, indent=1, ensure_ascii=True)
+    (file or sys.stdout).write("\n")
+
+
+def render_csv(frame, file=None) -> None:
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype == object:
+            out[column] = out[column].map(lambda v: "|".join(map(str, v)) if isinstance(v, (tuple, list)) else v)
+    out.to_csv(file or sys.stdout, index=False)
+
+
+def _table_names() -> list[str]:
+    from kdumplab.analysis import TABLES
+
+    return list(TABLES)
+
+
+@click.command()
+@click.argument("table", type=click.Choice(_table_names(), case_sensitive=False), metavar="TABLE")
+@click.argument("dump", type=click.Path(exists=True))
+@click.option("--vmlinux", type=click.Path(exists=True, dir_okay=False),
+              help="The kernel's debug vmlinux (found by the dump's build ID when omitted).")
+@click.option("--debug-dir", "debug_dirs", multiple=True, type=click.Path(file_okay=False),
+              help="Another directory to search for vmlinux and module debug info (repeatable).")
+@click.option("--format", "fmt", type=click.Choice(["text", "csv", "json"]), default="text", show_default=True)
+@click.option("--task", help="backtrace: the task (pid or task_struct address) instead of the crashed thread.")
+@click.option("--locals", "with_locals", is_flag=True, help="backtrace: include each frame's variables.")
+@click.option("--limit", type=int, default=200, show_default=True,
+              help="text: rows to print (0 for all); csv and json always print all.")
+@click.option("--fetch-debuginfo", is_flag=True, help="Download the Debian -dbg vmlinux with apt if none is found.")
+def show(table, dump, vmlinux, debug_dirs, fmt, task, with_locals, limit, fetch_debuginfo):
+    """Print analysis TABLE of DUMP.
+
+    \b
+    TABLE is one of: system panic backtrace tasks stacks dmesg meminfo slabs
+    page_classes modules cpus. system, panic, dmesg and page_classes work
+    without vmlinux; the others need the kernel's vmlinux (debug info).
+    DUMP is a vmcore (ELF, kdump-compressed, flattened) or a `kdumplab save` directory.
+    """
+    import kdumplab
+    from kdumplab.analysis import TABLES
+
+    table = table.lower()
+    d = kdumplab.open(dump, vmlinux=vmlinux, debug_dirs=list(debug_dirs), fetch_debuginfo=fetch_debuginfo)
+    if table == "backtrace":
+        target = None
+        if task is not None:
+            target = int(task, 0)
+        frame = d.backtrace(target, locals=with_locals)
+    else:
+        frame = getattr(d, table)()
+    if fmt == "csv":
+        render_csv(frame)
+    elif fmt == "json":
+        render_json(frame)
+    else:
+        title = f"{table}: {TABLES[table].summary} ({d.path})"
+        render_text(frame, title=escape_text(title), limit=None if limit == 0 else limit)
+
+
+@click.group()
+def debuginfo():
+    """Find or fetch the vmlinux that matches a dump."""
+
+
+@debuginfo.command("fetch")
+@click.argument("dump", type=click.Path(exists=True))
+def debuginfo_fetch(dump):
+    """Download the Debian linux-image-RELEASE-dbg package for DUMP's kernel with apt and extract its vmlinux
+    into ~/.cache/kdumplab/kernels/RELEASE/ (says the download size first)."""
+    from kdumplab.analysis.dump import Dump
+
+    d = Dump(dump)
+    if d.vmlinux is not None:
+        click.echo(f"already have {d.vmlinux} (build ID {d.vmlinux_match.build_id})")
+        return
+    path = d.fetch_debuginfo()
+    click.echo(f"{path} (build ID {d.vmlinux_match.build_id}) matches {d.release}")
+
+
+@debuginfo.command("find")
+@click.argument("dump", type=click.Path(exists=True))
+@click.option("--debug-dir", "debug_dirs", multiple=True, type=click.Path(file_okay=False))
+def debuginfo_find(dump, debug_dirs):
+    """Say which vmlinux matches DUMP, or where it was looked for."""
+    from kdumplab.analysis.dump import Dump
+    from kdumplab.errors import DebugInfoError
+
+    d = Dump(dump, debug_dirs=list(debug_dirs))
+    if d.vmlinux is None:
+        raise DebugInfoError(d.debuginfo_error or "no vmlinux found")
+    click.echo(f"{d.vmlinux} (build ID {d.vmlinux_match.build_id}, matched by {d.vmlinux_match.how})")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(show)
+    group.add_command(debuginfo)
