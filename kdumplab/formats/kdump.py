@@ -478,10 +478,15 @@ class KdumpFile(DumpFile):
                         where, f"page_desc.size of pfn {pfn:#x}",
                         f"size {s} with flags {f:#x} (block_size {self.block_size})",
                     )  # fmt: skip
-                cls = TruncatedDumpError if o + s > self.file_size and o >= self.data_offset else CorruptDumpError
-                raise cls(
-                    self.path, where, f"page_desc.offset of pfn {pfn:#x}",
-                    f"data at {o}..{o + s} is outside the page data area {self.data_offset}..{self.file_size}",
+                if o >= self.data_offset:
+                    raise TruncatedDumpError(
+                        self.path, where, f"page_desc.offset of pfn {pfn:#x}",
+                        f"the page's data at {o}..{o + s} passes the end of the file at {self.file_size}: the file "
+                        "was cut short (copy it again, or use the part that is there with a new capture)",
+                    )  # fmt: skip
+                raise self._corrupt(
+                    where, f"page_desc.offset of pfn {pfn:#x}",
+                    f"data at {o} lies before the page data area, which starts at {self.data_offset}",
                 )  # fmt: skip
         if lost.any() and not lost_ok:
             pfn = int(pfns[int(np.flatnonzero(lost)[0])])
