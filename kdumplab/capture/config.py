@@ -66,15 +66,17 @@ class Target:
     @property
     def destination(self) -> str | None:
         """``user@host`` (or ``host``) as ssh takes it; None for a directory."""
-        if self.kind != "ssh":
+        if self.kind != "ssh" or self.host is None:
             return None
-        return f"{self.user}@{self.host}" if self.user else self.host
+        host = self.host.strip("[]")  # ssh takes a bare IPv6 address; brackets belong to the URL only
+        return f"{self.user}@{host}" if self.user else host
 
     def __str__(self) -> str:
         if self.kind == "dir":
             return self.path
         port = f":{self.port}" if self.port else ""
-        return f"ssh://{self.destination}{port}{self.path}"
+        user = f"{self.user}@" if self.user else ""
+        return f"ssh://{user}{self.host}{port}{self.path}"
 
     @classmethod
     def parse(cls, text: str) -> "Target":

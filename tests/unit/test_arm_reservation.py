@@ -1,0 +1,139 @@
+"""Reservation checks over --root trees: every failure case gets its own exact message and fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from kdumplab.capture import reservation as rsv
+from kdumplab.capture.reservation import check_reservation, crashkernel_params, iomem_crash_ranges, requested_bytes
+from test_arm_tree import GiB, MiB, RELEASE, make_tree
+
+
+def _files(root):
+    return root / f"boot/vmlinuz-{RELEASE}", root / f"boot/initrd.img-{RELEASE}"
+
+
+def test_enough_reserved_is_ok(tmp_path):
+    make_tree(tmp_path, crash_size=512 * MiB)
+    r = check_reservation(tmp_path, *_files(tmp_path))
+    assert r.ok, r.problems
+    assert r.reserved == 512 * MiB
+    assert r.requested == ["512M"]
+    assert [x.size for x in r.iomem] == [512 * MiB]
+
+
+def test_no_crashkernel_at_all(tmp_path):
+    make_tree(tmp_path, cmdline="root=/dev/vda1 ro quiet", crash_size=0, mem_total=8 * GiB)
+    r = check_reservation(tmp_path, *_files(tmp_path))
+    assert not r.ok
+    assert r.problems[0].startswith(
+        "no memory reserved for the crash kernel: add crashkernel=256M to the kernel command line")
+    assert r.recommended_line == "crashkernel=256M"
+
+
+def test_crashkernel_given_but_nothing_reserved(tmp_path):
+    make_tree(tmp_path, cmdline="root=/dev/vda1 crashkernel=6G", crash_size=0, mem_total=8 * GiB)
+    r = check_reservation(tmp_path, *_files(tmp_path))
+    assert not r.ok
+    msg = r.problems[0]
+    assert msg.startswith("crashkernel=6G is on the kernel command line but no memory was reserved")
+    assert "too much for 8192 MiB of RAM" in msg
+    assert "replace it with crashkernel=256M" in msg
+
+
+def test_crashkernel_range_syntax_matching_nothing(tmp_path):
+    make_tree(tmp_path, cmdline="crashkernel=16G-:512M", crash_size=0, mem_total=8 * GiB)
+    r = check_reservation(tmp_path, *_files(tmp_path))
+    assert "no range in crashkernel=16G-:512M matches" in r.problems[0]
+
+
+def test_reserved_too_small_for_the_estimate(tmp_path):
+    make_tree(tmp_path, cmdline="crashkernel=128M", crash_size=128 * MiB, initrd_size=60 * MiB)
+    r = check_reservation(tmp_path, *_files(tmp_path))
+    needed_mib = -(-r.needed // MiB)
+    assert needed_mib > 128
+    assert r.problems == [
+        f"reserved 128 MiB, need about {needed_mib} MiB: the kdump kernel would run out of memory; replace "
+        f"crashkernel= with {r.recommended_line} to the kernel command line (on Debian: GRUB_CMDLINE_LINUX_DEFAULT "
+        f"in /etc/default/grub, then update-grub) and reboot"]
+    assert r.recommended >= r.needed
+
+
+def test_estimate_grows_with_the_initrd(tmp_path):
+    make_tree(tmp_path, initrd_size=200 * MiB, crash_size=256 * MiB, mem_total=4 * GiB)
+    r = check_reservation(tmp_path, *_files(tmp_path))
+    assert r.needed >= 600 * MiB
+    assert r.recommended_line == f"crashkernel={-(-r.needed // (64 * MiB)) * 64}M"
+    assert not r.ok
+
+
+def test_capture_in_initrd_needs_more(tmp_path):
+    make_tree(tmp_path)
+    assert (check_reservation(tmp_path, *_files(tmp_path), capture_in_initrd=True).needed
+            > check_reservation(tmp_path, *_files(tmp_path)).needed)
+
+
+def test_iomem_range_absent_but_size_known(tmp_path):
+    make_tree(tmp_path, crash_size=512 * MiB, iomem_crash=[])
+    r = check_reservation(tmp_path, *_files(tmp_path))
+    assert r.ok and r.iomem == []
+    assert any("no Crash kernel range in /proc/iomem" in n for n in r.notes)
+
+
+def test_iomem_only_when_sysfs_missing(tmp_path):
+    make_tree(tmp_path, crash_size=None, iomem_crash=[(0x20000000, 0x3FFFFFFF)])
+    r = check_reservation(tmp_path, *_files(tmp_path))
+    assert r.reserved == 512 * MiB and r.ok
+
+
+def test_iomem_hidden_from_non_root(tmp_path):
+    make_tree(tmp_path, crash_size=512 * MiB, iomem_crash=[(0, 0)])
+    r = check_reservation(tmp_path, *_files(tmp_path))
+    assert r.ok
+    assert any("hides addresses" in n for n in r.notes)
+
+
+def test_nested_iomem_and_two_ranges():
+    text = ("00100000-bffdffff : System RAM\n  01000000-01e02fff : Kernel code\n"
+            "    05000000-0cffffff : Crash kernel\n100000000-43fffffff : System RAM\n"
+            "  43f000000-43fffffff : Crash kernel\n")
+    ranges = iomem_crash_ranges(text)
+    assert [(r.start, r.size) for r in ranges] == [(0x05000000, 128 * MiB), (0x43F000000, 16 * MiB)]
+
+
+def test_arm64_gets_the_high_form(tmp_path):
+    make_tree(tmp_path, cmdline="root=/dev/vda2", crash_size=0, arch="aarch64", mem_total=64 * GiB)
+    r = check_reservation(tmp_path, *_files(tmp_path))
+    assert r.recommended_line == "crashkernel=768M,high"
+    assert "add crashkernel=768M,high to the kernel command line" in r.problems[0]
+
+
+def test_no_kexec_support(tmp_path):
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/cmdline").write_text("root=/dev/sda1\n")
+    (tmp_path / "proc/meminfo").write_text("MemTotal: 1024 kB\n")
+    r = check_reservation(tmp_path)
+    assert "no crash kernel support" in r.problems[0]
+
+
+@pytest.mark.parametrize("gib,mib", [(1, 192), (2, 192), (3, 256), (11, 256), (12, 512), (47, 512), (48, 768),
+                                     (127, 768), (128, 1024), (1024, 1024)])
+def test_size_table(gib, mib):
+    assert rsv.size_from_table(gib * GiB) == mib * MiB
+
+
+def test_size_table_tolerates_memtotal_below_installed_ram():
+    assert rsv.size_from_table(12 * GiB - 400 * MiB) == 512 * MiB
+
+
+@pytest.mark.parametrize("value,mem,expect", [
+    ("256M", 8 * GiB, 256 * MiB), ("256M@16M", 8 * GiB, 256 * MiB), ("1G,high", 8 * GiB, GiB),
+    ("0x10000000", 8 * GiB, 256 * MiB), ("1G-4G:192M,4G-64G:256M,64G-:512M", 2 * GiB, 192 * MiB),
+    ("1G-4G:192M,4G-64G:256M,64G-:512M", 128 * GiB, 512 * MiB), ("1G-4G:192M", 512 * MiB, None), ("auto", GiB, None)])
+def test_requested_bytes(value, mem, expect):
+    assert requested_bytes(value, mem) == expect
+
+
+def test_crashkernel_params_ignores_init_args():
+    assert crashkernel_params("a crashkernel=256M -- crashkernel=1G") == ["256M"]
+    assert crashkernel_params('x="crashkernel=1G" crashkernel=2G,high crashkernel=128M,low') == ["2G,high", "128M,low"]
