@@ -31,6 +31,7 @@ A decompression failure raises :class:`~kdumplab.errors.CorruptDumpError`; pass 
 
 from __future__ import annotations
 
+import threading
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -123,13 +124,24 @@ def _snappy_decompress(data: bytes, size: int) -> bytes:
 _ZSTD_LEVEL = 1
 
 
+# zstd contexts are costly to create and not thread-safe: one pair per thread.
+_zstd_local = threading.local()
+
+
+def _zstd_contexts() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+    ctx = getattr(_zstd_local, "ctx", None)
+    if ctx is None:
+        ctx = _zstd_local.ctx = (zstandard.ZstdCompressor(level=_ZSTD_LEVEL), zstandard.ZstdDecompressor())
+    return ctx
+
+
 def _zstd_compress(page: bytes) -> bytes:
-    return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(page)
+    return _zstd_contexts()[0].compress(page)
 
 
 def _zstd_decompress(data: bytes, size: int) -> bytes:
     # max_output_size bounds memory even when a corrupt frame header claims a huge content size.
-    return zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
+    return _zstd_contexts()[1].decompress(data, max_output_size=size)
 
 
 def _none(page: bytes, size: int | None = None) -> bytes:
@@ -178,7 +190,7 @@ def compress_many(pages: Sequence[bytes], codec: str | Codec, threads: int = 1) 
         result = cctx.multi_compress_to_buffer([bytes(p) for p in pages], threads=threads)
         return [bytes(segment) for segment in result]
     if codec.name == "zstd":
-        cctx = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)  # one context for the batch, not one per page
+        cctx = _zstd_contexts()[0]
         return [cctx.compress(p) for p in pages]
     return [codec.compress(p) for p in pages]
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -67,6 +68,7 @@ _SUB_FIELDS_SINCE = (
 POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 _RANK_BLOCK_BYTES = 64  # prefix counts every 512 pfns: 1/64 of the bitmap in int64, not 8x it
 _RANK_BLOCK_SHIFT = 9
+_PAGE_CACHE_PAGES = 64  # decompressed pages kept for small reads: 256 KiB with 4 KiB pages
 
 
 class Utsname(NamedTuple):
@@ -283,6 +285,7 @@ class KdumpFile(DumpFile):
         self.block_size = self.page_size = bs
 
         # The sub header and the notes.
+        self._page_cache: OrderedDict[int, bytes] = OrderedDict()
         self.sub_header = None
         if is_kdump:
             self.sub_header = KdumpSubHeader.unpack(self._pread(bs, SUB_HEADER.size, "kdump_sub_header"), h.header_version)
@@ -482,7 +485,7 @@ class KdumpFile(DumpFile):
                     raise TruncatedDumpError(
                         self.path, where, f"page_desc.offset of pfn {pfn:#x}",
                         f"the page's data at {o}..{o + s} passes the end of the file at {self.file_size}: the file "
-                        "was cut short (copy it again, or use the part that is there with a new capture)",
+                        "was cut short (an interrupted copy or a full disk): copy it again",
                     )  # fmt: skip
                 raise self._corrupt(
                     where, f"page_desc.offset of pfn {pfn:#x}",
@@ -556,12 +559,47 @@ class KdumpFile(DumpFile):
             raise ValueError(f"bad page range {pfn}, {count}")
         return bytes(self._read_window(pfn, count, strict=False))
 
+    def _read_one(self, pfn: int) -> bytes:
+        """Scalar path of :meth:`_read_window` for one page (no numpy overhead on the page-table-walk path)."""
+        if not (0 <= pfn < self.max_mapnr and self._has_desc(pfn)):
+            self._raise_absent(pfn)
+        index = self._rank(pfn) - self._rank_origin
+        off = self.desc_offset + index * PAGE_DESC.size
+        raw = os.pread(self._fd, PAGE_DESC.size, off) if off + PAGE_DESC.size <= self.file_size else b""
+        o, s, f, _ = PAGE_DESC.unpack(raw.ljust(PAGE_DESC.size, b"\0"))
+        ps = self.page_size
+        if o == 0 or f not in (0, 0x1, 0x2, 0x4, 0x20) or s > ps or s == 0 or (f == 0 and s != ps) \
+                or o < self.data_offset or o + s > self.file_size:  # fmt: skip
+            descs = np.frombuffer(PAGE_DESC.pack(o, s, f, 0), dtype=PAGE_DESC_DTYPE)
+            if not raw and not self.incomplete:
+                self._read_descs(index, 1)  # raises the truncation error
+            self._check_descs(descs, np.array([pfn]), lost_ok=False)  # raises the precise error
+        if o == self._zero_offset:
+            return bytes(ps)
+        data = self._pread(o, s, "page data")
+        return data if f == 0 else codec_for_flag(f).decompress(data, ps, path=self.path, offset=o, pfn=pfn)
+
+    def _read_page(self, pfn: int) -> bytes:
+        """One page, strictly, through a small LRU cache (page-table walks read the same pages again and again)."""
+        page = self._page_cache.get(pfn)
+        if page is not None:
+            self._page_cache.move_to_end(pfn)
+            return page
+        page = self._read_one(pfn)
+        self._page_cache[pfn] = page
+        if len(self._page_cache) > _PAGE_CACHE_PAGES:
+            self._page_cache.popitem(last=False)
+        return page
+
     def read_phys(self, paddr: int, size: int) -> bytes:
         """``size`` bytes at ``paddr``. MemoryReadError names the first pfn that is a hole, excluded or lost."""
         if size <= 0:
             return b""
         ps = self.page_size
         first, last = paddr // ps, (paddr + size - 1) // ps
+        if first == last:
+            start = paddr - first * ps
+            return self._read_page(first)[start : start + size]
         data = self._read_window(first, last - first + 1, strict=True)
         start = paddr - first * ps
         return bytes(data[start : start + size])
