@@ -102,9 +102,9 @@ def arm(config: Config, root: Path = Path("/"), runner: Runner | None = None, dr
     run = dry_runner(echo) if dry_run else echoing(runner or subprocess_runner(), echo)
     problems: list[str] = []
 
-    def problem(message: str, error: type[ArmError] = ArmError) -> None:
+    def problem(message: str, error: ArmError | None = None) -> None:
         if not dry_run:
-            raise error(message)
+            raise error or ArmError(message)
         problems.append(message)
         echo(f"problem: {message}")
 
@@ -130,8 +130,8 @@ def arm(config: Config, root: Path = Path("/"), runner: Runner | None = None, dr
             for message in reservation.problems:
                 echo(f"warning: {message} (going on: --ignore-size)")
         else:
-            hint = "" if not too_small else " (or use --ignore-size to load anyway)"
-            problem("; ".join(reservation.problems) + hint, ReservationError if not dry_run else ArmError)
+            hint = [] if not too_small else ["or use --ignore-size to load anyway"]
+            problem("; ".join(reservation.problems + hint), ReservationError(reservation.problems + hint))
 
     proc_cmdline = read_text(root, "/proc/cmdline") or ""
     plan = build_kdump_cmdline(proc_cmdline.strip(), blacklist=config.blacklist, append=config.cmdline_append,

@@ -262,8 +262,9 @@ def check_reservation(root: Path = Path("/"), kernel: Path | None = None, initrd
     reserved = crash_size if crash_size is not None else iomem_bytes
     result = Reservation(requested=requested, reserved=reserved, iomem=ranges, mem_total=mem_total, arch=arch,
                          needed=needed, recommended=size, recommended_line=line)
-    how = ("to the kernel command line (on Debian: GRUB_CMDLINE_LINUX_DEFAULT in /etc/default/grub, then "
-           "update-grub) and reboot")
+    where = ("the kernel command line (on Debian: GRUB_CMDLINE_LINUX_DEFAULT in /etc/default/grub, then "
+             "update-grub) and reboot")
+    how, instead = f"to {where}", f"on {where}"
 
     if crash_size is None and not ranges:
         if iomem_text is None and read_text(root, "/sys/kernel/kexec_crash_loaded") is None:
@@ -289,12 +290,12 @@ def check_reservation(root: Path = Path("/"), kernel: Path | None = None, initrd
                 why = f" ({format_mib(asked)} is too much for {format_mib(mem_total)} of RAM)"
             result.problems.append(
                 f"crashkernel={requested[-1]} is on the kernel command line but no memory was reserved{why}: "
-                f"the kernel log says why (dmesg | grep -i crashkernel); replace it with {line} {how}")
+                f"the kernel log says why (dmesg | grep -i crashkernel); replace it with {line} {instead}")
         return result
     if reserved < needed:
         result.problems.append(
             f"reserved {format_mib(reserved)}, need about {format_mib(needed)}: the kdump kernel would run out of "
-            f"memory; replace crashkernel= with {line} {how}")
+            f"memory; replace crashkernel= with {line} {instead}")
     elif not ranges and iomem_text is not None:
         result.notes.append("no Crash kernel range in /proc/iomem although kexec_crash_size is set")
     return result

@@ -54,7 +54,7 @@ def test_reserved_too_small_for_the_estimate(tmp_path):
     assert needed_mib > 128
     assert r.problems == [
         f"reserved 128 MiB, need about {needed_mib} MiB: the kdump kernel would run out of memory; replace "
-        f"crashkernel= with {r.recommended_line} to the kernel command line (on Debian: GRUB_CMDLINE_LINUX_DEFAULT "
+        f"crashkernel= with {r.recommended_line} on the kernel command line (on Debian: GRUB_CMDLINE_LINUX_DEFAULT "
         f"in /etc/default/grub, then update-grub) and reboot"]
     assert r.recommended >= r.needed
 
