@@ -1,0 +1,38 @@
+"""The crashed kernel's memory, read from a dump file and its VMCOREINFO alone (no vmlinux, no drgn).
+
+Shared by the capture side (filtering a dump in the kdump kernel, ``kdumplab dmesg``, ``kdumplab mem-usage``)
+and the analysis side (page-class and dmesg tables), which never import each other. Standard library and numpy
+only.
+
+- :class:`KernelMemory` (:mod:`.translate`): x86_64 virtual-to-physical translation (kernel image, direct map,
+  4- and 5-level page-table walk) and reads;
+- :class:`MemMap` (:mod:`.mem_map`): where the struct pages are (SPARSEMEM, EXTREME, VMEMMAP, FLATMEM) and bulk
+  reads of struct page windows as numpy structured arrays;
+- :class:`PageClass`, :func:`classify`, :func:`classify_dump`, :func:`excluded_mask`, :func:`zero_mask`
+  (:mod:`.page_class`): makedumpfile's page classes, vectorised;
+- :func:`read_printk`, :func:`format_dmesg` (:mod:`.printk`): the kernel log;
+- :func:`mem_usage` (:mod:`.usage`): pages per class and what each dump level keeps.
+
+>>> from kdumplab.formats import open_dumpfile                        # doctest: +SKIP
+>>> dump = open_dumpfile("vmcore")                                    # doctest: +SKIP
+>>> mem = KernelMemory(dump)                                          # doctest: +SKIP
+>>> print(format_dmesg(read_printk(mem))[-200:])                      # doctest: +SKIP
+>>> for w in classify_dump(dump):                                     # doctest: +SKIP
+...     print(w.start_pfn, np.bincount(w.classes, minlength=10))
+>>> mem_usage(dump).kept_pages[31]                                    # doctest: +SKIP
+"""
+
+from kdumplab.memory.mem_map import PAGE_DTYPE, MemMap, MemMapRange
+from kdumplab.memory.page_class import (
+    LABELS, NOT_PRESENT, ClassifyState, ClassRules, ClassWindow, PageClass, class_runs, classify, classify_all,
+    classify_dump, excluded_mask, exclusion_table, zero_mask,
+)
+from kdumplab.memory.printk import PrintkRecord, format_dmesg, read_printk
+from kdumplab.memory.translate import KernelMemory
+from kdumplab.memory.usage import MemUsage, mem_usage
+
+__all__ = [
+    "KernelMemory", "MemMap", "MemMapRange", "PAGE_DTYPE", "PageClass", "LABELS", "NOT_PRESENT", "ClassRules",
+    "ClassifyState", "ClassWindow", "classify", "classify_dump", "classify_all", "class_runs", "excluded_mask",
+    "exclusion_table", "zero_mask", "PrintkRecord", "read_printk", "format_dmesg", "MemUsage", "mem_usage",
+]
