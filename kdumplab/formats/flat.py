@@ -141,4 +141,4 @@ def _reassemble(stream: BinaryIO, name: str | None, dst: str | os.PathLike) -> i
         os.close(fd)
 
 
-__all__ = ["FLAT_SIGNATURE", "FlatSink", "reassemble"]
+__all__ = ["FLAT_HEADER_SIZE", "FLAT_SIGNATURE", "RECORD", "FlatSink", "reassemble"]

@@ -409,3 +409,24 @@ def test_drgn_reads_our_kdump(tmp_path, pages, codec):
     assert prog.read(500 * PAGE + 4090, 12, True) == pages[500:502].tobytes()[4090:4102]
     with pytest.raises(drgn.FaultError):
         prog.read(120 * PAGE, 8, True)  # excluded
+
+
+def test_open_dumpfile_flattened_elf(tmp_path, monkeypatch):
+    """A flattened ``-E`` stream reassembles to an ELF core, which open_dumpfile then reads as ELF."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    notes = build_note("VMCOREINFO", 0, VMCOREINFO)
+    ident = b"\x7fELF\x02\x01\x01" + bytes(9)
+    ehdr = ident + struct.pack("<HHIQQQIHHHHHH", 4, 62, 1, 0, 64, 0, 0, 64, 56, 2, 0, 0, 0)
+    note_off, data_off = 64 + 2 * 56, PAGE
+    phdrs = struct.pack("<IIQQQQQQ", 4, 0, note_off, 0, 0, len(notes), len(notes), 0)
+    phdrs += struct.pack("<IIQQQQQQ", 1, 7, data_off, 0xFFFF888000000000, 0, PAGE, PAGE, 0)
+    flat = tmp_path / "elf.flat"
+    with open(flat, "wb") as f:
+        sink = FlatSink(f)
+        sink.pwrite(data_off, b"\xab" * PAGE)  # records in any order
+        sink.pwrite(note_off, notes)
+        sink.pwrite(0, ehdr + phdrs)
+        sink.finish()
+    with open_dumpfile(flat) as d:
+        assert d.format == "elf" and d.read_phys(16, 4) == b"\xab" * 4
+        assert d.vmcoreinfo.osrelease == "6.1.0-kdumplab"
