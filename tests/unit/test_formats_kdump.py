@@ -430,3 +430,17 @@ def test_open_dumpfile_flattened_elf(tmp_path, monkeypatch):
     with open_dumpfile(flat) as d:
         assert d.format == "elf" and d.read_phys(16, 4) == b"\xab" * 4
         assert d.vmcoreinfo.osrelease == "6.1.0-kdumplab"
+
+
+def test_older_header_versions_and_diskdump(tmp_path, zstd_dump, pages):
+    # Version 3: no notes fields (VMCOREINFO still found through offset_vmcoreinfo), no max_mapnr_64.
+    v3 = patched(zstd_dump, tmp_path / "v3", 8, "<i", 3)
+    with KdumpFile(v3) as k:
+        assert k.sub_header.offset_note is None and k.sub_header.max_mapnr_64 is None
+        assert k.notes == [] and k.vmcoreinfo.osrelease == "6.1.0-kdumplab"
+        assert k.max_pfn == N and k.read_phys(8 * PAGE, 8) == pages[8, :8].tobytes()
+    # The legacy DISKDUMP signature: no sub header is read.
+    old = patched(zstd_dump, tmp_path / "diskdump", 0, "8s", b"DISKDUMP")
+    with open_dumpfile(old) as k:
+        assert k.sub_header is None and k.vmcoreinfo is None and k.dump_level == 0
+        assert k.read_phys(8 * PAGE, 8) == pages[8, :8].tobytes()
