@@ -98,7 +98,6 @@ def arm(config: Config, root: Path = Path("/"), runner: Runner | None = None, dr
     from kdumplab.capture.kexec import subprocess_runner
 
     root = Path(root)
-    would = "would " if dry_run else ""
     run = dry_runner(echo) if dry_run else echoing(runner or subprocess_runner(), echo)
     problems: list[str] = []
 
@@ -162,7 +161,10 @@ def arm(config: Config, root: Path = Path("/"), runner: Runner | None = None, dr
         echo(f"would record the loaded kernel in {under(root, '/run/kdumplab/armed.json')}")
     else:
         write_armed_state(root, state)
-    echo(f"{would}armed: a crash now {'would be' if dry_run else 'will be'} captured to {config.target}")
+    if dry_run:
+        echo(f"dry run: nothing was changed; once armed, a crash will be captured to {config.target}")
+    else:
+        echo(f"armed: a crash now will be captured to {config.target}")
     return result
 
 
