@@ -34,7 +34,6 @@ from __future__ import annotations
 import os
 import struct
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -227,11 +226,6 @@ def bitmap_runs(bitmap: np.ndarray, nbits: int, *, chunk_bytes: int = 1 << 20) -
     return runs
 
 
-def _runs(mask: np.ndarray) -> Iterator[tuple[int, int]]:
-    edges = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
-    return zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist())
-
-
 class KdumpFile(DumpFile):
     """A kdump-compressed dump file, opened and validated.
 
@@ -288,7 +282,8 @@ class KdumpFile(DumpFile):
         self._page_cache: OrderedDict[int, bytes] = OrderedDict()
         self.sub_header = None
         if is_kdump:
-            self.sub_header = KdumpSubHeader.unpack(self._pread(bs, SUB_HEADER.size, "kdump_sub_header"), h.header_version)
+            raw_sub = self._pread(bs, SUB_HEADER.size, "kdump_sub_header")
+            self.sub_header = KdumpSubHeader.unpack(raw_sub, h.header_version)
         sub = self.sub_header
         self.dump_level = (sub.dump_level if sub and sub.dump_level is not None else 0) or 0
         self.status = h.status
@@ -543,7 +538,9 @@ class KdumpFile(DumpFile):
 
     def _raise_absent(self, pfn: int) -> None:
         if not 0 <= pfn < self.max_mapnr:
-            raise MemoryReadError(f"{self.path}: pfn {pfn:#x} is past the end of the dump (max_pfn {self.max_mapnr:#x})")
+            raise MemoryReadError(
+                f"{self.path}: pfn {pfn:#x} is past the end of the dump (max_pfn {self.max_mapnr:#x})"
+            )
         if not (int(self.bitmap1[pfn >> 3]) >> (pfn & 7)) & 1:
             raise MemoryReadError(f"{self.path}: pfn {pfn:#x} is a memory hole (not in the 1st bitmap)")
         if not self._desc_start <= pfn < self._desc_end:

@@ -319,7 +319,9 @@ class KdumpWriter:
         bm = np.frombuffer(bitmap, dtype=np.uint8) if not isinstance(bitmap, np.ndarray) else bitmap
         bm = np.ascontiguousarray(bm, dtype=np.uint8).reshape(-1)
         if len(bm) > half:
-            raise DumpWriterError(f"{name} has {len(bm)} bytes, more than the {half} a max_mapnr of {self.max_mapnr} needs")
+            raise DumpWriterError(
+                f"{name} has {len(bm)} bytes, more than the {half} a max_mapnr of {self.max_mapnr} needs"
+            )
         full = np.zeros(half, dtype=np.uint8)
         full[: len(bm)] = bm
         nbytes, tail = self.max_mapnr >> 3, self.max_mapnr & 7
