@@ -67,7 +67,8 @@ class Sink(Protocol):
 class FileSink:
     """A :class:`Sink` over a regular file: a path (opened, truncated and closed here) or a binary file object.
 
-    ``fsync=True`` makes :meth:`finish` fsync the file, as a capture must before it renames the dump.
+    ``fsync=True`` makes :meth:`finish` fsync the file, as a capture must before it renames the dump. Writes go
+    through ``os.pwrite`` on the file's descriptor, so a file object's own position is left where it was.
     """
 
     def __init__(self, file: str | os.PathLike | BinaryIO, *, fsync: bool = False) -> None:
