@@ -1,0 +1,556 @@
+"""``kdumplab save``: turn /proc/vmcore into a filtered, compressed dump, and never lose it.
+
+The steps, each a phase of the log (:mod:`kdumplab.capture.progress`):
+
+1. **open** the source (ELF /proc/vmcore, or a kdump/flattened file to re-filter) and its kernel memory
+   (VMCOREINFO alone), make the target directory (``DEST/<crash time>-<hostname>/``; 0700).
+2. **dmesg**: the kernel log goes to ``dmesg.txt`` first, so it survives whatever happens to the dump.
+3. **classify** (pass 1, :func:`kdumplab.capture.pipeline.plan_pages`): the 2nd bitmap for the dump level.
+   Fallbacks, each recorded in meta.json and the log: a window whose struct pages are unusable keeps all its
+   pages; if the memory layout cannot be found at all the dump level drops to ``level & 1`` (zero pages only,
+   decided from the contents), and if even that fails, to 0 (an unfiltered copy).
+4. **space**: the exact size of the metadata and the uncompressed size of the kept pages against the free space.
+5. **write** (pass 2) under ``.vmcore.part`` (0600), then fsync. A full disk, a read error, a dead ssh target or a
+   signal flags what was written incomplete (kdump header status 0x8, ELF e_flags 0x1), renames it
+   ``vmcore.incomplete`` and exits with the documented status (:mod:`kdumplab.capture.exitcodes`).
+6. **verify**: re-open the file with the formats reader; the headers, the 2nd bitmap and a sample of pages must
+   equal the source (a flattened stream: its records walked to the end marker; over ssh: size and SHA-256 of
+   what arrived).
+7. **commit**: rename to ``vmcore`` and write ``meta.json`` last (retention counts only directories that have
+   one), then apply retention (``--keep``).
+
+>>> opts = SaveOptions(dump_level=31, codec="lzo", format="kdump")
+>>> fallback_chain(31), fallback_chain(0)
+([(31, True), (1, False), (0, False)], [(0, True), (0, False)])
+>>> save("/proc/vmcore", "/var/crash", opts)                            # doctest: +SKIP
+SaveResult(status='complete', exit_code=0, dump='/var/crash/2024-05-01-113456-web-1/vmcore', ...)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from kdumplab import __version__
+from kdumplab.capture.elf_output import ElfOutput
+from kdumplab.capture.exitcodes import (
+    ExitCode,
+    InterruptedSaveError,
+    NoSpaceError,
+    SaveError,
+    SourceInvalidError,
+    SourceReadError,
+    TargetError,
+    VerifyError,
+)
+from kdumplab.capture.pipeline import (
+    Fallback,
+    PagePlan,
+    WriteStats,
+    kept_pfns,
+    plan_pages,
+    write_kdump,
+    _windows,
+)
+from kdumplab.capture.progress import Progress
+from kdumplab.capture.targets import LocalDirectory, LocalTarget, SshTarget, Target, parse_target, space_error
+from kdumplab.errors import DumpFormatError, KdumplabError
+from kdumplab.formats.flat import FLAT_HEADER_SIZE, FLAT_SIGNATURE, RECORD, FlatSink
+from kdumplab.formats.kdump import PAGE_DESC
+from kdumplab.formats.kdump_writer import FileSink, KdumpWriter
+from kdumplab.formats.notes import build_note
+
+FORMATS = ("kdump", "elf", "flat")
+CODEC_NAMES = ("zstd", "lzo", "zlib", "snappy", "none")
+
+
+@dataclass
+class SaveOptions:
+    """How to save.
+
+    Attributes:
+        dump_level: makedumpfile's ``-d`` (0..31): 1 zero, 2 cache, 4 private cache, 8 user, 16 free pages.
+        codec: page compression of kdump output (``zstd``, ``lzo``, ``zlib``, ``snappy``, ``none``).
+        format: ``kdump`` (kdump-compressed), ``elf`` (as ``makedumpfile -E``), ``flat`` (``-F`` stream).
+            An ssh target always receives a flattened stream of the chosen layout.
+        threads: compression threads (the kdump kernel usually has one CPU).
+        identity, known_hosts, ssh_options: for ssh targets (``-i``, ``UserKnownHostsFile``, extra options).
+        verify_samples: pages compared with the source after writing.
+        keep: retention for directory targets: keep the newest N dumps (0 keeps all).
+    """
+
+    dump_level: int = 31
+    codec: str = "zstd"
+    format: str = "kdump"
+    threads: int = 1
+    identity: str | None = None
+    known_hosts: str | None = None
+    ssh_options: list[str] = field(default_factory=list)
+    verify_samples: int = 256
+    keep: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.dump_level <= 31:
+            raise SaveError(f"dump level {self.dump_level} is not in 0..31")
+        if self.codec not in CODEC_NAMES:
+            raise SaveError(f"unknown codec {self.codec!r}; choose one of {', '.join(CODEC_NAMES)}")
+        if self.format not in FORMATS:
+            raise SaveError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}")
+        self.threads = max(1, int(self.threads))
+
+
+@dataclass
+class SaveResult:
+    """What :func:`save` did. ``dump`` is the file (``host:path`` for ssh), ``meta`` what meta.json holds."""
+
+    status: str
+    exit_code: int
+    dump: str | None
+    directory: str | None
+    meta: dict[str, Any]
+
+
+def fallback_chain(dump_level: int) -> list[tuple[int, bool]]:
+    """``(dump level, classify struct pages?)`` to try in order: as asked, zero pages only, unfiltered."""
+    chain = [(dump_level, True), (dump_level & 1, False), (0, False)]
+    out: list[tuple[int, bool]] = []
+    for step in chain:
+        if step not in out:
+            out.append(step)
+    return out
+
+
+# -- reading the source ----------------------------------------------------------------------------------------
+class MemoryClassifier:
+    """The :class:`~kdumplab.capture.pipeline.WindowClassifier` over :mod:`kdumplab.memory`: struct pages read
+    window by window, classified with the rules of the kernel's era, kept per the dump level."""
+
+    def __init__(self, dump: Any, mem: Any) -> None:
+        from kdumplab.memory.mem_map import MemMap
+        from kdumplab.memory.page_class import LABELS, ClassifyState, ClassRules
+
+        self.mem_map = MemMap(mem)
+        self.rules = ClassRules.from_vmcoreinfo(mem.info)
+        self.state = ClassifyState()
+        self.class_names = list(LABELS)
+        self._state_cls = ClassifyState
+
+    def window(self, start: int, count: int, dump_level: int) -> tuple[np.ndarray, np.ndarray]:
+        from kdumplab.memory.page_class import classify, excluded_mask
+
+        try:
+            pages = self.mem_map.read_pages(start, count)
+            classes = classify(pages, self.rules, start, self.state)
+        except BaseException:
+            self.state = self._state_cls()  # ranges carried from a bad window must not leak into the next
+            raise
+        return classes, ~excluded_mask(classes, dump_level)
+
+
+def read_utsname(mem: Any) -> tuple[str, ...] | None:
+    """The crashed kernel's ``uname`` (sysname, nodename, release, version, machine, domainname), or None."""
+    info = mem.info
+    try:
+        addr = info.symbol("init_uts_ns") + info.offset("uts_namespace.name", 0)
+        raw = mem.read(addr, 6 * 65)
+    except (KdumplabError, TypeError):
+        return None
+    fields = tuple(raw[i * 65 : (i + 1) * 65].split(b"\0", 1)[0].decode("utf-8", "replace") for i in range(6))
+    if not fields[0].isprintable() or not fields[0]:
+        return None
+    return fields
+
+
+def raw_notes(dump: Any) -> bytes:
+    """The source's PT_NOTE content: verbatim from an ELF file, rebuilt note by note otherwise."""
+    path = getattr(dump, "path", None)
+    if getattr(dump, "format", None) == "elf" and path:
+        try:
+            with open(path, "rb") as f:
+                ehdr = f.read(64)
+                phoff, = struct.unpack_from("<Q", ehdr, 32)
+                phentsize, phnum = struct.unpack_from("<HH", ehdr, 54)
+                parts = []
+                for i in range(phnum):
+                    f.seek(phoff + i * phentsize)
+                    ptype, _, off, _, _, filesz = struct.unpack("<IIQQQQ", f.read(40))
+                    if ptype == 4:
+                        f.seek(off)
+                        parts.append(f.read(filesz))
+                if parts:
+                    return b"".join(parts)
+        except (OSError, struct.error):
+            pass
+    return b"".join(build_note(n.name, n.type, n.desc) for n in getattr(dump, "notes", []))
+
+
+def _kernel_memory(dump: Any) -> tuple[Any | None, str | None]:
+    try:
+        from kdumplab.memory.translate import KernelMemory
+
+        return KernelMemory(dump), None
+    except Exception as error:  # noqa: BLE001 - no memory layout is a fallback, not a failure
+        return None, str(error)
+
+
+def _dmesg_text(mem: Any) -> str:
+    from kdumplab.memory.printk import format_dmesg, read_printk
+
+    return format_dmesg(read_printk(mem))
+
+
+# -- the save ---------------------------------------------------------------------------------------------------
+def _meta_base(source: str, dest: str, options: SaveOptions) -> dict[str, Any]:
+    return {
+        "kdumplab_version": __version__,
+        "source": source,
+        "dest": dest,
+        "status": "writing",
+        "options": {k: v for k, v in dataclasses.asdict(options).items() if k not in ("ssh_options",)},
+        "requested_dump_level": options.dump_level,
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "saved_by": socket.gethostname(),
+        "fallbacks": [],
+        "warnings": [],
+    }
+
+
+def _metadata_bytes(plan: PagePlan, notes_len: int, fmt: str) -> int:
+    ps = plan.page_size
+    if fmt == "elf":
+        return 64 + 56 * (2 + len(plan.fallbacks)) + notes_len + ps
+    half = -(-(-(-plan.max_mapnr // 8)) // ps) * ps
+    return ps * (1 + -(-(104 + notes_len) // ps)) + 2 * half + PAGE_DESC.size * plan.num_dumpable + ps
+
+
+def _sample_pfns(plan: PagePlan, samples: int) -> np.ndarray:
+    """Up to ``samples`` kept pfns spread over the dump (the first and last included)."""
+    total = plan.num_dumpable
+    if not total or samples <= 0:
+        return np.zeros(0, np.int64)
+    ranks = np.unique(np.linspace(0, total - 1, min(samples, total)).astype(np.int64))
+    out, seen = [], 0
+    for w0, w1 in _windows(plan.max_mapnr, 1 << 15):
+        pfns = kept_pfns(plan, w0, w1)
+        hit = ranks[(ranks >= seen) & (ranks < seen + len(pfns))] - seen
+        out.append(pfns[hit])
+        seen += len(pfns)
+    return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def verify_file(path: str, dump: Any, plan: PagePlan, fmt: str, dump_level: int, samples: int) -> int:
+    """Re-open ``path`` and compare it with the source; returns the pages compared, or raises VerifyError."""
+    from kdumplab.formats.dumpfile import open_dumpfile
+
+    if fmt == "flat":
+        return verify_flat(path)
+    try:
+        out = open_dumpfile(path)
+    except (KdumplabError, OSError) as error:
+        raise VerifyError(f"{path}: the dump just written does not open: {error}") from error
+    with out:
+        problems = []
+        if out.format != fmt:
+            problems.append(f"format {out.format}, expected {fmt}")
+        if getattr(out, "incomplete", False):
+            problems.append("it is flagged incomplete")
+        src_info, out_info = dump.vmcoreinfo, out.vmcoreinfo
+        if src_info is not None and (out_info is None or out_info.entries != src_info.entries):
+            problems.append("VMCOREINFO differs from the source's")
+        if fmt == "kdump":
+            n = len(plan.bitmap2)
+            if out.max_pfn != plan.max_mapnr:
+                problems.append(f"max_mapnr {out.max_pfn}, expected {plan.max_mapnr}")
+            if not np.array_equal(out.bitmap2[:n], plan.bitmap2) or not np.array_equal(out.bitmap1[:n], plan.bitmap1):
+                problems.append("a bitmap differs from the plan")
+            if out.dump_level != dump_level:
+                problems.append(f"dump_level {out.dump_level}, expected {dump_level}")
+        pfns = _sample_pfns(plan, samples)
+        for pfn in pfns.tolist():
+            if out.read_pfns(pfn, 1) != dump.read_pfns(pfn, 1):
+                problems.append(f"page {pfn:#x} differs from the source")
+                break
+        if problems:
+            raise VerifyError(f"{path}: verification failed: {'; '.join(problems)}")
+        return len(pfns)
+
+
+def verify_flat(path: str) -> int:
+    """Walk a flattened file's records to the end marker (constant memory); the first must hold the header."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(FLAT_HEADER_SIZE)
+        if head[:16] != FLAT_SIGNATURE:
+            raise VerifyError(f"{path}: not a flattened stream")
+        pos, records, first = FLAT_HEADER_SIZE, 0, None
+        while True:
+            f.seek(pos)
+            raw = f.read(RECORD.size)
+            if len(raw) < RECORD.size:
+                raise VerifyError(f"{path}: the stream ends at {pos} before its end marker")
+            offset, length = RECORD.unpack(raw)
+            if (offset, length) == (-1, -1):
+                break
+            if offset < 0 or length < 0 or pos + RECORD.size + length > size:
+                raise VerifyError(f"{path}: bad record at {pos} (offset {offset}, size {length})")
+            if first is None:
+                first = f.read(8) if offset == 0 else b""
+            pos += RECORD.size + length
+            records += 1
+        if pos + RECORD.size != size:
+            raise VerifyError(f"{path}: {size - pos - RECORD.size} bytes after the end marker")
+        if first not in (b"KDUMP   ", b"\x7fELF\x02\x01\x01\x00"):
+            raise VerifyError(f"{path}: the first record is not a kdump or ELF header")
+    return records
+
+
+class _Output:
+    """The dump being written: a kdump writer or an ELF output over a file or a flattened stream."""
+
+    def __init__(self, kind: str, obj: Any, file: BinaryIO | None, stream: Any | None):
+        self.kind, self.obj, self.file, self.stream = kind, obj, file, stream
+
+    def mark_incomplete_and_close(self) -> bool:
+        """Best effort after a failure; True if the incomplete flag reached the file."""
+        flagged = False
+        try:
+            self.obj.mark_incomplete()
+            if self.kind == "kdump":
+                try:
+                    self.obj.finish()  # rewrites the header with status 0x8, even if the last flush fails
+                except BaseException:  # noqa: BLE001
+                    pass
+                flagged = self.obj.incomplete
+            else:
+                flagged = True
+                try:
+                    self.obj.finish()
+                except BaseException:  # noqa: BLE001
+                    pass
+        except BaseException:  # noqa: BLE001 - the disk or the pipe is gone
+            flagged = False
+        if self.file is not None:
+            try:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+            except OSError:
+                pass
+            try:
+                self.file.close()
+            except OSError:
+                pass
+        if self.stream is not None:
+            self.stream.kill()
+        return flagged and self.stream is None
+
+
+def _classify_error(error: BaseException, where: str) -> SaveError:
+    if isinstance(error, SaveError):
+        return error
+    if isinstance(error, KeyboardInterrupt):
+        return InterruptedSaveError(f"{where}: interrupted")
+    if isinstance(error, OSError) and space_error(error):
+        return NoSpaceError(f"{where}: {error.strerror}: the disk is full; the partial dump is flagged incomplete")
+    if isinstance(error, OSError):
+        return SaveError(f"{where}: {error.strerror or error}")
+    return SaveError(f"{where}: {type(error).__name__}: {error}")
+
+
+def save(source: str, dest: str, options: SaveOptions | None = None, progress: Progress | None = None) -> SaveResult:
+    """Save the dump ``source`` to ``dest`` (file, directory or ``ssh://``); see the module docstring.
+
+    Returns a :class:`SaveResult` when the dump was written, verified and renamed. Otherwise raises a
+    :class:`~kdumplab.capture.exitcodes.SaveError` whose ``exit_code`` is the documented status and whose
+    ``partial`` names what was left; meta.json then says ``"status": "incomplete"`` (or ``"failed"``) and why.
+    """
+    from kdumplab.formats.dumpfile import open_dumpfile
+
+    options = options or SaveOptions()
+    progress = progress or Progress()
+    meta = _meta_base(source, dest, options)
+    started = time.perf_counter()
+    try:
+        dump = open_dumpfile(source)
+    except DumpFormatError as error:
+        raise SourceInvalidError(f"{error}") from error
+    except OSError as error:
+        raise SourceInvalidError(f"{source}: cannot open: {error.strerror}") from error
+    with dump:
+        return _save(dump, source, dest, options, progress, meta, started)
+
+
+def _save(dump: Any, source: str, dest: str, options: SaveOptions, progress: Progress, meta: dict[str, Any],
+          started: float) -> SaveResult:
+    info = dump.vmcoreinfo
+    with progress.phase("open", unit="pages"):
+        mem, mem_error = _kernel_memory(dump)
+        uts = read_utsname(mem) if mem is not None else None
+        crash_time = info.crashtime if info is not None else None
+        hostname = uts[1] if uts else None
+        target = parse_target(dest, identity=options.identity, known_hosts=options.known_hosts,
+                              ssh_options=options.ssh_options)
+        target.prepare(crash_time, hostname)
+    meta.update(crash_time=crash_time, hostname=hostname, osrelease=info.osrelease if info else None,
+                utsname=list(uts) if uts else None, page_size=dump.page_size, max_pfn=dump.max_pfn,
+                source_format=dump.format, directory=str(target.directory))
+    remote = isinstance(target, SshTarget)
+    meta["dump_file"] = target.final_path if not remote else f"{target.describe_host()}:{target.final_path}"
+    if mem_error:
+        meta["warnings"].append(f"kernel memory unreadable: {mem_error}")
+        progress.log(f"warning: kernel memory unreadable ({mem_error}); saving without filtering by struct pages")
+
+    # dmesg first: the log survives even if the dump does not.
+    with progress.phase("dmesg", unit="bytes") as p:
+        try:
+            if mem is None:
+                raise KdumplabError(mem_error or "no kernel memory")
+            text = _dmesg_text(mem)
+            meta["files_dmesg"] = target.write_side("dmesg.txt", text.encode("utf-8", "replace"))
+            p.advance(len(text))
+        except (TargetError, NoSpaceError):
+            raise
+        except Exception as error:  # noqa: BLE001 - a broken log must not stop the dump
+            meta["warnings"].append(f"dmesg not saved: {error}")
+            progress.log(f"warning: dmesg not saved: {error}")
+
+    # Pass 1, with the fallback chain.
+    elf = options.format == "elf"
+    plan: PagePlan | None = None
+    level = options.dump_level
+    with progress.phase("classify", total=dump.max_pfn) as p:
+        for level, use_struct_pages in fallback_chain(options.dump_level):
+            try:
+                classifier = None
+                if use_struct_pages:
+                    if mem is None:
+                        raise KdumplabError(mem_error or "no kernel memory")
+                    classifier = MemoryClassifier(dump, mem)
+                plan = plan_pages(dump, level, classifier, zero_check=elf, on_window=p.advance)
+                break
+            except SourceReadError:
+                raise
+            except Exception as error:  # noqa: BLE001 - any failure to filter falls back, it never stops the save
+                reason = f"{error}" if isinstance(error, KdumplabError) else f"{type(error).__name__}: {error}"
+                meta["fallbacks"].append({"from_dump_level": level, "struct_pages": use_struct_pages,
+                                          "reason": reason})
+                progress.log(f"warning: cannot filter at dump level {level} ({reason}); falling back")
+    assert plan is not None
+    if plan.fallbacks:
+        reasons = sorted({f.reason for f in plan.fallbacks})
+        pages = sum(f.count or 0 for f in plan.fallbacks)
+        progress.log(f"warning: {len(plan.fallbacks)} windows ({pages} pages) kept unfiltered: {reasons[0]}")
+        meta["fallbacks"].extend(f.to_json() for f in plan.fallbacks)
+    meta.update(dump_level=level, page_classes=plan.counts, excluded=plan.excluded,
+                pages={"present": plan.num_present, "dumpable": plan.num_dumpable})
+    progress.log(f"dump level {level}: keeping {plan.num_dumpable} of {plan.num_present} pages")
+
+    notes = raw_notes(dump)
+    needed = _metadata_bytes(plan, len(notes), options.format)
+    upper = needed + plan.num_dumpable * plan.page_size
+    free = target.free_bytes()
+    meta["space"] = {"free": free, "metadata": needed, "uncompressed_pages": upper - needed}
+    if free is not None and free < needed:
+        raise NoSpaceError(f"{target.describe()}: {free} bytes free, the dump's headers and tables alone need "
+                           f"{needed}; free space or choose another target")
+    if free is not None and free < upper:
+        msg = (f"{free} bytes free, up to {upper} needed uncompressed: the dump may not fit "
+               "(it is flagged incomplete if the disk fills)")
+        meta["warnings"].append(msg)
+        progress.log(f"warning: {msg}")
+
+    # Pass 2.
+    stats = WriteStats()
+    output: _Output | None = None
+    try:
+        with progress.phase("write", total=plan.num_dumpable) as p:
+            output = _open_output(target, dump, plan, notes, options, level, mem, uts)
+            if output.kind == "kdump":
+                write_kdump(dump, plan, output.obj, codec=options.codec, threads=options.threads,
+                            on_batch=p.advance, stats=stats)
+                output.obj.finish()
+            else:
+                output.obj.write_data(on_pages=p.advance)
+                stats.pages = output.obj.pages_written
+                stats.data_bytes = output.obj.bytes_written
+                output.obj.finish()
+                stats.complete = True
+            if output.file is not None:
+                output.file.flush()
+                os.fsync(output.file.fileno())
+                output.file.close()
+            if output.stream is not None:
+                output.stream.close()
+        meta["written"] = stats.to_json()
+
+        with progress.phase("verify", unit="pages") as p:
+            if remote:
+                final = target.commit(output.stream)
+                meta["bytes"] = output.stream.size
+            else:
+                p.advance(verify_file(str(target.part_path), dump, plan, options.format, level,
+                                      options.verify_samples))
+                final = target.commit()
+                meta["bytes"] = os.path.getsize(final)
+    except BaseException as error:
+        failure = _classify_error(error, target.describe())
+        flagged = output.mark_incomplete_and_close() if output is not None else False
+        partial = target.abandon(flagged) if not isinstance(failure, VerifyError) else (
+            f"{target.describe_host()}:{target.part_path}" if remote else str(target.part_path))
+        failure.partial = partial
+        meta.update(status="incomplete" if partial else "failed", exit_code=int(failure.exit_code),
+                    error=str(failure), dump_file=partial, written=stats.to_json(), timings=progress.timings,
+                    seconds=round(time.perf_counter() - started, 3))
+        _write_meta(target, meta, progress)
+        progress.log(f"error: {failure}" + (f"; what was saved is at {partial}" if partial else ""))
+        if failure is error:
+            raise
+        raise failure from error
+
+    meta.update(status="complete", exit_code=0, dump_file=final, timings=progress.timings,
+                seconds=round(time.perf_counter() - started, 3))
+    _write_meta(target, meta, progress)
+    if options.keep and isinstance(target, LocalDirectory) and target.base is not None:
+        from kdumplab.capture.retention import apply_retention
+
+        apply_retention(target.base, options.keep, protect=target.directory, echo=progress.log)
+    progress.log(f"saved {final} ({meta.get('bytes', 0)} bytes, dump level {level}) in {meta['seconds']:.1f} s")
+    return SaveResult("complete", int(ExitCode.OK), final, str(target.directory), meta)
+
+
+def _open_output(target: Target, dump: Any, plan: PagePlan, notes: bytes, options: SaveOptions, level: int,
+                 mem: Any, uts: tuple[str, ...] | None) -> _Output:
+    file: BinaryIO | None = None
+    stream = None
+    if isinstance(target, SshTarget):
+        stream = target.open_stream()
+        sink: Any = FlatSink(stream)
+    else:
+        file = target.open_part()
+        sink = FlatSink(file) if options.format == "flat" else FileSink(file)
+    if options.format == "elf":
+        obj: Any = ElfOutput(sink, dump, plan, notes, page_offset=getattr(mem, "page_offset", None))
+        return _Output("elf", obj, file, stream)
+    writer = KdumpWriter(sink, plan.page_size, plan.max_mapnr, plan.bitmap1, plan.bitmap2, notes,
+                         utsname=uts, dump_level=level, codec=options.codec,
+                         phys_base=getattr(mem, "phys_base", 0) or 0, threads=1)
+    return _Output("kdump", writer, file, stream)
+
+
+def _write_meta(target: Target, meta: dict[str, Any], progress: Progress) -> None:
+    try:
+        target.write_side("meta.json", (json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n").encode())
+    except (SaveError, OSError) as error:
+        progress.log(f"warning: meta.json not written: {error}")
+
+
+__all__ = ["SaveOptions", "SaveResult", "save", "fallback_chain", "verify_file", "verify_flat", "read_utsname",
+           "raw_notes", "MemoryClassifier", "Fallback"]

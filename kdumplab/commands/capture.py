@@ -1,0 +1,201 @@
+"""``kdumplab save | reassemble | dmesg | mem-usage``: the capture side's commands.
+
+Only :mod:`kdumplab.capture`, :mod:`kdumplab.memory` and :mod:`kdumplab.formats` are imported, and only inside
+the commands, so ``kdumplab save`` starts quickly in the kdump kernel and never loads drgn or pandas.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import click
+
+_EPILOG_FALLBACK = ("Exit status: 0 ok; 1 error; 2 usage; 3 no space; 4 target failed; 5 read error; "
+                    "6 verify failed; 7 source invalid; 130 interrupted.")
+
+
+def _epilog() -> str:
+    try:
+        from kdumplab.capture.exitcodes import epilog
+
+        return epilog()
+    except ImportError:  # pragma: no cover
+        return _EPILOG_FALLBACK
+
+
+def _raise_interrupt(signum, frame):  # SIGTERM (systemd stopping the unit) is handled like Ctrl-C
+    raise KeyboardInterrupt
+
+
+def _final_action(action: str, echo) -> None:
+    """Run the configured action after a save from /proc/vmcore (the kdump kernel has nothing else to do)."""
+    commands = {"reboot": ["reboot", "-f"], "halt": ["halt", "-f"], "poweroff": ["poweroff", "-f"]}
+    if action == "shell":
+        echo("kdumplab save: starting a shell on the console (exit it to leave the kdump kernel running)")
+        try:
+            with open("/dev/console", "r+b", buffering=0) as console:
+                subprocess.run(["/bin/sh", "-i"], stdin=console, stdout=console, stderr=console)
+        except OSError as error:
+            echo(f"kdumplab save: no console for a shell: {error}")
+        return
+    if action in commands:
+        echo(f"kdumplab save: {action}")
+        os.sync()
+        try:
+            subprocess.run(commands[action])
+        except OSError as error:
+            echo(f"kdumplab save: cannot {action}: {error}")
+
+
+@click.command(epilog=_epilog())
+@click.argument("source", required=False)
+@click.argument("dest", required=False)
+@click.option("-d", "--dump-level", type=click.IntRange(0, 31), default=None,
+              help="Pages to leave out, makedumpfile's bits: 1 zero, 2 cache, 4 private cache, 8 user, 16 free. "
+                   "[default: 31]")
+@click.option("-c", "--compress", "codec", type=click.Choice(["zstd", "lzo", "zlib", "snappy", "none"]),
+              default=None, help="Page compression of kdump output. [default: zstd]")
+@click.option("-f", "--format", "fmt", type=click.Choice(["kdump", "elf", "flat"]), default=None,
+              help="kdump-compressed, ELF (makedumpfile -E), or the flattened stream (-F). [default: kdump]")
+@click.option("-j", "--threads", type=click.IntRange(1, 256), default=None,
+              help="Compression threads. [default: 1, or the configuration's]")
+@click.option("--from-config", is_flag=True,
+              help="Take SOURCE (/proc/vmcore), DEST and the options from the configuration; then apply retention "
+                   "and, when saving /proc/vmcore, run final_action or failure_action.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="The configuration file for --from-config. [default: /etc/kdumplab/kdumplab.toml]")
+@click.option("--ssh-key", type=click.Path(dir_okay=False), default=None, help="Private key for ssh:// targets.")
+@click.option("--known-hosts", type=click.Path(dir_okay=False), default=None,
+              help="known_hosts file for ssh:// targets (host keys are always checked).")
+@click.option("--ssh-option", "ssh_options", multiple=True, help="An extra ssh argument (repeatable).")
+@click.option("--keep", type=click.IntRange(0), default=None, help="Keep only the newest N dumps in DEST.")
+@click.option("--no-action", is_flag=True, help="With --from-config: never reboot, halt or start a shell.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress, only errors.")
+def save(source, dest, dump_level, codec, fmt, threads, from_config, config_path, ssh_key, known_hosts,
+         ssh_options, keep, no_action, quiet):
+    """Save the crash dump SOURCE (default /proc/vmcore) to DEST, filtered and compressed.
+
+    \b
+    DEST is a file, a directory (DEST/<crash time>-<hostname>/ with vmcore, dmesg.txt and meta.json),
+    or ssh://[user@]host[:port]/path (a flattened stream; a path ending in / is a directory).
+    The dump is written as .vmcore.part, verified, then renamed: a file named vmcore is always whole.
+    """
+    from kdumplab.capture.exitcodes import ExitCode, SaveError
+    from kdumplab.capture.progress import Progress
+    from kdumplab.capture.save import SaveOptions
+    from kdumplab.capture.save import save as do_save
+
+    values = {"dump_level": 31, "codec": "zstd", "format": "kdump", "threads": 1, "keep": 0}
+    actions = None
+    if from_config:
+        from kdumplab.capture.config import load_config
+
+        cfg = load_config(config_path)
+        opts = cfg.to_save_options()
+        values.update({k: opts[k] for k in ("dump_level", "codec", "format", "threads", "keep") if k in opts})
+        target = opts.get("target")
+        if cfg.target.kind == "ssh" and not str(target).endswith("/"):
+            target = f"{target}/"  # a configured ssh target is a directory
+        dest = dest or target
+        source = source or "/proc/vmcore"
+        if ssh_key is None and opts.get("ssh_key") and os.path.exists(opts["ssh_key"]):
+            ssh_key = opts["ssh_key"]
+        actions = (opts.get("final_action", "reboot"), opts.get("failure_action", "reboot"))
+    elif config_path:
+        raise click.UsageError("--config needs --from-config")
+    if source is None or dest is None:
+        raise click.UsageError("give SOURCE and DEST, or --from-config")
+    for key, value in (("dump_level", dump_level), ("codec", codec), ("format", fmt), ("threads", threads),
+                       ("keep", keep)):
+        if value is not None:
+            values[key] = value
+    options = SaveOptions(identity=ssh_key, known_hosts=known_hosts, ssh_options=list(ssh_options), **values)
+    progress = Progress(quiet=quiet)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    status = ExitCode.OK
+    try:
+        do_save(source, dest, options, progress)
+    except SaveError as error:
+        status = error.exit_code
+        click.echo(f"kdumplab: error: {error}", err=True)
+    except KeyboardInterrupt:
+        status = ExitCode.INTERRUPTED
+        click.echo("kdumplab: error: interrupted", err=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    run_action = actions is not None and not no_action and os.path.realpath(source) == "/proc/vmcore"
+    if run_action:
+        _final_action(actions[0] if status == ExitCode.OK else actions[1], lambda m: click.echo(m, err=True))
+    sys.exit(int(status))
+
+
+@click.command(epilog=_epilog())
+@click.argument("flat")
+@click.argument("out", type=click.Path(dir_okay=False))
+def reassemble(flat, out):
+    """Rebuild a dump file OUT from the flattened stream FLAT ("-" for stdin), as makedumpfile -R does."""
+    from kdumplab.capture.exitcodes import ExitCode
+    from kdumplab.capture.targets import FILE_MODE
+    from kdumplab.formats.flat import reassemble as do_reassemble
+
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)  # 0600 before any byte lands
+    os.close(fd)
+    try:
+        size = do_reassemble(sys.stdin.buffer if flat == "-" else flat, out)
+    except BaseException:
+        # a cut stream leaves no file that looks whole
+        part = f"{out}.incomplete"
+        os.replace(out, part)
+        click.echo(f"kdumplab: what was reassembled is in {part}", err=True)
+        raise
+    click.echo(f"{out}: {size} bytes", err=True)
+    sys.exit(int(ExitCode.OK))
+
+
+@click.command()
+@click.argument("source")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write to a file, not stdout.")
+def dmesg(source, output):
+    """Print the kernel log of the dump SOURCE, from VMCOREINFO alone (as makedumpfile --dump-dmesg)."""
+    from kdumplab.formats.dumpfile import open_dumpfile
+    from kdumplab.memory.printk import format_dmesg, read_printk
+    from kdumplab.memory.translate import KernelMemory
+
+    with open_dumpfile(source) as dump:
+        text = format_dmesg(read_printk(KernelMemory(dump)))
+    if output:
+        from pathlib import Path
+
+        from kdumplab.capture.targets import write_file_atomic
+
+        write_file_atomic(Path(output), text.encode("utf-8", "replace"))
+    else:
+        click.echo(text, nl=not text.endswith("\n"))
+
+
+@click.command("mem-usage")
+@click.argument("source")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def mem_usage(source, as_json):
+    """Pages and bytes per class of SOURCE (a vmcore, or /proc/kcore on a live system) and the estimated dump
+    size at each dump level: what sizes the disk and the crashkernel reservation."""
+    import json
+
+    from kdumplab.formats.dumpfile import open_dumpfile
+    from kdumplab.memory.usage import mem_usage as compute
+
+    with open_dumpfile(source) as dump:
+        usage = compute(dump)
+    data = usage.to_json() if hasattr(usage, "to_json") else usage
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    click.echo(usage.format() if hasattr(usage, "format") else json.dumps(data, indent=2, default=str))
+
+
+def register(group: click.Group) -> None:
+    for command in (save, reassemble, dmesg, mem_usage):
+        group.add_command(command)
