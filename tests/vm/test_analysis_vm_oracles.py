@@ -1,0 +1,219 @@
+"""The analysis tables on real Debian kernel dumps, against the real crash utility and drgn's crash commands.
+
+The dumps are those the VM harness (``kdumplab vm crash``) left under ``~/.cache/kdumplab/vm-dumps/`` (each a
+directory with ``vm.json`` naming the release and the vmlinux). Without such a dump every test here is skipped
+with the reason. crash 8.0.2 is run once per dump (``crash -s vmlinux vmcore < cmdfile``, each command's output
+redirected to its own file); drgn's crash-compatible commands run on the Dump's own Program.
+
+Known differences, fixed or explained where they are compared:
+
+- ``ps``: crash 8.0.2 finds tasks through the PID hash and lists only 3 of several hundred tasks on Debian's
+  6.1.192 ("not found in PID hash"). That is the anchor's defect; our tasks() walks the pid IDR as drgn does and
+  is compared with drgn's ``for_each_task`` instead. crash cannot open the 6.12 dumps at all; those are compared
+  with drgn only.
+- ``bt``: drgn (and so backtrace()) shows inlined functions as frames of their own and starts at the registers
+  that ``crash_setup_regs()`` saved; crash starts at ``machine_kexec`` / ``__crash_kexec`` from its own stack
+  search. The comparison is on crash's frames from the first function both have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import kdumplab
+
+pytestmark = pytest.mark.vm
+
+VM_DUMPS = Path(os.environ.get("KDUMPLAB_CACHE", Path.home() / ".cache" / "kdumplab")) / "vm-dumps"
+
+
+def real_dumps() -> list[tuple[str, Path, Path | None]]:
+    """(label, dump path, vmlinux) for each cached real-kernel dump."""
+    found = []
+    if not VM_DUMPS.is_dir():
+        return found
+    for meta in sorted(VM_DUMPS.rglob("vm.json")):
+        try:
+            info = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        vmlinux = Path(info["vmlinux"]) if info.get("vmlinux") else None
+        dumps = [p for p in sorted(meta.parent.rglob("vmcore*")) if p.is_file() and not p.name.endswith(".json")]
+        for dump in dumps:
+            label = f"{info.get('release', meta.parent.name)}:{dump.relative_to(meta.parent)}"
+            found.append((label, dump, vmlinux))
+    return found
+
+
+DUMPS = real_dumps()
+if not DUMPS:
+    pytest.skip(f"no real-kernel dump cached under {VM_DUMPS} (run `kdumplab vm crash` or the VM tests first)",
+                allow_module_level=True)
+
+
+@pytest.fixture(scope="module", params=DUMPS, ids=[d[0] for d in DUMPS])
+def real(request):
+    label, path, vmlinux = request.param
+    dump = kdumplab.open(path, vmlinux=vmlinux if vmlinux and vmlinux.exists() else None)
+    if not dump.has_debuginfo:
+        pytest.skip(f"{label}: no vmlinux for build ID {dump.build_id}")
+    return dump
+
+
+# -- crash ----------------------------------------------------------------------------------------------------
+CRASH_COMMANDS = {"sys": "sys", "bt": "bt", "log": "log", "kmem_i": "kmem -i", "kmem_s": "kmem -s", "ps": "ps"}
+
+
+@pytest.fixture(scope="module")
+def crash_out(real, tmp_path_factory) -> dict[str, str]:
+    if shutil.which("crash") is None:
+        pytest.skip("the crash utility is not installed")
+    out = tmp_path_factory.mktemp("crash")
+    script = "".join(f"{cmd} > {out / name}.txt\n" for name, cmd in CRASH_COMMANDS.items()) + "quit\n"
+    done = subprocess.run(["crash", "-s", str(real.vmlinux), str(real.file.path)], input=script, text=True,
+                          capture_output=True, timeout=600)
+    results = {name: (out / f"{name}.txt").read_text(errors="replace") for name in CRASH_COMMANDS
+               if (out / f"{name}.txt").exists()}
+    if "sys" not in results or not results["sys"].strip():
+        pytest.skip(f"crash cannot read this dump ({real.release}): {(done.stderr or done.stdout)[-400:]}")
+    return results
+
+
+def crash_sys(text: str) -> dict[str, str]:
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in text.splitlines()) if _}
+
+
+def test_sys_matches_crash(real, crash_out):
+    s = real.system().iloc[0]
+    sys_ = crash_sys(crash_out["sys"])
+    assert sys_["RELEASE"] == s["release"]
+    assert int(sys_["CPUS"].split()[0]) == s["cpus"]
+    assert sys_["NODENAME"] == s["hostname"]
+    assert sys_["VERSION"] == s["version"]
+    assert sys_["MACHINE"].split()[0] == s["machine"]
+    assert sys_["PANIC"].strip('"') == s["panic_message"]
+    assert [float(x) for x in sys_["LOAD AVERAGE"].split(",")] == pytest.approx(
+        [s["load_1"], s["load_5"], s["load_15"]], abs=0.006)
+    # crash's TASKS counts what its PID hash walk found (see the module notes); ours counts every task.
+    assert int(sys_["TASKS"]) <= s["tasks"]
+
+
+def test_backtrace_matches_crash(real, crash_out):
+    ours = real.backtrace()
+    functions = ours.loc[~ours["inline"].astype(bool), "function"].tolist()
+    theirs = re.findall(r"#\d+ \[[0-9a-f]+\] (\S+) at [0-9a-f]+", crash_out["bt"])
+    assert theirs, crash_out["bt"]
+    common = [f for f in theirs if f in functions]
+    assert common, (theirs, functions)
+    start = theirs.index(common[0])
+    tail = theirs[start:]
+    # From the first function both show, crash's frames appear in ours in the same order.
+    it = iter(functions)
+    assert all(f in it for f in tail), (tail, functions)
+    header = re.search(r'PID: (\d+)\s+TASK: ([0-9a-f]+)\s+CPU: (\d+)\s+COMMAND: "(.*)"', crash_out["bt"])
+    panic = real.panic().iloc[0]
+    assert (int(header.group(1)), int(header.group(3)), header.group(4)) == (panic["pid"], panic["cpu"],
+                                                                            panic["comm"])
+
+
+def test_log_matches_crash(real, crash_out):
+    theirs = [re.sub(r"^\[\s*\d+\.\d+\] ", "", line) for line in crash_out["log"].splitlines()]
+    ours = [line for text in real.dmesg()["text"] for line in text.split("\n")]
+    assert theirs[-50:] == ours[-50:]
+    assert len(theirs) == len(ours)
+
+
+KMEM_I = {"TOTAL MEM": "total", "FREE": "free", "USED": "used", "BUFFERS": "buffers", "CACHED": "cached",
+          "SLAB": "slab", "TOTAL HUGE": "huge_total", "HUGE FREE": "huge_free", "TOTAL SWAP": "swap_total",
+          "SWAP USED": "swap_used", "SWAP FREE": "swap_free", "COMMIT LIMIT": "commit_limit",
+          "COMMITTED": "committed"}
+
+
+def test_meminfo_matches_crash_kmem_i(real, crash_out):
+    ours = real.meminfo().set_index("item")["pages"]
+    theirs = {}
+    for line in crash_out["kmem_i"].splitlines():
+        m = re.match(r"\s*([A-Z][A-Z ]+?)\s+(\d+)\s", line)
+        if m and m.group(1) in KMEM_I:
+            theirs[KMEM_I[m.group(1)]] = int(m.group(2))
+    assert theirs, crash_out["kmem_i"]
+    for item, pages in theirs.items():
+        assert ours[item] == pages, item
+
+
+def test_slabs_match_crash_kmem_s(real, crash_out):
+    ours = real.slabs().set_index("cache")
+    rows = re.findall(r"^([0-9a-f]{16})\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)k\s+(\S+)", crash_out["kmem_s"], re.M)
+    assert rows, crash_out["kmem_s"][:2000]
+    for addr, objsize, allocated, total, slabs, ssize_k, name in rows:
+        row = ours.loc[int(addr, 16)]
+        assert row["name"] == name
+        assert row["slot_size"] == int(objsize) or row["object_size"] == int(objsize), name
+        assert (row["total_objs"], row["slabs"]) == (int(total), int(slabs)), name
+        assert row["pages_per_slab"] * real.page_size == int(ssize_k) * 1024, name
+        assert row["active_objs"] == int(allocated), name
+
+
+# -- drgn ----------------------------------------------------------------------------------------------------
+def drgn_command(dump, command: str) -> str:
+    from drgn.commands import run_command
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        run_command(dump.prog, command, globals={"prog": dump.prog})
+    return buf.getvalue()
+
+
+def test_tasks_match_drgn(real):
+    from drgn.helpers.linux.pid import for_each_task
+    from drgn.helpers.linux.sched import task_state_to_char
+
+    prog = real.prog
+    want = sorted((t.pid.value_(), t.comm.string_().decode(errors="replace"), task_state_to_char(t))
+                  for t in for_each_task(prog))
+    tasks = real.tasks()
+    got = sorted((int(p), c, str(s)) for p, c, s in zip(tasks.pid, tasks.comm, tasks.state) if p > 0)
+    assert got == want
+    assert (tasks["pid"] == 0).sum() == real.system().iloc[0]["cpus_online"]  # one idle task per online CPU
+
+
+def test_meminfo_matches_drgn_kmem_i(real):
+    text = drgn_command(real, "crash kmem -i")
+    ours = real.meminfo().set_index("item")["pages"]
+    for line in text.splitlines():
+        m = re.match(r"\s*([A-Z][A-Z ]+?)\s+(\d+)\s", line)
+        if m and m.group(1) in KMEM_I:
+            assert ours[KMEM_I[m.group(1)]] == int(m.group(2)), m.group(1)
+
+
+def test_system_matches_drgn_sys(real):
+    text = drgn_command(real, "crash sys")
+    sys_ = crash_sys(text)
+    s = real.system().iloc[0]
+    assert sys_["RELEASE"] == s["release"] and sys_["NODENAME"] == s["hostname"]
+    assert int(sys_["TASKS"]) == s["tasks"]
+
+
+def test_page_classes_match_kernel_counters(real):
+    """Free, file and anon pages equal the kernel's own counters (NR_FREE_PAGES, NR_FILE_PAGES, NR_ANON_MAPPED),
+    as crash's did on 6.1; differences are bounded by what the counters count differently (per-CPU page lists
+    hold pages that are free to the counters but not buddy blocks; THP tails are anon)."""
+    if real.dump_level not in (0, None):
+        pytest.skip("a filtered dump no longer holds every struct page's page")
+    pc = real.page_classes().groupby("class", observed=True)["pages"].sum()
+    m = real.meminfo().set_index("item")["pages"]
+    free = int(pc.get("free", 0))
+    assert free <= m["free"] and m["free"] - free < 0.02 * m["total"] + 4096  # pcp lists: free, not buddy
+    assert int(pc.get("anon", 0)) == pytest.approx(m["anon"], rel=0.05, abs=256)
+    cache = int(pc.get("cache", 0)) + int(pc.get("cache_private", 0))
+    assert cache == pytest.approx(m["file"], rel=0.05, abs=256)
