@@ -31,6 +31,7 @@ import html
 import json
 import math
 import re
+import string
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
@@ -142,11 +143,30 @@ def _display(bundle: dict[str, Any]) -> None:
     display(bundle, raw=True)
 
 
+class _Formatter(string.Formatter):
+    """``str.format`` that passes each formatted field through ``escape``."""
+
+    def __init__(self, escape):
+        super().__init__()
+        self.escape = escape
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        try:
+            text = format(value, format_spec)
+        except (TypeError, ValueError):  # pd.NA with a numeric spec, a str with ".1f"
+            text = str(value)
+        return self.escape(text)
+
+
+_MARKDOWN = _Formatter(md_escape)
+_PLAIN = _Formatter(str)
+
+
 @dataclass(frozen=True)
 class Text:
-    """A sentence: a trusted Markdown ``template`` with ``{name}`` fields filled from dump ``values``.
+    """A sentence: a trusted Markdown ``template`` with ``{name}`` / ``{name:spec}`` fields from dump ``values``.
 
-    :meth:`markdown` escapes every value; :meth:`plain` does not (for terminals and JSON).
+    :meth:`markdown` escapes every formatted value; :meth:`plain` does not (for terminals and JSON).
     """
 
     template: str
@@ -154,22 +174,23 @@ class Text:
 
     def __init__(self, template: str, **values: Any):
         object.__setattr__(self, "template", template)
-        object.__setattr__(self, "values", values)
+        object.__setattr__(self, "values", {k: _missing(v) for k, v in values.items()})
 
     def markdown(self) -> str:
-        return self.template.format(**{k: md_escape(_plain_value(v)) for k, v in self.values.items()})
+        return _MARKDOWN.vformat(self.template, (), self.values)
 
     def plain(self) -> str:
-        text = self.template.format(**{k: _plain_value(v) for k, v in self.values.items()})
-        return text.replace("**", "").replace("`", "")
+        return _PLAIN.vformat(self.template, (), self.values).replace("**", "").replace("`", "")
 
 
-def _plain_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:,.1f}" if math.isfinite(value) else str(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    return "" if value is None else str(value)
+def _missing(value: Any) -> Any:
+    try:
+        import pandas as pd
+
+        return "?" if value is not None and not isinstance(value, (str, list, tuple, dict)) and pd.isna(value) \
+            else ("" if value is None else value)
+    except (TypeError, ValueError, ImportError):
+        return value
 
 
 def say(template: str, **values: Any) -> None:
@@ -316,3 +337,10 @@ def frame_payload(frame: "pd.DataFrame", name: str, caption: str | None = None) 
 
 def _has_named_index(frame: "pd.DataFrame") -> bool:
     return any(n is not None for n in frame.index.names)
+
+
+# The notebooks' computations (views of the tables, findings) are part of the notebook API.
+from kdumplab.report.views import *  # noqa: E402,F401,F403
+from kdumplab.report.views import __all__ as _views_all  # noqa: E402
+
+__all__ += _views_all
