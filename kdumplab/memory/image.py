@@ -103,3 +103,52 @@ class MemoryImage:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class PageTables:
+    """Builds x86_64 page tables inside a :class:`MemoryImage` (for tests and examples).
+
+    ``root`` is the physical address of the top table (already zeroed); new tables come from ``alloc()``, which
+    returns the physical address of a fresh zeroed 4 KiB page. ``extra_bits`` are OR-ed into every entry (e.g.
+    NX, bit 63, or an SME C-bit) to check that readers mask them.
+
+    >>> from kdumplab.formats.vmcoreinfo import VmcoreInfo
+    >>> img = MemoryImage(1 << 20, VmcoreInfo.parse("PAGESIZE=4096\\n"))
+    >>> free = iter(range(0x2000, 0x100000, 0x1000))
+    >>> pt = PageTables(img, 0x1000, levels=4, alloc=lambda: next(free))
+    >>> pt.map(0xffffc90000000000, 0x80000)                      # one 4 KiB page
+    >>> pt.map(0xffffea0000000000, 0x200000, size=2 << 20)       # one 2 MiB page (PSE in the PMD)
+    """
+
+    _SHIFTS = {4: (39, 30, 21, 12), 5: (48, 39, 30, 21, 12)}
+
+    def __init__(self, img: MemoryImage, root: int, *, levels: int = 4, alloc, extra_bits: int = 0):
+        self.img, self.root, self.levels, self.alloc, self.extra = img, root, levels, alloc, extra_bits
+
+    def _get(self, paddr: int) -> int:
+        return int.from_bytes(self.img.mem[paddr : paddr + 8], "little")
+
+    def _set(self, paddr: int, value: int) -> None:
+        self.img.write(paddr, value.to_bytes(8, "little"))
+
+    def map(self, vaddr: int, paddr: int, size: int = 4096, flags: int = 0x63) -> None:
+        """Map ``[vaddr, vaddr+size)`` to ``paddr`` with leaves of ``size`` (4 KiB, 2 MiB or 1 GiB)."""
+        leaf_shift = {4096: 12, 2 << 20: 21, 1 << 30: 30}[size]
+        table = self.root
+        for shift in self._SHIFTS[self.levels]:
+            slot = table + 8 * ((vaddr >> shift) & 0x1FF)
+            if shift == leaf_shift:
+                self._set(slot, paddr | flags | (0x80 if shift != 12 else 0) | self.extra)
+                return
+            entry = self._get(slot)
+            if not entry & 1:
+                new = self.alloc()
+                self._set(slot, new | 0x63 | self.extra)
+                table = new
+            else:
+                table = entry & 0x000FFFFFFFFFF000 & ~self.extra
+
+    def map_range(self, vaddr: int, paddr: int, length: int, size: int = 4096) -> None:
+        """Map ``length`` bytes with leaves of ``size``."""
+        for off in range(0, length, size):
+            self.map(vaddr + off, paddr + off, size)
