@@ -5,7 +5,7 @@ crypt parameters the initrd needs to find the root) minus those that are wrong i
 or that would reserve memory again: ``crashkernel=``, ``hugepages=``, ``cma=``, ``memmap=``, CPU counts,
 ``quiet`` and boot splashes (the kdump kernel's console output is the only witness when it fails). Then it gets
 ``nr_cpus=1 irqpoll reset_devices`` (one CPU, robust interrupts, devices reset from whatever state the crash
-left them in), a couple of memory savers, ``modprobe.blacklist=`` for the configured modules, what to run
+left them in), a couple of memory savers, ``panic=10`` (a kdump kernel that fails reboots), ``modprobe.blacklist=`` for the configured modules, what to run
 (``systemd.unit=kdumplab-save.service`` on the normal root, the Debian kdump-tools way, or ``init=`` for an
 initrd that captures without the root filesystem) and finally the user's additions, which win over ours.
 
@@ -18,7 +18,7 @@ as one argument (``--command-line=...``), never to a shell, so ``$(...)``, ``;``
 >>> plan = build_kdump_cmdline("BOOT_IMAGE=/vmlinuz root=UUID=ab12 ro quiet splash crashkernel=256M", blacklist=["nouveau"])
 >>> plan.text
 'BOOT_IMAGE=/vmlinuz root=UUID=ab12 ro nr_cpus=1 irqpoll reset_devices cgroup_disable=memory udev.children-max=2 \
-modprobe.blacklist=nouveau systemd.unit=kdumplab-save.service'
+panic=10 modprobe.blacklist=nouveau systemd.unit=kdumplab-save.service'
 >>> plan.dropped
 ['quiet', 'splash', 'crashkernel=256M']
 """
@@ -50,7 +50,8 @@ DROP_WITHOUT_ROOT = frozenset({"rd.lvm.lv", "rd.lvm.vg", "rd.luks.uuid", "rd.luk
 #: Added to every kdump kernel.
 ADD = ("nr_cpus=1", "irqpoll", "reset_devices",
        "cgroup_disable=memory",  # the memory cgroup's per-page bookkeeping costs MiBs we do not have
-       "udev.children-max=2")    # udev forks one worker per CPU otherwise and each costs memory
+       "udev.children-max=2",    # udev forks one worker per CPU otherwise and each costs memory
+       "panic=10")               # a kdump kernel that panics itself reboots instead of hanging forever
 #: The kernel's COMMAND_LINE_SIZE on x86_64 (arm64 has 2048 too; larger on some architectures).
 MAX_CMDLINE = 2048
 

@@ -187,6 +187,23 @@ class Config:
         return None
 
 
+def action_argv(action: str, systemd: bool = True) -> list[str] | None:
+    """The command that performs a ``failure_action`` or ``final_action`` in the kdump kernel.
+
+    ``systemd`` is True on the normal root (booted with ``systemd.unit=``), False in an initrd without systemd.
+    ``shell`` gives None: the caller opens an interactive shell on the console itself.
+
+    >>> action_argv("reboot"), action_argv("poweroff", systemd=False), action_argv("shell")
+    (['systemctl', 'reboot', '--force'], ['poweroff', '-f'], None)
+    """
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
+    if action == "shell":
+        return None
+    # --force: no orderly shutdown of a system that only exists to save a dump (and may have a hung disk)
+    return ["systemctl", action, "--force"] if systemd else [action, "-f"]
+
+
 # -- loading and validation ---------------------------------------------------------------------------------
 _KNOWN = {
     "target", "dump_level", "compress", "format", "threads", "retention", "kernel", "initrd", "cmdline_append",
