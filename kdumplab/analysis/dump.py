@@ -42,10 +42,16 @@ if TYPE_CHECKING:  # heavy imports stay lazy
 __all__ = ["Dump", "open_dump", "resolve_dump_path"]
 
 #: File names ``kdumplab save`` and the usual tools give the dump inside a dump directory, in order of preference.
-DUMP_FILE_NAMES = ("vmcore", "dump", "vmcore.kdump", "vmcore.flat", "vmcore.elf", "dumpfile")
+DUMP_FILE_NAMES = ("vmcore", "dump", "vmcore.kdump", "vmcore.flat", "vmcore.elf", "dumpfile", "vmcore.incomplete")
 
 
 def _is_dump_dir(directory: Path) -> Path | None:
+    try:  # kdumplab save names its file in meta.json ("dump_file"); an incomplete save keeps vmcore.incomplete
+        named = json.loads((directory / "meta.json").read_text()).get("dump_file")
+        if isinstance(named, str) and ":" not in named and (directory / Path(named).name).is_file():
+            return directory / Path(named).name
+    except (OSError, ValueError, AttributeError):
+        pass
     for name in DUMP_FILE_NAMES:
         if (directory / name).is_file():
             return directory / name
@@ -150,7 +156,7 @@ class Dump:
         """makedumpfile's dump level (which page classes were dropped): the kdump header's, else meta.json's."""
         level = getattr(self.file, "dump_level", None)
         if level is None:
-            level = self._meta("dump_level", "level", "filter.dump_level")
+            level = self._meta("dump_level", "options.dump_level", "level")
         if level is None and self.file.format == "elf":
             level = 0 if not self.meta else None
         return None if level is None else int(level)
@@ -160,13 +166,14 @@ class Dump:
         """Page compression (``zstd``, ``lzo``, ``zlib``, ``snappy``, ``none``) or None for ELF."""
         codec = getattr(self.file, "compression", None)
         if codec is None:
-            codec = self._meta("compression", "codec", "compress")
+            codec = self._meta("codec", "options.codec", "compression", "compress")
         return None if codec is None else str(codec)
 
     @property
     def incomplete(self) -> bool:
         """True when the writer marked the dump incomplete (a full disk, a capture cut short)."""
-        return bool(getattr(self.file, "incomplete", False) or self._meta("incomplete"))
+        return bool(getattr(self.file, "incomplete", False) or self._meta("incomplete")
+                    or self._meta("status") == "incomplete")
 
     @property
     def page_size(self) -> int:
