@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import lzma
 import re
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,10 +36,10 @@ from kdumplab.errors import DebugInfoError
 #: The suites the harness knows by name.
 SUITES = ("bookworm", "trixie")
 
-#: Modules the test initramfs loads (with their dependencies from modules.dep): virtio PCI devices,
-#: 9p shares over virtio, and virtio-blk disks.
+#: Modules the test initramfs loads (with their dependencies): virtio PCI devices, 9p shares over virtio,
+#: virtio-blk disks, and ext4 (with the crc32c it asks the crypto API for) for the workload's page cache.
 GUEST_MODULES = ("virtio", "virtio_ring", "virtio_pci", "9pnet", "9pnet_virtio", "netfs", "fscache", "9p",
-                 "virtio_blk")
+                 "virtio_blk", "crc32c_generic", "ext4")
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,9 @@ def _unpack_modules(image_deb: Path, release: str, target: Path) -> None:
             missing = sorted({d for deps in depends.values() for d in deps if d in paths and d not in depends})
         order = load_order(depends)
         (staged / "load-order").write_text("".join(f"{name}.ko\n" for name in order))
+        (staged / "wanted").write_text(" ".join(GUEST_MODULES) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
         staged.rename(target)
 
 
@@ -167,9 +171,11 @@ def ensure_kernel(suite: str = "bookworm") -> KernelFiles:
     modules = directory / "modules"
     vmlinux = fetch_vmlinux(rel.release, suite)
     with cache_lock(f"kernel-{rel.release}"):
-        if not vmlinuz.exists() or not modules.exists():
+        wanted = modules / "wanted"
+        current = wanted.exists() and wanted.read_text().split() == list(GUEST_MODULES)
+        if not vmlinuz.exists() or not current:
             deb = fetch_image_deb(rel.release, suite)
-            if not modules.exists():
+            if not current:
                 _unpack_modules(deb, rel.release, modules)
             if not vmlinuz.exists():
                 with tempfile.TemporaryDirectory(dir=directory) as scratch:

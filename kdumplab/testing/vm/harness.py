@@ -1,0 +1,399 @@
+"""Crash a real Debian kernel under QEMU and capture its dump: :func:`crash_vm` and :func:`cached_dump`.
+
+:func:`crash_vm` boots the current kernel of a Debian suite (``bookworm``: 6.1, ``trixie``: 6.12) with a
+``crashkernel=`` reservation, and in the guest:
+
+1. **arm**: ``kdumplab arm --config OUT/guest/kdumplab.toml`` run by the checkout's own Python, chrooted into
+   the host's root shared over 9p (``arm="kdumplab"``), or a plain ``kexec -p`` with a command line built here
+   (``arm="kexec"``);
+2. **workload**: nothing (``idle``) or the realistic load of :mod:`kdumplab.testing.vm.workload`;
+3. **crash**: ``crash_command`` (sh text; default ``echo c > /proc/sysrq-trigger``), which must panic the kernel;
+4. in the kdump kernel, **save**: ``kdumplab save --from-config`` into ``OUT/kdumplab/``
+   (``save="kdumplab"``), and/or (``save="raw"``) a raw copy of /proc/vmcore to ``OUT/raw/vmcore`` plus
+   ``makedumpfile -l -d 31`` of it to ``OUT/makedumpfile/vmcore`` (the oracle for comparisons);
+   ``save="both"`` does all three, kdumplab first.
+
+``OUT/vm.json`` then holds ``release``, ``vmlinux``, ``timings`` (seconds per phase), ``console`` (the serial
+log), ``arm_status`` and ``save_status`` (exit statuses), and the rest of :class:`VmResult`. A phase that fails
+raises :class:`~kdumplab.testing.vm.qemu.VmError` naming it, with the console's last lines; vm.json is written
+then too, with ``ok: false`` and the error.
+
+:func:`cached_dump` keeps one dump per kernel and workload under ``~/.cache/kdumplab/vm-dumps/<release>-<workload>/``
+and builds it only when it is missing, so the analysis and capture tests use real dumps without a reboot each.
+
+>>> from kdumplab.testing.vm.harness import crash_vm, cached_dump
+>>> result = crash_vm("out/vm", kernel="bookworm")                          # doctest: +SKIP
+>>> result.timings["crash"], result.save_status                            # doctest: +SKIP
+(6.1, 0)
+>>> dump = cached_dump("trixie", "realistic")                              # doctest: +SKIP
+>>> dump.raw_vmcore, dump.makedumpfile_dump, dump.vmlinux                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import kdumplab
+from kdumplab.debuginfo.debian import cache_lock, cache_root
+from kdumplab.testing.vm import workload as workload_mod
+from kdumplab.testing.vm.initramfs import HOST_ENV, InitConfig, Step, build_initramfs
+from kdumplab.testing.vm.kernels import KernelFiles, current_release, ensure_kernel
+from kdumplab.testing.vm.qemu import Guest, QemuConfig, Share, VmError, detect_accel, parse_size
+
+#: Bumped when what a cached dump holds changes; older cached dumps are rebuilt.
+HARNESS_VERSION = 1
+
+DEFAULT_CRASH = "echo c > /proc/sysrq-trigger"
+
+#: Guest memory used by :func:`cached_dump` for each workload (the realistic one needs room to be realistic).
+CACHED_MEMORY = {"idle": "1G", "realistic": "2G"}
+
+#: The kdump kernel's command line when the harness arms with plain ``kexec -p``.
+KDUMP_CMDLINE = "console=ttyS0 nr_cpus=1 irqpoll reset_devices panic=1 no_timer_check"
+
+
+@dataclass
+class Timeouts:
+    """Seconds each phase may take before the guest is killed and the phase reported."""
+
+    boot: float = 120
+    setup: float = 60
+    arm: float = 300
+    workload: float = 900
+    crash: float = 180
+    save: float = 900
+    poweroff: float = 60
+
+
+@dataclass
+class VmResult:
+    """What one crashed guest left in :attr:`out` (``vm.json`` holds the same, paths as strings).
+
+    ``timings`` has seconds per phase: ``boot`` (QEMU start to the first kernel's init), ``setup`` (modules and
+    mounts), ``arm``, ``workload``, ``crash`` (the crash command to the kdump kernel's init), ``kdump_setup``,
+    ``save`` / ``raw_copy`` / ``makedumpfile`` (each save step), ``poweroff`` and ``total``. ``steps`` maps
+    every step to its exit status. ``raw_vmcore`` is the ELF copy of /proc/vmcore, ``makedumpfile_dump``
+    makedumpfile's ``-l -d 31`` of it, ``kdumplab_dump`` what ``kdumplab save`` wrote (each None when that
+    save was not asked for or failed).
+    """
+
+    out: Path
+    suite: str
+    release: str
+    version: str
+    vmlinux: Path
+    vmlinuz: Path
+    console: Path
+    accel: str
+    memory: str
+    crashkernel: str
+    workload: str
+    crash_command: str
+    arm_mode: str
+    save_mode: str
+    arm_status: int | None = None
+    save_status: int | None = None
+    steps: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    raw_vmcore: Path | None = None
+    makedumpfile_dump: Path | None = None
+    kdumplab_dump: Path | None = None
+    config: Path | None = None
+    ok: bool = False
+    error: str | None = None
+    harness_version: int = HARNESS_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "VmResult":
+        paths = {"out", "vmlinux", "vmlinuz", "console", "raw_vmcore", "makedumpfile_dump", "kdumplab_dump",
+                 "config"}
+        known = {f.name for f in fields(cls)}
+        values = {k: (Path(v) if k in paths and v is not None else v) for k, v in data.items() if k in known}
+        return cls(**values)
+
+    def save(self) -> Path:
+        path = self.out / "vm.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        tmp.rename(path)
+        return path
+
+    @classmethod
+    def load(cls, out: str | os.PathLike) -> "VmResult":
+        return cls.from_json(json.loads((Path(out) / "vm.json").read_text()))
+
+
+def _command_exists(name: str) -> bool:
+    from kdumplab.cli import main
+
+    return name in main.commands
+
+
+def _save_supports_config() -> bool:
+    from kdumplab.cli import main
+
+    save = main.commands.get("save")
+    return save is not None and any("--from-config" in p.opts for p in save.params)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def guest_config(out: Path, kernel: KernelFiles, initrd: Path) -> str:
+    """The kdumplab.toml the guest arms and saves with: target ``OUT/kdumplab``, the cached kernel and the test
+    initramfs as crash kernel and initrd (its /init runs the save steps), the serial console."""
+    top = {
+        "target": str(out / "kdumplab"),
+        "dump_level": 31,
+        "compress": "zstd",
+        "format": "kdump",
+        "threads": 1,
+        "kernel": str(kernel.vmlinuz),
+        "initrd": str(initrd),
+        "cmdline_append": ["console=ttyS0", "panic=1", "no_timer_check"],
+        "init": "/init",
+        "failure_action": "poweroff",
+        "final_action": "poweroff",
+    }
+    text = "# Written by kdumplab.testing.vm.harness for one test guest.\n"
+    text += "".join(f"{key} = {_toml_value(value)}\n" for key, value in top.items())
+    text += "\n[sysctls]\n\"kernel.panic_on_oops\" = 1\n"
+    return text
+
+
+def _clean(out: Path) -> None:
+    for name in ("raw", "makedumpfile", "kdumplab", "guest"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in ("vm.json", "console.log", "console.log.qemu-argv", "console.log.qemu-stderr"):
+        (out / name).unlink(missing_ok=True)
+
+
+def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G", crashkernel: str = "256M",
+             workload: str = "idle", crash_command: str | None = None, arm: str = "auto", save: str = "auto",
+             accel: str | None = None, timeouts: Timeouts | None = None,
+             report: Callable[[str], None] | None = None) -> VmResult:
+    """Boot ``kernel``'s current Debian kernel, arm, load, crash, save; see the module docstring.
+
+    ``arm`` is ``"kdumplab"``, ``"kexec"`` or ``"auto"`` (kdumplab when ``kdumplab arm`` exists); ``save`` is
+    ``"kdumplab"``, ``"raw"``, ``"both"`` or ``"auto"`` (kdumplab when ``kdumplab save --from-config`` exists,
+    else raw). Raises :class:`~kdumplab.testing.vm.qemu.VmError` naming the failed phase.
+    """
+    say = report or (lambda message: print(f"kdumplab vm: {message}", file=sys.stderr, flush=True))
+    if workload not in workload_mod.WORKLOADS:
+        raise VmError("setup", f"unknown workload {workload!r}: choose {' or '.join(workload_mod.WORKLOADS)}")
+    if arm == "auto":
+        arm = "kdumplab" if _command_exists("arm") else "kexec"
+    if save == "auto":
+        save = "kdumplab" if _save_supports_config() else "raw"
+    if arm not in ("kdumplab", "kexec") or save not in ("kdumplab", "raw", "both"):
+        raise VmError("setup", f"arm={arm!r} save={save!r}: arm is kdumplab|kexec, save is kdumplab|raw|both")
+    if save in ("kdumplab", "both") and not _save_supports_config():
+        raise VmError("setup", "save with kdumplab asked for, but this checkout has no `kdumplab save "
+                               "--from-config` yet: use save='raw'")
+    memory_bytes = parse_size(memory)
+    parse_size(crashkernel)
+    timeouts = timeouts or Timeouts()
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if any(c in str(out) for c in ", \t\n"):
+        raise VmError("setup", f"OUT {out} has a comma or white space, which QEMU's -virtfs cannot take")
+    _clean(out)
+    guest_dir = out / "guest"
+    guest_dir.mkdir()
+    for name in ("raw", "makedumpfile", "kdumplab"):
+        (out / name).mkdir()
+
+    t_prepare = time.monotonic()
+    files = ensure_kernel(kernel)
+    checkout = Path(kdumplab.__file__).resolve().parents[1]
+    python = sys.executable
+    initrd = guest_dir / "initramfs.gz"
+    config = guest_dir / "kdumplab.toml"
+    config.write_text(guest_config(out, files, initrd))
+    kdumplab_cli = [python, "-m", "kdumplab.cli"]
+
+    first: list[Step] = []
+    if arm == "kexec":
+        argv = ["kexec", "-p", f"/host{files.vmlinuz}", "--initrd=/out/guest/initramfs.gz", f"--append={KDUMP_CMDLINE}"]
+        first.append(Step("arm", "initramfs", shlex.join(argv) + ' && test "$(cat /sys/kernel/kexec_crash_loaded)" = 1'))
+    else:
+        first.append(Step("arm", "host", shlex.join([*kdumplab_cli, "arm", "--config", str(config)])))
+    disk = None
+    if workload == "realistic":
+        disk = guest_dir / "scratch.img"
+        with open(disk, "wb") as handle:
+            handle.truncate(workload_mod.disk_size(memory_bytes))
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1", str(disk)],
+                       check=True, capture_output=True)
+        first.append(Step("workload", "host", workload_mod.guest_command(python, "/dev/vda")))
+    crash_command = crash_command or DEFAULT_CRASH
+    first.append(Step("crash", "initramfs", crash_command, fatal=False))
+
+    kdump: list[Step] = []
+    if save in ("kdumplab", "both"):
+        kdump.append(Step("save", "host", shlex.join([*kdumplab_cli, "save", "--from-config", "--config", str(config)]),
+                          fatal=False))
+    if save in ("raw", "both"):
+        raw = out / "raw" / "vmcore"
+        kdump.append(Step("raw_copy", "initramfs",
+                          "dd if=/proc/vmcore of=/out/raw/vmcore.part bs=1M && sync && mv /out/raw/vmcore.part /out/raw/vmcore",
+                          fatal=False))
+        kdump.append(Step("makedumpfile", "host",
+                          shlex.join(["makedumpfile", "-l", "-d", "31", "/proc/vmcore",
+                                      str(out / "makedumpfile" / "vmcore")]), fatal=False))
+
+    env = dict(HOST_ENV, PYTHONPATH=str(checkout))
+    build_initramfs(files, InitConfig(release=files.release, out_dir=str(out), first_steps=first,
+                                      kdump_steps=kdump, host_env=env), initrd)
+    accel = accel or detect_accel()
+    qcfg = QemuConfig(kernel=files.vmlinuz, initrd=initrd, console=out / "console.log", memory=memory,
+                      append=f"console=ttyS0 crashkernel={crashkernel} panic=1 no_timer_check",
+                      shares=[Share("hostroot", Path("/"), readonly=True), Share("out", out)],
+                      disks=[disk] if disk else [], accel=accel)
+    result = VmResult(out=out, suite=kernel, release=files.release, version=files.version, vmlinux=files.vmlinux,
+                      vmlinuz=files.vmlinuz, console=qcfg.console, accel=accel, memory=memory,
+                      crashkernel=crashkernel, workload=workload, crash_command=crash_command, arm_mode=arm,
+                      save_mode=save, config=config)
+    result.timings["prepare"] = round(time.monotonic() - t_prepare, 2)
+    say(f"booting {files.release} ({kernel}) under {accel}, {memory}, crashkernel={crashkernel}, "
+        f"workload {workload}, arm with {arm}, save {save}; console {qcfg.console}")
+    try:
+        with cache_lock("vm-guest"):  # one guest at a time on this machine
+            _run_guest(qcfg, result, first, kdump, timeouts, say)
+    except VmError as error:
+        result.error = str(error)
+        result.save()
+        raise
+    finally:
+        if disk:
+            disk.unlink(missing_ok=True)
+    result.raw_vmcore = out / "raw" / "vmcore" if (out / "raw" / "vmcore").exists() else None
+    result.makedumpfile_dump = (out / "makedumpfile" / "vmcore") if result.steps.get("makedumpfile") == 0 else None
+    made = sorted((out / "kdumplab").glob("*/vmcore*"))
+    result.kdumplab_dump = made[0] if made and result.steps.get("save") == 0 else None
+    wanted_ok = {"kdumplab": result.kdumplab_dump is not None, "raw": result.raw_vmcore is not None,
+                 "both": result.kdumplab_dump is not None and result.raw_vmcore is not None}[save]
+    result.ok = wanted_ok
+    if not wanted_ok:
+        problem = ", ".join(f"{name} exited {rc}" for name, rc in result.steps.items() if rc) or "no dump written"
+        result.error = f"vm phase 'save': {problem} (console: {result.console})"
+        result.save()
+        raise VmError("save", problem, result.console, _tail(result.console))
+    result.save()
+    say(f"done in {result.timings['total']:.0f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
+    return result
+
+
+def _tail(path: Path, count: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-count:])
+    except OSError:
+        return ""
+
+
+def _run_guest(qcfg: QemuConfig, result: VmResult, first: list[Step], kdump: list[Step], timeouts: Timeouts,
+               say: Callable[[str], None]) -> None:
+    marker = r"@@kdumplab-vm "
+    fatal = {"the guest's init failed": marker + r"fatal", "the kernel panicked": r"Kernel panic - not syncing"}
+    timings = result.timings
+    with Guest(qcfg) as guest:
+        start = guest.started
+        _, _, line = guest.expect("boot", {"init": marker + r"init kernel=first"}, timeouts.boot, fatal)
+        timings["boot"] = round(line.at - start, 2)
+        _, _, ready = guest.expect("setup", {"ready": marker + r"ready kernel=first"}, timeouts.setup, fatal)
+        timings["setup"] = round(ready.at - line.at, 2)
+        for step in first:
+            _, _, begin = guest.expect(step.name, {"begin": marker + rf"begin {step.name}$"}, timeouts.setup, fatal)
+            if step.name == "crash":
+                say("crashing the first kernel")
+                no_panic = {"the guest's init failed": fatal["the guest's init failed"]}
+                name, match, end = guest.expect("crash", {"kdump": marker + r"init kernel=kdump",
+                                                          "returned": marker + r"end crash rc=(\d+)"},
+                                                timeouts.crash, no_panic)
+                timings["crash"] = round(end.at - begin.at, 2)
+                if name == "returned":
+                    result.steps["crash"] = int(match.group(1))
+                    raise guest.fail("crash", f"the crash command {step.command!r} returned (status "
+                                              f"{match.group(1)}) without crashing the kernel")
+                kdump_init = end
+                break
+            limit = getattr(timeouts, step.name, timeouts.save)
+            _, match, end = guest.expect(step.name, {"end": marker + rf"end {step.name} rc=(\d+)"}, limit, fatal)
+            rc = int(match.group(1))
+            result.steps[step.name] = rc
+            timings[step.name] = round(end.at - begin.at, 2)
+            if step.name == "arm":
+                result.arm_status = rc
+            say(f"{step.name}: status {rc} in {timings[step.name]:.1f} s")
+            if rc != 0 and step.fatal:
+                raise guest.fail(step.name, f"{step.name} exited with status {rc}")
+        else:
+            raise guest.fail("crash", "no crash step")
+        _, _, ready = guest.expect("kdump_setup", {"ready": marker + r"ready kernel=kdump"}, timeouts.setup, fatal)
+        timings["kdump_setup"] = round(ready.at - kdump_init.at, 2)
+        for step in kdump:
+            _, _, begin = guest.expect(step.name, {"begin": marker + rf"begin {step.name}$"}, timeouts.setup, fatal)
+            _, match, end = guest.expect(step.name, {"end": marker + rf"end {step.name} rc=(\d+)"}, timeouts.save,
+                                         fatal)
+            rc = int(match.group(1))
+            result.steps[step.name] = rc
+            timings[step.name] = round(end.at - begin.at, 2)
+            say(f"{step.name}: status {rc} in {timings[step.name]:.1f} s")
+        result.save_status = result.steps.get("save", result.steps.get("raw_copy"))
+        _, _, off = guest.expect("poweroff", {"poweroff": marker + r"poweroff"}, timeouts.poweroff, fatal)
+        guest.wait_exit("poweroff", timeouts.poweroff)
+        timings["poweroff"] = round(time.monotonic() - off.at, 2)
+        timings["total"] = round(time.monotonic() - start, 2)
+
+
+def cached_dump(kernel: str = "bookworm", workload: str = "idle", memory: str | None = None,
+                require_kdumplab: bool = False, rebuild: bool = False) -> VmResult:
+    """A real dump of ``kernel``'s current Debian kernel after ``workload``, built once and kept under
+    ``~/.cache/kdumplab/vm-dumps/<release>-<workload>/`` (with ``-<memory>`` when not the default of
+    :data:`CACHED_MEMORY`).
+
+    The cached guest saves with ``save="both"`` when ``kdumplab save --from-config`` exists (then
+    ``kdumplab_dump``, ``raw_vmcore`` and ``makedumpfile_dump`` are all set), else ``"raw"``.
+    ``require_kdumplab`` rebuilds a cached dump that has no ``kdumplab_dump``; ``rebuild`` always rebuilds.
+    Concurrent callers wait for each other (a file lock), so one guest builds it.
+    """
+    memory = memory or CACHED_MEMORY.get(workload, "1G")
+    release = current_release(kernel).release
+    name = f"{release}-{workload}" + ("" if memory == CACHED_MEMORY.get(workload) else f"-{memory}")
+    out = cache_root() / "vm-dumps" / name
+    with cache_lock(f"vm-dump-{name}"):
+        if not rebuild and (out / "vm.json").exists():
+            try:
+                cached = VmResult.load(out)
+            except (ValueError, TypeError, KeyError):
+                cached = None
+            if (cached and cached.ok and cached.harness_version == HARNESS_VERSION
+                    and cached.raw_vmcore and cached.raw_vmcore.exists()
+                    and (cached.kdumplab_dump is not None or not require_kdumplab)):
+                return cached
+        save = "both" if _save_supports_config() else "raw"
+        if require_kdumplab and save == "raw":
+            raise VmError("setup", "a dump saved by kdumplab was asked for, but this checkout has no "
+                                   "`kdumplab save --from-config` yet")
+        return crash_vm(out, kernel=kernel, memory=memory, workload=workload, save=save)
