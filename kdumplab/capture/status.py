@@ -8,7 +8,8 @@ in a directory target. ``to_dict()`` is the ``--json`` output; the CLI renders t
 
 The dump size estimate comes from /proc/meminfo for now: the memory left after taking away what the dump
 level drops (free pages, page cache, user pages). A better estimate from /proc/kcore (``kdumplab mem-usage``,
-which classifies the real struct pages) plugs in through :data:`DUMP_SIZE_ESTIMATOR`.
+which classifies the real struct pages) is used with ``use_kcore`` (``kdumplab status --kcore``), and any other
+estimator plugs in through :data:`DUMP_SIZE_ESTIMATOR`.
 
 >>> import tempfile, pathlib
 >>> root = pathlib.Path(tempfile.mkdtemp())
@@ -38,6 +39,7 @@ from kdumplab.capture.kexec import Runner, crash_loaded, lockdown
 from kdumplab.capture.reservation import check_reservation
 from kdumplab.capture.retention import list_dumps
 from kdumplab.capture.sysctl import PANIC_SYSCTLS, read_sysctls
+from kdumplab.errors import KdumplabError
 
 #: Where ``kdumplab arm`` records what it loaded (under ``root``); /run is emptied at boot, like the loaded kernel.
 STATE_FILE = "/run/kdumplab/armed.json"
@@ -58,12 +60,24 @@ class DumpSizeEstimate:
 DUMP_SIZE_ESTIMATOR: Callable[[Path, int], DumpSizeEstimate | None] | None = None
 
 
-def estimate_dump_size(root: Path = Path("/"), dump_level: int = 31) -> DumpSizeEstimate:
+def kcore_estimate(root: Path, dump_level: int) -> DumpSizeEstimate:
+    """The estimate from /proc/kcore (``kdumplab mem-usage``): every struct page of the running kernel
+    classified, the size of an uncompressed kdump file at ``dump_level``. Needs root and takes seconds per
+    few GiB, so status uses it only when asked (``--kcore``). Zero pages are not scanned (counted as kept)."""
+    from kdumplab.memory.usage import mem_usage  # numpy; loaded only when asked for
+
+    usage = mem_usage(str(under(root, "/proc/kcore")), scan_zero=False)
+    return DumpSizeEstimate(bytes=usage.kdump_bytes(dump_level), method="kcore",
+                            detail=f"{usage.total_pages} pages classified from /proc/kcore")
+
+
+def estimate_dump_size(root: Path = Path("/"), dump_level: int = 31, use_kcore: bool = False) -> DumpSizeEstimate:
     """Bytes a dump of the running system at ``dump_level`` would hold (uncompressed upper bound).
 
-    From /proc/meminfo, by dump level bit: 16 drops MemFree, 2 or 4 the page cache (Cached + Buffers), 8 user
-    pages (AnonPages) and hugetlb pages (Hugetlb); bit 1 (zero pages) cannot be told from meminfo and counts as
-    kept. Whatever the level, kernel memory stays.
+    In order: :data:`DUMP_SIZE_ESTIMATOR` when set; :func:`kcore_estimate` when ``use_kcore`` (falling back
+    when /proc/kcore cannot be read); else /proc/meminfo, by dump level bit: 16 drops MemFree, 2 or 4 the page
+    cache (Cached + Buffers), 8 user pages (AnonPages) and hugetlb pages (Hugetlb); bit 1 (zero pages) cannot
+    be told from meminfo and counts as kept. Whatever the level, kernel memory stays.
     """
     if DUMP_SIZE_ESTIMATOR is not None:
         try:
@@ -72,6 +86,12 @@ def estimate_dump_size(root: Path = Path("/"), dump_level: int = 31) -> DumpSize
             better = None
         if better is not None:
             return better
+    why_not = ""
+    if use_kcore:
+        try:
+            return kcore_estimate(Path(root), dump_level)
+        except (OSError, KdumplabError, ImportError, ValueError) as error:
+            why_not = f" (/proc/kcore unusable: {error})"
     info = meminfo(root)
     total = info.get("MemTotal", 0)
     size = total
@@ -86,7 +106,7 @@ def estimate_dump_size(root: Path = Path("/"), dump_level: int = 31) -> DumpSize
         size -= info.get("AnonPages", 0) + info.get("Hugetlb", 0)
         dropped.append("user")
     size = max(size, 0)
-    detail = f"MemTotal {total >> 20} MiB" + (f" minus {', '.join(dropped)}" if dropped else "")
+    detail = f"MemTotal {total >> 20} MiB" + (f" minus {', '.join(dropped)}" if dropped else "") + why_not
     return DumpSizeEstimate(bytes=size, method="meminfo", detail=detail)
 
 
@@ -180,9 +200,10 @@ def _remote_free(result_stdout: str) -> int | None:
         return None
 
 
-def target_status(config: Config, root: Path, runner: Runner | None, dump_level: int | None = None) -> TargetStatus:
+def target_status(config: Config, root: Path, runner: Runner | None, dump_level: int | None = None,
+                  use_kcore: bool = False) -> TargetStatus:
     """Check the target: free space against the estimate; for ssh, reachability (when ``runner`` is given)."""
-    estimate = estimate_dump_size(root, config.dump_level if dump_level is None else dump_level)
+    estimate = estimate_dump_size(root, config.dump_level if dump_level is None else dump_level, use_kcore)
     target = config.target
     status = TargetStatus(target=str(target), kind=target.kind, needed=estimate.bytes,
                           estimate_method=estimate.method)
@@ -210,8 +231,9 @@ def target_status(config: Config, root: Path, runner: Runner | None, dump_level:
 
 
 def collect_status(config: Config, root: Path = Path("/"), runner: Runner | None = None,
-                   last: int = 5) -> Status:
-    """Gather the status; ``runner`` runs the ssh probe (None skips it), ``last`` dumps are listed."""
+                   last: int = 5, use_kcore: bool = False) -> Status:
+    """Gather the status; ``runner`` runs the ssh probe (None skips it), ``last`` dumps are listed,
+    ``use_kcore`` estimates the dump size from /proc/kcore."""
     root = Path(root)
     kernel = config.kernel_path(root)
     initrd = config.initrd_path(root)
@@ -219,7 +241,7 @@ def collect_status(config: Config, root: Path = Path("/"), runner: Runner | None
     loaded = crash_loaded(root)
     armed = read_armed_state(root)
     sysctls = read_sysctls(list(dict.fromkeys([*PANIC_SYSCTLS, *config.sysctls])), root)
-    target = target_status(config, root, runner)
+    target = target_status(config, root, runner, use_kcore=use_kcore)
     problems = list(reservation.problems)
     if loaded is False:
         problems.append("no crash kernel is loaded: run kdumplab arm")

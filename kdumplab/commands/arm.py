@@ -87,7 +87,8 @@ def _render_status(st) -> None:
     click.echo(f"target:       {t.target}")
     if t.kind == "ssh":
         click.echo(f"  reachable:  {yes_no[t.reachable]}")
-    click.echo(f"  free:       {_mib(t.free)}; a dump may need up to {_mib(t.needed)} ({t.estimate_method})")
+    click.echo(f"  free:       {_mib(t.free)}; a dump may need up to {_mib(t.needed)} ({t.estimate_method}, "
+               f"before compression)")
     if st.last_dumps:
         click.echo("last dumps:")
         for d in st.last_dumps:
@@ -102,13 +103,14 @@ def _render_status(st) -> None:
 @_config
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @click.option("--no-ssh", is_flag=True, help="Do not try to reach an ssh target.")
-def status(root, config_path, as_json, no_ssh):
+@click.option("--kcore", is_flag=True, help="Estimate the dump size from /proc/kcore (as root; slower).")
+def status(root, config_path, as_json, no_ssh, kcore):
     """Reservation, crash kernel loaded, sysctls, target space and reachability, last dumps."""
     from kdumplab.capture.kexec import subprocess_runner
     from kdumplab.capture.status import collect_status
 
     config = _load(config_path, root)
-    st = collect_status(config, root, runner=None if no_ssh else subprocess_runner(timeout=20))
+    st = collect_status(config, root, runner=None if no_ssh else subprocess_runner(timeout=20), use_kcore=kcore)
     if as_json:
         click.echo(json.dumps(st.to_dict(), indent=2, default=str))
     else:

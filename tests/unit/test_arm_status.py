@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -91,6 +93,25 @@ def test_estimate_from_meminfo_by_dump_level(tmp_path):
     assert estimate_dump_size(tmp_path, 0).bytes == 8 * GiB
     assert estimate_dump_size(tmp_path, 16).bytes == 6 * GiB
     assert estimate_dump_size(tmp_path, 31).bytes == 8 * GiB - 6 * GiB - 256 * MiB
+
+
+def test_kcore_estimate_falls_back_to_meminfo(tmp_path):
+    make_tree(tmp_path)
+    (tmp_path / "proc/kcore").write_bytes(b"not an ELF core")
+    est = estimate_dump_size(tmp_path, 31, use_kcore=True)
+    assert est.method == "meminfo" and "/proc/kcore unusable" in est.detail
+
+
+@pytest.mark.skipif(not os.access("/proc/kcore", os.R_OK), reason="/proc/kcore not readable (needs root)")
+def test_kcore_estimate_on_this_machine():
+    """The real /proc/kcore through kdumplab.memory (only reads; skipped where it is not readable)."""
+    try:
+        est = estimate_dump_size(Path("/"), 31, use_kcore=True)
+    except Exception as error:  # pragma: no cover - a kernel the memory model does not know
+        pytest.skip(f"kcore not usable here: {error}")
+    if est.method != "kcore":
+        pytest.skip(est.detail)
+    assert 0 < est.bytes
 
 
 def test_estimate_hook(tmp_path, monkeypatch):
