@@ -267,7 +267,8 @@ def check_reservation(root: Path = Path("/"), kernel: Path | None = None, initrd
     how, instead = f"to {where}", f"on {where}"
 
     if crash_size is None and not ranges:
-        if iomem_text is None and read_text(root, "/sys/kernel/kexec_crash_loaded") is None:
+        # neither sysfs file: a kernel built without CONFIG_CRASH_DUMP (no crashkernel= can help it)
+        if read_text(root, "/sys/kernel/kexec_crash_loaded") is None:
             result.problems.append("this kernel has no crash kernel support (/sys/kernel/kexec_crash_size is "
                                    "missing): use a kernel built with CONFIG_CRASH_DUMP and CONFIG_KEXEC_FILE")
             return result

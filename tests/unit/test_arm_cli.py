@@ -114,6 +114,16 @@ def test_install_with_real_systemctl_root(tmp_path):
     assert not (wants / "kdumplab-arm.service").exists()
 
 
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None or not Path("/usr/lib/systemd/system/sysinit.target").exists(),
+                    reason="no systemd-analyze or no system units to verify against")
+def test_units_pass_systemd_analyze_verify(tmp_path):
+    install(tmp_path, runner=RecordingRunner())
+    units = sorted(str(p) for p in (tmp_path / "etc/systemd/system").glob("kdumplab-*"))
+    assert len(units) == 4
+    done = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 def test_shell_assets_parse():
     for script in ("initramfs-tools/hooks/kdumplab", "initramfs-tools/scripts/init-premount/kdumplab",
                    "dracut/99kdumplab/kdumplab-save.sh"):
