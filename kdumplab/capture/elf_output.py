@@ -142,14 +142,24 @@ class ElfOutput:
         self._ehdr = dict(ident=ident, phoff=ph_off, shoff=sh_off, phnum=PN_XNUM if xnum else phnum,
                           shentsize=SHDR.size if xnum else 0, shnum=1 if xnum else 0)
         sink.pwrite(0, self._pack_ehdr())
-        phdrs = [PHDR.pack(_PT_NOTE, 0, note_off, 0, 0, len(self.notes), len(self.notes), 0)]
-        phdrs += [PHDR.pack(_PT_LOAD, 7, s.offset, s.vaddr, s.paddr, s.filesz, s.memsz, 0) for s in self.segments]
-        sink.pwrite(ph_off, b"".join(phdrs))
+        self._ph_off, self._note_off = ph_off, note_off
+        sink.pwrite(ph_off, self._pack_phdrs())
         if xnum:
             sink.pwrite(sh_off, SHDR.pack(0, 0, 0, 0, 0, 0, 0, phnum, 0, 0))
         sink.pwrite(note_off, self.notes)
         self.pages_written = 0
         self.bytes_written = 0
+        self._written_end = 0  # file offset up to which segment data is written
+
+    def _pack_phdrs(self, written_end: int | None = None) -> bytes:
+        """The program headers; with ``written_end``, each PT_LOAD's ``p_filesz`` is cut to the data that made it
+        into the file (the rest stays in ``p_memsz``), so a dump cut short is still a valid ELF file."""
+        n = len(self.notes)
+        out = [PHDR.pack(_PT_NOTE, 0, self._note_off, 0, 0, n, n, 0)]
+        for s in self.segments:
+            filesz = s.filesz if written_end is None else max(0, min(s.filesz, written_end - s.offset))
+            out.append(PHDR.pack(_PT_LOAD, 7, s.offset if filesz else 0, s.vaddr, s.paddr, filesz, s.memsz, 0))
+        return b"".join(out)
 
     def _pack_ehdr(self) -> bytes:
         h = self._ehdr
@@ -177,15 +187,18 @@ class ElfOutput:
                 lo = start - p0 * ps
                 self.sink.pwrite(seg.offset + pos, memoryview(pages.reshape(-1))[lo : lo + n])
                 pos += n
+                self._written_end = seg.offset + pos
                 self.pages_written += p1 - p0
                 self.bytes_written += n
                 if on_pages is not None:
                     on_pages(p1 - p0)
 
     def mark_incomplete(self) -> None:
-        """Set ``e_flags`` bit 0x1 now (a 4-byte write into the header: it fits even on a full disk)."""
+        """Set ``e_flags`` bit 0x1 and cut each ``p_filesz`` to the data written. Both are rewrites of header
+        bytes already on disk, so they succeed even on a full disk."""
         self.e_flags |= ELF_INCOMPLETE
         self.sink.pwrite(_E_FLAGS_OFFSET, struct.pack("<I", self.e_flags))
+        self.sink.pwrite(self._ph_off, self._pack_phdrs(self._written_end))
 
     def finish(self) -> None:
         self.sink.finish()

@@ -459,6 +459,8 @@ def _save(dump: Any, source: str, dest: str, options: SaveOptions, progress: Pro
     free = target.free_bytes()
     meta["space"] = {"free": free, "metadata": needed, "uncompressed_pages": upper - needed}
     if free is not None and free < needed:
+        meta.update(status="failed", exit_code=int(ExitCode.NO_SPACE), error="not enough free space")
+        _write_meta(target, meta, progress)
         raise NoSpaceError(f"{target.describe()}: {free} bytes free, the dump's headers and tables alone need "
                            f"{needed}; free space or choose another target")
     if free is not None and free < upper:
@@ -468,6 +470,7 @@ def _save(dump: Any, source: str, dest: str, options: SaveOptions, progress: Pro
         progress.log(f"warning: {msg}")
 
     # Pass 2.
+    target.reserve()
     stats = WriteStats()
     output: _Output | None = None
     try:
@@ -506,6 +509,7 @@ def _save(dump: Any, source: str, dest: str, options: SaveOptions, progress: Pro
         partial = target.abandon(flagged) if not isinstance(failure, VerifyError) else (
             f"{target.describe_host()}:{target.part_path}" if remote else str(target.part_path))
         failure.partial = partial
+        target.release()
         meta.update(status="incomplete" if partial else "failed", exit_code=int(failure.exit_code),
                     error=str(failure), dump_file=partial, written=stats.to_json(), timings=progress.timings,
                     seconds=round(time.perf_counter() - started, 3))
@@ -515,6 +519,7 @@ def _save(dump: Any, source: str, dest: str, options: SaveOptions, progress: Pro
             raise
         raise failure from error
 
+    target.release()
     meta.update(status="complete", exit_code=0, dump_file=final, timings=progress.timings,
                 seconds=round(time.perf_counter() - started, 3))
     _write_meta(target, meta, progress)

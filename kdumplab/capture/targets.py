@@ -151,6 +151,27 @@ class LocalTarget:
         write_file_atomic(path, data)
         return str(path)
 
+    @property
+    def reserve_path(self) -> Path:
+        return self.directory / ".kdumplab.reserve"
+
+    def reserve(self, nbytes: int = 256 << 10) -> None:
+        """Set aside ``nbytes`` of disk before the dump, so that meta.json can still be written if the dump fills
+        the disk (:meth:`release` gives it back). Best effort: a disk already full reserves nothing."""
+        try:
+            with open_private(self.reserve_path) as f:
+                f.write(b"\0" * nbytes)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            pass
+
+    def release(self) -> None:
+        try:
+            os.unlink(self.reserve_path)
+        except OSError:
+            pass
+
     def open_part(self) -> BinaryIO:
         """The dump's file, created 0600 under the ``.part`` name (a stale one from a killed run is replaced)."""
         try:
@@ -444,6 +465,12 @@ class SshTarget:
 
     def abandon(self, flagged: bool) -> str:
         return f"{self.describe_host()}:{self.part_path}"
+
+    def reserve(self, nbytes: int = 0) -> None:
+        """Nothing to set aside remotely (meta.json goes over a new connection)."""
+
+    def release(self) -> None:
+        pass
 
 
 Target = LocalFile | LocalDirectory | SshTarget

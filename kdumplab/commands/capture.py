@@ -178,22 +178,27 @@ def dmesg(source, output):
 
 @click.command("mem-usage")
 @click.argument("source")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def mem_usage(source, as_json):
-    """Pages and bytes per class of SOURCE (a vmcore, or /proc/kcore on a live system) and the estimated dump
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--no-zero-scan", is_flag=True, help="Do not read page contents (fast; no page counts as zero).")
+def mem_usage(source, as_json, no_zero_scan):
+    """Pages and bytes per class of SOURCE (a vmcore, or /proc/kcore on a live system), and the estimated dump
     size at each dump level: what sizes the disk and the crashkernel reservation."""
     import json
 
-    from kdumplab.formats.dumpfile import open_dumpfile
     from kdumplab.memory.usage import mem_usage as compute
 
-    with open_dumpfile(source) as dump:
-        usage = compute(dump)
-    data = usage.to_json() if hasattr(usage, "to_json") else usage
+    usage = compute(source, scan_zero=not no_zero_scan)
     if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
+        click.echo(json.dumps(usage.as_dict(), indent=2))
         return
-    click.echo(usage.format() if hasattr(usage, "format") else json.dumps(data, indent=2, default=str))
+    click.echo(usage.table())
+    ps = usage.page_size
+    click.echo("\nCLASS           PAGES           BYTES           ALL-ZERO")
+    for name, pages in usage.pages.items():
+        click.echo(f"{name:<16}{pages:<16}{pages * ps:<16}{usage.zero_content.get(name, 0)}")
+    click.echo("\nDUMP LEVEL      KEPT PAGES      KEPT BYTES      KDUMP FILE (uncompressed)")
+    for level in (0, 1, 2, 3, 4, 7, 8, 15, 16, 17, 23, 31):
+        click.echo(f"{level:<16}{usage.kept_pages[level]:<16}{usage.kept_bytes(level):<16}{usage.kdump_bytes(level)}")
 
 
 def register(group: click.Group) -> None:
