@@ -23,7 +23,7 @@ place so that the crash comes next.
 >>> from kdumplab.testing.vm.workload import Plan
 >>> plan = Plan.for_memory(1 << 30)
 >>> plan.processes, plan.anon >> 20, plan.thp >> 20, plan.files
-(230, 174, 87, 23000)
+(230, 174, 86, 23000)
 """
 
 from __future__ import annotations
