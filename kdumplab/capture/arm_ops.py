@@ -114,6 +114,9 @@ def arm(config: Config, root: Path = Path("/"), runner: Runner | None = None, dr
     if not kernel.is_file():
         problem(f"crash kernel image {kernel} not found{where}")
     echo(f"initrd: {initrd if initrd else 'none'}")
+    if initrd is None and config.initrd is None:
+        echo("warning: no initrd found for the crash kernel (/boot/initrd.img-RELEASE or /boot/initramfs-RELEASE.img);"
+             " without one the kdump kernel may not find its root file system: set initrd = in the configuration")
     if config.initrd and initrd is not None and not initrd.is_file():
         problem(f"initrd {initrd} not found (set initrd = in {config.path or 'the configuration'})")
 
