@@ -59,6 +59,7 @@ details.kdl-code > summary { cursor: pointer; color: var(--jp-ui-font-color2, #6
 details.kdl-code:not([open]) > summary { list-style-position: inside; }
 .jp-InputArea-prompt, .jp-OutputPrompt { display: none; }
 table.kdl-table { border-collapse: collapse; font-size: 90%; margin: 0.3em 0 1em 0; }
+.jp-RenderedHTMLCommon table.kdl-table th, .jp-RenderedHTMLCommon table.kdl-table td,
 table.kdl-table th, table.kdl-table td { padding: 0.15em 0.6em; text-align: left; vertical-align: top;
   border-bottom: 1px solid #ddd; white-space: pre-wrap; }
 table.kdl-table th { background: #f3f3f3; }

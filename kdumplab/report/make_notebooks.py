@@ -109,7 +109,7 @@ TRIAGE = [
             else:
                 p = facts["panic"] = panic.iloc[0]
                 nb.say("**{message}**", message=nb.value(p["message"], "(no panic message in the log)"))
-                nb.say("CPU {cpu}, pid {pid} (`{comm}`), as found by {source}.", cpu=nb.value(p["cpu"]),
+                nb.say("CPU {cpu}, pid {pid} ({comm!c}), as found by {source}.", cpu=nb.value(p["cpu"]),
                        pid=nb.value(p["pid"]), comm=nb.value(p["comm"]), source=nb.value(p["source"]))
                 nb.show(panic, "panic")
         """),
@@ -242,7 +242,7 @@ TASKS = [
                             f"for at least {limit.total_seconds():.0f} s included")
             timed = stuck.dropna(subset=["last_run_s"]).head(opts["top"])
             if len(timed):
-                fig, ax = plt.subplots(figsize=(9, 0.6 + 0.3 * len(timed)))
+                fig, ax = plt.subplots(figsize=(9, 1.2 + 0.3 * len(timed)))
                 labels = [f"{c} [{p}] {s}" for c, p, s in zip(timed.comm, timed.pid, timed.state)]
                 ax.barh(labels[::-1], timed["last_run_s"].to_numpy(dtype=float)[::-1], color="#d62728")
                 ax.axvline(limit.total_seconds(), color="k", linestyle="--", linewidth=1, label="hung-task limit")
@@ -263,7 +263,7 @@ TASKS = [
             top = nb.top_processes(tasks, opts["top"])
             facts["top_memory"] = top
             if len(top):
-                fig, ax = plt.subplots(figsize=(9, 0.6 + 0.3 * len(top)))
+                fig, ax = plt.subplots(figsize=(9, 1.2 + 0.3 * len(top)))
                 labels = [f"{c} [{p}]" for c, p in zip(top.comm, top.tgid)]
                 ax.barh(labels[::-1], (top["rss_bytes"].to_numpy(dtype=float) / 2**20)[::-1], color="#2ca02c")
                 ax.set_xlabel("resident memory (MiB)")
@@ -285,7 +285,7 @@ TASKS = [
             groups = nb.stack_groups(stacks)
             head = groups.head(opts["top"])
             if len(head):
-                fig, ax = plt.subplots(figsize=(9, 0.6 + 0.3 * len(head)))
+                fig, ax = plt.subplots(figsize=(9, 1.2 + 0.3 * len(head)))
                 labels = [f"#{i} {s} {w}" for i, s, w in zip(head.index, head.state, head.waits_in)]
                 colors = ["#d62728" if s == "D" else "#1f77b4" for s in head.state]
                 ax.barh(labels[::-1], head["count"].to_numpy(dtype=float)[::-1], color=colors[::-1])
@@ -371,7 +371,7 @@ MEMORY = [
             facts["slabs"] = slabs
             top = slabs.sort_values("memory_bytes", ascending=False).head(opts["top"])
             if len(top):
-                fig, ax = plt.subplots(figsize=(9, 0.6 + 0.3 * len(top)))
+                fig, ax = plt.subplots(figsize=(9, 1.2 + 0.3 * len(top)))
                 ax.barh(top["name"].astype(str)[::-1], top["memory_bytes"].to_numpy(dtype=float)[::-1] / 2**20,
                         color="#9467bd")
                 ax.set_xlabel("memory held by the cache's slabs (MiB)")

@@ -44,7 +44,8 @@ if TYPE_CHECKING:
     from kdumplab.analysis.dump import Dump
 
 __all__ = [
-    "CONCLUSIONS_MIME", "DEFAULT_OPTIONS", "FRAME_MIME", "SECTION_MIME", "Text", "conclusions", "fmt_bytes",
+    "CONCLUSIONS_MIME", "DEFAULT_OPTIONS", "FRAME_MIME", "SECTION_MIME", "Text", "code_span", "conclusions",
+    "fmt_bytes", "fmt_duration",
     "md_escape", "open_dump", "options", "say", "section", "show",
 ]
 
@@ -98,10 +99,10 @@ def open_dump(path: str | None, vmlinux: str | None = None, opts: Mapping[str, A
     if dump is None:
         dump = _OPEN[key] = kdumplab.open(path, vmlinux=vmlinux)
     if getattr(dump, "has_debuginfo", True):
-        say("Dump `{path}` ({release}, {format}); debug info: `{vmlinux}`.", path=str(dump.path),
+        say("Dump {path!c} ({release}, {format}); debug info: {vmlinux!c}.", path=str(dump.path),
             release=dump.release, format=dump.format, vmlinux=str(dump.vmlinux))
     else:
-        say("Dump `{path}` ({release}, {format}); **no debug info**: the sections that need it say so.",
+        say("Dump {path!c} ({release}, {format}); **no debug info**: the sections that need it say so.",
             path=str(dump.path), release=dump.release, format=dump.format)
     return dump
 
@@ -143,28 +144,52 @@ def _display(bundle: dict[str, Any]) -> None:
     display(bundle, raw=True)
 
 
-class _Formatter(string.Formatter):
-    """``str.format`` that passes each formatted field through ``escape``."""
+class _Code(str):
+    """A value to show as code: ``{name!c}`` in a :class:`Text` template."""
 
-    def __init__(self, escape):
+
+def code_span(value: Any) -> str:
+    """``value`` as a Markdown code span. Inside one, Markdown shows every character as it is and renderers
+    HTML-escape it, so the only thing to get right is a fence longer than any run of backticks in it.
+
+    >>> code_span("a`b")
+    '``a`b``'
+    """
+    text = re.sub(r"[\r\n]+", " ", "" if value is None else str(value))
+    runs = [len(r) for r in re.findall(r"`+", text)]
+    fence = "`" * (max(runs, default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+class _Formatter(string.Formatter):
+    """``str.format`` that passes each formatted field through ``escape`` (``!c``: ``code``)."""
+
+    def __init__(self, escape, code):
         super().__init__()
-        self.escape = escape
+        self.escape, self.code = escape, code
+
+    def convert_field(self, value: Any, conversion: str | None) -> Any:
+        if conversion == "c":
+            return _Code("" if value is None else str(value))
+        return super().convert_field(value, conversion)
 
     def format_field(self, value: Any, format_spec: str) -> str:
         try:
             text = format(value, format_spec)
         except (TypeError, ValueError):  # pd.NA with a numeric spec, a str with ".1f"
             text = str(value)
-        return self.escape(text)
+        return self.code(text) if isinstance(value, _Code) else self.escape(text)
 
 
-_MARKDOWN = _Formatter(md_escape)
-_PLAIN = _Formatter(str)
+_MARKDOWN = _Formatter(md_escape, code_span)
+_PLAIN = _Formatter(str, str)
 
 
 @dataclass(frozen=True)
 class Text:
-    """A sentence: a trusted Markdown ``template`` with ``{name}`` / ``{name:spec}`` fields from dump ``values``.
+    """A sentence: a trusted Markdown ``template`` with ``{name}`` / ``{name:spec}`` fields from dump ``values``
+    (``{name!c}`` shows the value as code).
 
     :meth:`markdown` escapes every formatted value; :meth:`plain` does not (for terminals and JSON).
     """
@@ -209,6 +234,23 @@ def conclusions(findings: Iterable[Text | str], title: str = "Conclusions") -> N
     plain = [t.plain() for t in items]
     _display({"text/markdown": markdown, "text/plain": "\n".join(f"- {p}" for p in plain),
               CONCLUSIONS_MIME: {"title": title, "findings": plain}})
+
+
+def fmt_duration(value: Any) -> str:
+    """A duration (Timedelta or seconds) as people say it: ``fmt_duration(3725) == '1 h 2 min 5 s'``."""
+    import pandas as pd
+
+    if value is None or (not isinstance(value, (int, float, pd.Timedelta)) and pd.isna(value)):
+        return "?"
+    seconds = value.total_seconds() if isinstance(value, pd.Timedelta) else float(value)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    days, rest = divmod(int(seconds), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{days} d" if days else "", f"{hours} h" if hours else "", f"{minutes} min" if minutes else "",
+             f"{secs} s" if secs and not days else ""]
+    return " ".join(p for p in parts if p)
 
 
 def fmt_bytes(n: float | int | None) -> str:
@@ -277,7 +319,7 @@ def show(frame: "pd.DataFrame", name: str, *, index: bool = False, max_rows: int
     there are; the JSON export gets up to ``max_json_rows`` rows as records.
     """
     limit = int(max_rows or _OPTIONS.get("max_rows") or 60)
-    shown = frame.head(limit)
+    shown = _for_display(frame.head(limit))
     more = len(frame) - len(shown)
     note = f"{len(frame):,} rows; the first {limit:,} shown." if more > 0 else ""
     title = " ".join(p for p in (f"{caption}." if caption else "", note) if p)
@@ -289,6 +331,21 @@ def show(frame: "pd.DataFrame", name: str, *, index: bool = False, max_rows: int
     plain = shown.to_string(index=index, na_rep="", float_format=_float) + (f"\n({note})" if note else "")
     _display({"text/plain": plain, "text/html": html_table, "text/markdown": markdown,
               FRAME_MIME: frame_payload(frame, name, caption)})
+
+
+def _for_display(frame: "pd.DataFrame") -> "pd.DataFrame":
+    """What a person reads: addresses (the tables' UInt64 columns) in hex, missing values blank."""
+    import pandas as pd
+
+    out = frame.copy()
+    for name in out.columns:
+        column = out[name]
+        if str(column.dtype) == "UInt64":
+            out[name] = pd.Series(["" if pd.isna(x) else f"{int(x):#x}" for x in column], index=out.index,
+                                  dtype=object)
+        elif str(column.dtype) in ("string", "Int64", "boolean", "category") or column.dtype == object:
+            out[name] = column.astype(object).where(column.notna(), "")
+    return out
 
 
 def _float(x: float) -> str:

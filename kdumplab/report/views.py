@@ -210,7 +210,7 @@ def triage_findings(facts: Mapping[str, Any]) -> list["Text"]:
     out = []
     system, p = facts.get("system"), facts.get("panic")
     if p is not None:
-        out.append(_text("The kernel crashed with **{message}**, on CPU {cpu} in task `{comm}` (pid {pid}).",
+        out.append(_text("The kernel crashed with **{message}**, on CPU {cpu} in task {comm!c} (pid {pid}).",
                          message=value(p["message"], "no panic message"), cpu=value(p["cpu"]),
                          comm=value(p["comm"]), pid=value(p["pid"])))
     elif "system" in facts:
@@ -219,7 +219,7 @@ def triage_findings(facts: Mapping[str, Any]) -> list["Text"]:
     if site is not None:
         loc = "" if _na(site.get("file")) else f" at {site['file']}:{value(site.get('line'), '?')}"
         module = "" if _na(site.get("module")) else f" (module {site['module']})"
-        out.append(_text("The crashing frame is `{function}`{loc}{module}.", function=site["function"], loc=loc,
+        out.append(_text("The crashing frame is {function!c}{loc}{module}.", function=site["function"], loc=loc,
                          module=module))
     log = facts.get("dmesg")
     if log is not None and len(log):
@@ -232,7 +232,7 @@ def triage_findings(facts: Mapping[str, Any]) -> list["Text"]:
                              "there).", t=first["timestamp"].total_seconds(), text=str(first["text"])[:160]))
         errors = int((before["level"].fillna(7) <= 3).sum())
         if errors:
-            out.append(_text("{n} records of level error or worse precede the panic.", n=errors))
+            out.append(_text("{n} records of level error or worse precede the panic record.", n=errors))
         texts = log["text"].fillna("").astype(str)
         if texts.str.contains(_HANG).any():
             out.append(_text("The log shows a hang (hung task, lockup or RCU stall): see **02-tasks** for the "
@@ -250,7 +250,9 @@ def triage_findings(facts: Mapping[str, Any]) -> list["Text"]:
         out.append(_text("The kernel was not tainted."))
     if system is not None:
         if not _na(system.get("uptime")):
-            out.append(_text("It had been up {uptime}.", uptime=str(system["uptime"]).split(".")[0]))
+            from kdumplab.report.nb import fmt_duration
+
+            out.append(_text("It had been up {uptime}.", uptime=fmt_duration(system["uptime"])))
         if not _na(system.get("incomplete")) and bool(system["incomplete"]):
             out.append(_text("**The dump is marked incomplete**: some pages are missing; tables may be partial."))
         if _na(system.get("vmlinux")):
@@ -355,7 +357,7 @@ def tasks_findings(facts: Mapping[str, Any]) -> list["Text"]:
         if len(over):
             w = over.iloc[0]
             out.append(_text("{n} D-state or runnable tasks had not run for {limit:.0f} s or more (the hung-task "
-                             "condition); the longest, `{comm}` (pid {pid}, {state}), for {s:.0f} s.", n=len(over),
+                             "condition); the longest, {comm!c} (pid {pid}, {state}), for {s:.0f} s.", n=len(over),
                              limit=limit.total_seconds(), comm=w["comm"], pid=w["pid"], state=w["state"],
                              s=w["last_run_s"]))
         elif len(timed):
@@ -369,10 +371,10 @@ def tasks_findings(facts: Mapping[str, Any]) -> list["Text"]:
         d_groups = groups[groups["state"] == "D"]
         if len(d_groups):
             g = d_groups.iloc[0]
-            out.append(_text("The largest group of D-state tasks ({n}: {comms}) waits in `{fn}`: start there.",
+            out.append(_text("The largest group of D-state tasks ({n}: {comms}) waits in {fn!c}: start there.",
                              n=int(g["count"]), comms=g["comms"], fn=g["waits_in"]))
         g = groups.iloc[0]
-        out.append(_text("The most common stack is shared by {n} tasks ({state}), waiting in `{fn}`.",
+        out.append(_text("The most common stack is shared by {n} tasks ({state}), waiting in {fn!c}.",
                          n=int(g["count"]), state=g["state"], fn=g["waits_in"]))
     top = facts.get("top_memory")
     if top is not None and len(top) and tasks is not None:
@@ -380,7 +382,7 @@ def tasks_findings(facts: Mapping[str, Any]) -> list["Text"]:
         total = user.groupby("tgid")["rss_bytes"].max().sum()
         t = top.iloc[0]
         share = float(t["rss_bytes"]) / float(total) * 100 if total else 0.0
-        out.append(_text("`{comm}` (pid {pid}) holds the most resident memory: {rss}, {share:.0f}% of all "
+        out.append(_text("{comm!c} (pid {pid}) holds the most resident memory: {rss}, {share:.0f}% of all "
                          "processes' resident memory.", comm=t["comm"], pid=t["tgid"], rss=t["rss"], share=share))
     return out
 
@@ -526,7 +528,7 @@ def memory_findings(facts: Mapping[str, Any]) -> list["Text"]:
         total = slabs["memory_bytes"].sum()
         s = slabs.sort_values("memory_bytes", ascending=False).iloc[0]
         if total:
-            out.append(_text("The largest slab cache is `{name}`: {size}, {p:.0f}% of all slab memory.",
+            out.append(_text("The largest slab cache is {name!c}: {size}, {p:.0f}% of all slab memory.",
                              name=s["name"], size=_fmt_bytes(s["memory_bytes"]), p=s["memory_bytes"] / total * 100))
     orders = facts.get("free_by_order")
     if orders is not None and len(orders) and orders["bytes"].sum():
