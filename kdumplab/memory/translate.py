@@ -119,7 +119,7 @@ class KernelMemory:
         """
         page_offset = None
         for seg in segments:
-            if 0xFFFF800000000000 <= seg.vaddr < KERNEL_MAP_START and seg.paddr != _MASK64 and seg.vaddr > seg.paddr:
+            if (1 << 63) <= seg.vaddr < KERNEL_MAP_START and seg.paddr != _MASK64 and seg.vaddr > seg.paddr:
                 page_offset = seg.vaddr - seg.paddr
         if page_offset is None:
             return None, 0
