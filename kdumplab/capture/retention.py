@@ -45,7 +45,9 @@ class DumpEntry:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "path": str(self.path), "size": self.size,
                 "crash_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.crash_time)),
-                "incomplete": bool(self.meta.get("incomplete", False))}
+                "status": self.meta.get("status", "complete"),
+                # kdumplab save writes "status": "incomplete" | "failed" when the dump is not whole
+                "incomplete": bool(self.meta.get("incomplete")) or self.meta.get("status") in ("incomplete", "failed")}
 
 
 def _crash_time(path: Path, meta: dict[str, Any]) -> float:

@@ -24,7 +24,7 @@ from test_arm_tree import GiB, MiB, make_tree
 def _dump(directory, name, crashtime=None, size=10, incomplete=False):
     d = directory / name
     d.mkdir(parents=True)
-    meta = {"incomplete": incomplete}
+    meta = {"status": "incomplete"} if incomplete else {}
     if crashtime is not None:
         meta["crashtime"] = crashtime
     (d / "meta.json").write_text(json.dumps(meta))
