@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -38,6 +39,31 @@ class Sshd:
     other_key: str  # a key sshd does not accept
     known_hosts: str
     home: Path  # where the tests write remotely (a plain directory on this machine)
+    pid: int  # the sshd this fixture started
+
+    def descendants_running(self, needle: str) -> list[int]:
+        """Pids of processes under this sshd whose command line contains ``needle``."""
+        parents = {}
+        cmdlines = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+                cmdlines[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except (OSError, ValueError, IndexError):
+                continue
+        found = []
+        for pid, cmd in cmdlines.items():
+            if needle not in cmd:
+                continue
+            p, seen = pid, 0
+            while p in parents and p != self.pid and seen < 50:
+                p, seen = parents[p], seen + 1
+            if p == self.pid:
+                found.append(pid)
+        return found
 
     def url(self, path: str) -> str:
         return f"ssh://root@127.0.0.1:{self.port}{path}"
@@ -87,7 +113,7 @@ def sshd(tmp_path_factory):
     home = d / "remote"
     home.mkdir()
     try:
-        yield Sshd(port, str(d / "id"), str(d / "other_id"), str(d / "known_hosts"), home)
+        yield Sshd(port, str(d / "id"), str(d / "other_id"), str(d / "known_hosts"), home, proc.pid)
     finally:
         proc.terminate()
         try:
@@ -169,3 +195,85 @@ def test_hostile_host_names_are_rejected():
         parse_target("ssh://-oProxyCommand=touch%20x/tmp/")
     cmd = parse_target("ssh://u@h/p/").ssh_command("true")
     assert cmd[-3] == "--"
+
+
+# -- kdumplab save to ssh:// ---------------------------------------------------------------------------------------
+def _small_vmcore(path: Path) -> Path:
+    """A 16 MiB ELF vmcore without struct pages (the save falls back to content filtering and says so)."""
+    import numpy as np
+
+    from kdumplab.capture.elf_output import ElfOutput
+    from kdumplab.capture.pipeline import plan_pages
+    from kdumplab.formats.kdump_writer import FileSink
+    from kdumplab.formats.notes import build_note
+    from kdumplab.memory.image import MemoryImage
+
+    info = "OSRELEASE=6.1.0-test\nPAGESIZE=4096\nCRASHTIME=1714563296\n"
+    img = MemoryImage(4096 * 4096, info)
+    rng = np.random.default_rng(1)
+    for p in range(0, 4096, 2):
+        img.write(p * 4096, rng.integers(0, 8, 4096, dtype=np.uint8).tobytes())
+    with open(path, "wb") as f:
+        out = ElfOutput(FileSink(f), img, plan_pages(img, 0, None), build_note("VMCOREINFO", 0, info.encode()))
+        out.write_data()
+        out.finish()
+    return path
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "kdumplab.cli", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("fmt", ["kdump", "elf"])
+def test_save_over_ssh_equals_local(sshd, tmp_path, fmt):
+    src = _small_vmcore(tmp_path / "vmcore")
+    local = tmp_path / "local"
+    r = _cli("save", "-q", "-d", "1", "-c", "lzo", "-f", fmt, str(src), str(local))
+    assert r.returncode == 0, r.stderr
+    r = _cli("save", "-d", "1", "-c", "lzo", "-f", fmt, *sshd.ssh_args, str(src), sshd.url(f"{sshd.home}/dumps-{fmt}/"))
+    assert r.returncode == 0, r.stderr
+    (d,) = (sshd.home / f"dumps-{fmt}").iterdir()
+    assert d.name == "2024-05-01-113456-unknown"
+    assert sorted(p.name for p in d.iterdir()) == ["meta.json", "vmcore.flat"]
+    assert d.stat().st_mode & 0o777 == 0o700 and (d / "vmcore.flat").stat().st_mode & 0o777 == 0o600
+    re = tmp_path / "re"
+    assert _cli("reassemble", str(d / "vmcore.flat"), str(re)).returncode == 0
+    assert re.read_bytes() == local.read_bytes()
+    import json
+
+    meta = json.loads((d / "meta.json").read_text())
+    assert meta["status"] == "complete" and meta["dump_file"].endswith("/vmcore.flat")
+
+
+def test_save_to_refusing_target_exits_4(sshd, tmp_path):
+    src = _small_vmcore(tmp_path / "vmcore")
+    args = ["--ssh-key", sshd.other_key, "--known-hosts", sshd.known_hosts, "--ssh-option", "-F",
+            "--ssh-option", "/dev/null"]
+    r = _cli("save", "-q", *args, str(src), sshd.url(f"{sshd.home}/nope/"))
+    assert r.returncode == ExitCode.TARGET_FAILED
+    assert "Permission denied" in r.stderr and "ssh://root@127.0.0.1" in r.stderr
+    r = _cli("save", "-q", str(src), f"ssh://root@127.0.0.1:{_free_port()}/tmp/nope/")
+    assert r.returncode == ExitCode.TARGET_FAILED and "Connection refused" in r.stderr
+
+
+def test_target_dying_mid_stream(sshd, tmp_path):
+    """sshd's session is killed while the dump streams: exit 4, and the remote file keeps its .part name."""
+    src = _small_vmcore(tmp_path / "vmcore")
+    proc = subprocess.Popen([sys.executable, "-m", "kdumplab.cli", "save", "-q", "-d", "0", "-c", "zlib",
+                             *sshd.ssh_args, str(src), sshd.url(f"{sshd.home}/dying/")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        parts = list((sshd.home / "dying").glob("*/.vmcore.flat.part"))
+        if parts and parts[0].stat().st_size > 0:
+            break
+        time.sleep(0.01)
+    # kill the remote `cat` (the session's command): the stream breaks as if the host went away
+    for pid in sshd.descendants_running(f"cat > {parts[0].parent}/.vmcore.flat.part"):
+        os.kill(pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the stream finished before the remote end could be killed")
+    assert proc.returncode == ExitCode.TARGET_FAILED, err
+    d = parts[0].parent
+    assert not (d / "vmcore.flat").exists() and (d / ".vmcore.flat.part").exists()
