@@ -144,7 +144,7 @@ def test_lockless_wrapped_rings(first_id, first_lpos):
     assert 1 < len(recs) <= 16 and recs[-1].text == texts[-1].decode()
     assert [x.seq for x in recs] == list(range(100 - len(recs), 100))
     # the data ring wrapped many times: some surviving block was placed at the ring's start
-    assert r.head_lpos - first_lpos > 10 * r.size
+    assert (r.head_lpos - first_lpos) % 2**64 > 5 * r.size
 
 
 def test_desc_id_wraps_under_the_mask():
