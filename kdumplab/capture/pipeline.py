@@ -47,7 +47,7 @@ from kdumplab.formats.kdump_writer import EncodedPage, KdumpWriter, bitmap_from_
 #: Pfns per classification window (128 MiB of memory with 4 KiB pages; about 2 MiB of struct pages).
 WINDOW_PFNS = 1 << 15
 #: Kept pages per compression job (4 MiB of page data with 4 KiB pages).
-BATCH_PAGES = 1024
+BATCH_PAGES = 256
 #: Excluded pages between two kept runs that are cheaper to read and drop than to skip with another pread.
 READ_GAP = 16
 
