@@ -367,33 +367,72 @@ def _run_guest(qcfg: QemuConfig, result: VmResult, first: list[Step], kdump: lis
         timings["total"] = round(time.monotonic() - start, 2)
 
 
-def cached_dump(kernel: str = "bookworm", workload: str = "idle", memory: str | None = None,
-                require_kdumplab: bool = False, rebuild: bool = False) -> VmResult:
-    """A real dump of ``kernel``'s current Debian kernel after ``workload``, built once and kept under
-    ``~/.cache/kdumplab/vm-dumps/<release>-<workload>/`` (with ``-<memory>`` when not the default of
-    :data:`CACHED_MEMORY`).
-
-    The cached guest saves with ``save="both"`` when ``kdumplab save --from-config`` exists (then
-    ``kdumplab_dump``, ``raw_vmcore`` and ``makedumpfile_dump`` are all set), else ``"raw"``.
-    ``require_kdumplab`` rebuilds a cached dump that has no ``kdumplab_dump``; ``rebuild`` always rebuilds.
-    Concurrent callers wait for each other (a file lock), so one guest builds it.
-    """
+def cached_dump_dir(kernel: str = "bookworm", workload: str = "idle", memory: str | None = None) -> Path:
+    """Where :func:`cached_dump` keeps the dump of ``kernel`` after ``workload``:
+    ``~/.cache/kdumplab/vm-dumps/<release>-<workload>[-<memory>]``."""
     memory = memory or CACHED_MEMORY.get(workload, "1G")
     release = current_release(kernel).release
     name = f"{release}-{workload}" + ("" if memory == CACHED_MEMORY.get(workload) else f"-{memory}")
-    out = cache_root() / "vm-dumps" / name
-    with cache_lock(f"vm-dump-{name}"):
-        if not rebuild and (out / "vm.json").exists():
-            try:
-                cached = VmResult.load(out)
-            except (ValueError, TypeError, KeyError):
-                cached = None
-            if (cached and cached.ok and cached.harness_version == HARNESS_VERSION
-                    and cached.raw_vmcore and cached.raw_vmcore.exists()
-                    and (cached.kdumplab_dump is not None or not require_kdumplab)):
+    return cache_root() / "vm-dumps" / name
+
+
+def _usable(out: Path, require_kdumplab: bool) -> VmResult | None:
+    try:
+        cached = VmResult.load(out)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if not (cached.ok and cached.harness_version == HARNESS_VERSION and cached.raw_vmcore
+            and cached.raw_vmcore.exists() and cached.vmlinux.exists()):
+        return None
+    if require_kdumplab and (cached.kdumplab_dump is None or not cached.kdumplab_dump.exists()):
+        return None
+    return cached
+
+
+def _relocate(result: VmResult, old: Path, new: Path) -> VmResult:
+    for f in fields(result):
+        value = getattr(result, f.name)
+        if isinstance(value, Path) and value.is_relative_to(old):
+            setattr(result, f.name, new / value.relative_to(old))
+    return result
+
+
+def cached_dump(kernel: str = "bookworm", workload: str = "idle", memory: str | None = None,
+                require_kdumplab: bool = False, rebuild: bool = False) -> VmResult:
+    """A real dump of ``kernel``'s current Debian kernel after ``workload``, built once and kept in
+    :func:`cached_dump_dir` (``~/.cache/kdumplab/vm-dumps/<release>-<workload>/``; the guest has the memory of
+    :data:`CACHED_MEMORY` unless ``memory`` says otherwise, and then the directory name ends in it).
+
+    The cached guest arms with ``kdumplab arm`` and saves with ``save="both"`` when ``kdumplab save
+    --from-config`` exists (then ``kdumplab_dump``, ``raw_vmcore`` and ``makedumpfile_dump`` are all set), else
+    ``"raw"``. ``require_kdumplab`` rebuilds a cached dump that has no ``kdumplab_dump``; ``rebuild`` always
+    boots a new guest. A new dump is built beside the cache and swapped in by renaming, so a reader of the old
+    one is not cut off mid-way; concurrent callers wait for each other (a file lock).
+
+    >>> dump = cached_dump("bookworm")                                       # doctest: +SKIP
+    >>> dump.raw_vmcore.name, dump.makedumpfile_dump.parent.name             # doctest: +SKIP
+    ('vmcore', 'makedumpfile')
+    """
+    memory = memory or CACHED_MEMORY.get(workload, "1G")
+    out = cached_dump_dir(kernel, workload, memory)
+    with cache_lock(f"vm-dump-{out.name}"):
+        if not rebuild:
+            cached = _usable(out, require_kdumplab)
+            if cached is not None:
                 return cached
         save = "both" if _save_supports_config() else "raw"
         if require_kdumplab and save == "raw":
             raise VmError("setup", "a dump saved by kdumplab was asked for, but this checkout has no "
                                    "`kdumplab save --from-config` yet")
-        return crash_vm(out, kernel=kernel, memory=memory, workload=workload, save=save)
+        staging = out.parent.with_name("vm-dumps.staging") / out.name
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        result = crash_vm(staging, kernel=kernel, memory=memory, workload=workload, save=save)
+        _relocate(result, staging, out)
+        old = out.with_name(out.name + f".old-{os.getpid()}")
+        if out.exists():
+            out.rename(old)
+        staging.rename(out)
+        result.save()
+        shutil.rmtree(old, ignore_errors=True)
+        return result
