@@ -70,7 +70,7 @@ from kdumplab.formats.vmcoreinfo import VmcoreInfo
 
 __all__ = [
     "PageClass", "LABELS", "NOT_PRESENT", "ClassRules", "ClassifyState", "classify", "zero_mask", "excluded_mask",
-    "exclusion_table", "EXCLUDED_AT", "classify_dump", "classify_all", "class_runs", "ClassWindow",
+    "exclusion_table", "EXCLUDED_AT", "classify_dump", "present_runs", "classify_all", "class_runs", "ClassWindow",
 ]
 
 
@@ -332,6 +332,24 @@ class ClassWindow(NamedTuple):
     zero: np.ndarray | None  # bool: page content all zero (where it was read), or None without a zero scan
 
 
+def present_runs(dumpfile: Any) -> list[tuple[int, int]]:
+    """``[start, end)`` pfn runs of the RAM a dump holds. For /proc/kcore, whose vmalloc, vmemmap and module
+    PT_LOADs carry ``p_paddr = -1`` (and the kernel text one repeats RAM), only the direct-map RAM segments count."""
+    segments = getattr(dumpfile, "segments", None) or []
+    if not any(s.paddr == (1 << 64) - 1 for s in segments):
+        return [tuple(r) for r in dumpfile.present_pfns()]
+    ps = dumpfile.page_size
+    runs = sorted((s.paddr // ps, -(-(s.paddr + s.memsz) // ps)) for s in segments
+                  if s.paddr != (1 << 64) - 1 and s.memsz and (1 << 63) <= s.vaddr < 0xFFFFFFFF80000000)
+    merged: list[list[int]] = []
+    for a, b in runs:
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return [(a, b) for a, b in merged]
+
+
 def _windows(runs: list[tuple[int, int]], window: int) -> Iterator[tuple[int, int]]:
     """``(start, count)`` pieces of the present runs, cut at multiples of ``window`` (aligned, so that the
     compound pages and buddy blocks, which are naturally aligned, rarely cross)."""
@@ -376,14 +394,15 @@ def classify_dump(dumpfile: Any, window: int = 65536, scan_zero: bool = True, *,
     from kdumplab.memory.mem_map import MemMap
     from kdumplab.memory.translate import KernelMemory
 
+    runs = present_runs(dumpfile)
     if mem is None:
         mem = KernelMemory(dumpfile)
     if mem_map is None:
-        mem_map = MemMap(mem)
+        mem_map = MemMap(mem, max_pfn=runs[-1][1] if runs else None)
     rules = ClassRules.from_vmcoreinfo(mem.info)
     state = ClassifyState()
     page_size = mem.page_size
-    for start, count in _windows(dumpfile.present_pfns(), window):
+    for start, count in _windows(runs, window):
         pages = mem_map.read_pages(start, count)
         classes = classify(pages, rules, start, state)
         zero = None
@@ -398,9 +417,10 @@ def classify_dump(dumpfile: Any, window: int = 65536, scan_zero: bool = True, *,
 
 
 def classify_all(dumpfile: Any, scan_zero: bool = True, window: int = 65536) -> np.ndarray:
-    """Classes of pfns ``[0, dumpfile.max_pfn)`` in one uint8 array (:data:`NOT_PRESENT` for holes). For
+    """Classes of pfns ``[0, end of the last present run)`` in one uint8 array (:data:`NOT_PRESENT` for holes). For
     small dumps and tests: 1 byte per page frame."""
-    out = np.full(dumpfile.max_pfn, NOT_PRESENT, dtype=np.uint8)
+    runs = present_runs(dumpfile)
+    out = np.full(runs[-1][1] if runs else 0, NOT_PRESENT, dtype=np.uint8)
     for w in classify_dump(dumpfile, window=window, scan_zero=scan_zero):
         out[w.start_pfn : w.start_pfn + len(w.classes)] = w.classes
     return out

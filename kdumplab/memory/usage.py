@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from kdumplab.memory.page_class import LABELS, PageClass, classify_dump, exclusion_table
+from kdumplab.memory.page_class import LABELS, PageClass, classify_dump, exclusion_table, present_runs
 
 __all__ = ["MemUsage", "mem_usage"]
 
@@ -137,14 +137,16 @@ def mem_usage(source: Any, *, vmcoreinfo: Any = None, scan_zero: bool = True, wi
         source = opened = open_dumpfile(source)
     try:
         mem = KernelMemory(source, vmcoreinfo)
-        mm = MemMap(mem)
+        runs = present_runs(source)
+        max_pfn = runs[-1][1] if runs else 0
+        mm = MemMap(mem, max_pfn=max_pfn)
         counts = np.zeros((len(PageClass), 2), dtype=np.int64)
         for w in classify_dump(source, window=window, scan_zero=scan_zero, mem=mem, mem_map=mm, zero_scope="all"):
             zero = w.zero if w.zero is not None else np.zeros(len(w.classes), dtype=bool)
             _accumulate(counts, w.classes, zero)
         notes = getattr(source, "notes", None) or []
         note_bytes = sum(12 + _pad4(len(n.name) + 1) + _pad4(len(n.desc)) for n in notes)
-        return _counts_to_usage(counts, mem.page_size, int(source.max_pfn), note_bytes,
+        return _counts_to_usage(counts, mem.page_size, max_pfn, note_bytes,
                                 getattr(source, "path", None), scan_zero)
     finally:
         if opened is not None:

@@ -219,3 +219,19 @@ def test_classify_dump_and_mem_usage_end_to_end(era):
     assert u.kept_pages[1] == 2048 - 1 - zero_any
     assert u.desc_pages[1] == 2048 - 1 and u.kdump_bytes(31) > u.kept_bytes(31)
     assert "KERN_DATA" in u.table() and u.as_dict()["kept_pages"]["31"] == u.kept_pages[31]
+
+
+def test_present_runs_of_a_kcore_like_dump():
+    """/proc/kcore: vmalloc/vmemmap PT_LOADs have p_paddr -1 and the text PT_LOAD repeats RAM: only the
+    direct-map RAM segments are present memory."""
+    from kdumplab.memory.page_class import present_runs
+
+    segs = [ImageSegment(0x1000000, 0xFFFFFFFF81000000, 0, 1 << 20, 1 << 20),
+            ImageSegment(2**64 - 1, 0xFFFFC90000000000, 0, 1 << 30, 1 << 30),
+            ImageSegment(2**64 - 1, VMEMMAP, 0, 1 << 21, 1 << 21),
+            ImageSegment(0x1000, PAGE_OFFSET + 0x1000, 0, 0x9E000, 0x9E000),
+            ImageSegment(0x100000, PAGE_OFFSET + 0x100000, 0, 0x700000, 0x700000)]
+    img = MemoryImage(SIZE, "PAGESIZE=4096\n", segments=segs)
+    assert present_runs(img) == [(1, 0x9F), (0x100, 0x800)]
+    img2 = MemoryImage(SIZE, "PAGESIZE=4096\n", present=[(0, 16), (32, 48)], segments=segs[3:])
+    assert present_runs(img2) == [(0, 16), (32, 48)]  # an ordinary dump: its own present_pfns()
