@@ -25,7 +25,7 @@ only.
 from kdumplab.memory.mem_map import PAGE_DTYPE, MemMap, MemMapRange
 from kdumplab.memory.page_class import (
     LABELS, NOT_PRESENT, ClassifyState, ClassRules, ClassWindow, PageClass, class_runs, classify, classify_all,
-    classify_dump, excluded_mask, exclusion_table, zero_mask,
+    classify_dump, excluded_mask, exclusion_table, present_runs, type_match, zero_mask,
 )
 from kdumplab.memory.printk import PrintkRecord, format_dmesg, read_printk
 from kdumplab.memory.translate import KernelMemory
@@ -34,5 +34,5 @@ from kdumplab.memory.usage import MemUsage, mem_usage
 __all__ = [
     "KernelMemory", "MemMap", "MemMapRange", "PAGE_DTYPE", "PageClass", "LABELS", "NOT_PRESENT", "ClassRules",
     "ClassifyState", "ClassWindow", "classify", "classify_dump", "classify_all", "class_runs", "excluded_mask",
-    "exclusion_table", "zero_mask", "PrintkRecord", "read_printk", "format_dmesg", "MemUsage", "mem_usage",
+    "exclusion_table", "zero_mask", "present_runs", "type_match", "PrintkRecord", "read_printk", "format_dmesg", "MemUsage", "mem_usage",
 ]

@@ -70,7 +70,7 @@ from kdumplab.formats.vmcoreinfo import VmcoreInfo
 
 __all__ = [
     "PageClass", "LABELS", "NOT_PRESENT", "ClassRules", "ClassifyState", "classify", "zero_mask", "excluded_mask",
-    "exclusion_table", "EXCLUDED_AT", "classify_dump", "present_runs", "classify_all", "class_runs", "ClassWindow",
+    "exclusion_table", "EXCLUDED_AT", "classify_dump", "present_runs", "type_match", "classify_all", "class_runs", "ClassWindow",
 ]
 
 
@@ -201,6 +201,10 @@ def _type_match(mapcount: np.ndarray, value: int | None) -> np.ndarray:
     if v & 0xFFFFFF == 0 and v >> 24 >= 0x80:  # 6.12+ PGTY_x << 24: the kernel tests page_type >> 24 only
         return (mapcount.view(np.uint32) >> np.uint32(24)) == np.uint32(v >> 24)
     return mapcount == np.int32(_signed32(v))
+
+
+#: Public name of the marker test: ``type_match(mapcount_int32_array, NUMBER(PAGE_*_MAPCOUNT_VALUE))``.
+type_match = _type_match
 
 
 def _fill_ranges(cls: np.ndarray, starts: np.ndarray, ends: np.ndarray, values: np.ndarray) -> None:
