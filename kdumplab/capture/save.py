@@ -149,11 +149,34 @@ class MemoryClassifier:
 
         try:
             pages = self.mem_map.read_pages(start, count)
+            self.check(pages, start)
             classes = classify(pages, self.rules, start, self.state)
         except BaseException:
             self.state = self._state_cls()  # ranges carried from a bad window must not leak into the next
             raise
         return classes, ~excluded_mask(classes, dump_level)
+
+    def check(self, pages: np.ndarray, start: int) -> None:
+        """Refuse a window whose struct pages cannot be a kernel's: a tail page pointing outside mem_map or
+        ahead of itself, a buddy block of an impossible order. Garbage there would otherwise classify as
+        anything (hwpoison, free...) and silently drop pages; refused, the window is kept whole."""
+        from kdumplab.errors import CorruptDumpError
+        from kdumplab.memory.page_class import _type_match
+
+        valid = pages["valid"]
+        pfn = np.arange(start, start + len(pages), dtype=np.int64)
+        tail = valid & ((pages["compound_head"] & np.uint64(1)) != 0)
+        head = pages["head_pfn"]
+        bad_tail = tail & ((head < 0) | (head >= pfn) | (pfn - head >= (1 << 20)))
+        buddy = valid & ~tail & _type_match(np.ascontiguousarray(pages["mapcount"], np.int32), self.rules.buddy_value)
+        bad_buddy = buddy & (pages["private"] >= np.uint64(self.rules.max_order))
+        n_tail, n_buddy = int(bad_tail.sum()), int(bad_buddy.sum())
+        if n_tail or n_buddy:
+            first = int(pfn[np.flatnonzero(bad_tail | bad_buddy)[0]])
+            raise CorruptDumpError(getattr(self.mem_map, "name", None), None,
+                                   f"struct pages of pfns {start:#x}..{start + len(pages) - 1:#x}",
+                                   f"corrupted mem_map: {n_tail} tail pages point outside mem_map, {n_buddy} buddy "
+                                   f"blocks of impossible order (first at pfn {first:#x})")
 
 
 def read_utsname(mem: Any) -> tuple[str, ...] | None:
