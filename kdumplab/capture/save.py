@@ -161,14 +161,14 @@ class MemoryClassifier:
         ahead of itself, a buddy block of an impossible order. Garbage there would otherwise classify as
         anything (hwpoison, free...) and silently drop pages; refused, the window is kept whole."""
         from kdumplab.errors import CorruptDumpError
-        from kdumplab.memory.page_class import _type_match
+        from kdumplab.memory.page_class import type_match
 
         valid = pages["valid"]
         pfn = np.arange(start, start + len(pages), dtype=np.int64)
         tail = valid & ((pages["compound_head"] & np.uint64(1)) != 0)
         head = pages["head_pfn"]
         bad_tail = tail & ((head < 0) | (head >= pfn) | (pfn - head >= (1 << 20)))
-        buddy = valid & ~tail & _type_match(np.ascontiguousarray(pages["mapcount"], np.int32), self.rules.buddy_value)
+        buddy = valid & ~tail & type_match(np.ascontiguousarray(pages["mapcount"], np.int32), self.rules.buddy_value)
         bad_buddy = buddy & (pages["private"] >= np.uint64(self.rules.max_order))
         n_tail, n_buddy = int(bad_tail.sum()), int(bad_buddy.sum())
         if n_tail or n_buddy:
