@@ -170,6 +170,8 @@ def lab(dump, vmlinux, workdir, force, no_browser, port, prepare_only):
         argv.append("--no-browser")
     if port:
         argv.append(f"--port={port}")
+    if os.geteuid() == 0:
+        argv.append("--allow-root")  # CI machines and containers: the user asked for it by running us
     first = _lab_notebooks()[0].name if _lab_notebooks() else None
     if first:
         argv.append(first)  # opens 01-triage

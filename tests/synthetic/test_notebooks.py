@@ -1,0 +1,171 @@
+"""The curated notebooks run, cell by cell, on synthetic dumps of both kernel eras (and on a real-kernel dump
+when the VM cache holds one), and any cell error fails the test.
+
+Each notebook is executed the way a user would run it, by papermill with its parameters and a fresh kernel,
+in strict mode (a section error other than missing debug info raises). The committed .ipynb files are also
+checked to be what ``kdumplab.report.make_notebooks`` writes, without outputs, with the shape every notebook
+keeps (what it answers, parameters, the opening cell, conclusions last).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from kdumplab.report.nb import CONCLUSIONS_MIME, FRAME_MIME, SECTION_MIME
+from kdumplab.report.runner import NOTEBOOKS, notebook_dir, run_notebooks
+
+ERAS = ("6.1", "6.12")
+VM_DUMPS = Path(os.environ.get("KDUMPLAB_CACHE", Path.home() / ".cache" / "kdumplab")) / "vm-dumps"
+
+
+def synthetic(era: str):
+    """The synthetic dump of ``era`` (built once, cached by parameters)."""
+    try:
+        from kdumplab.testing.synth import build_synthetic
+    except ImportError as error:
+        pytest.skip(f"kdumplab.testing.synth is not available yet: {error}")
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed to build the synthetic mini kernel")
+    out = Path(os.environ.get("KDUMPLAB_TEST_OUT", Path.home() / ".cache" / "kdumplab" / "test-report")) / era
+    return build_synthetic(out, memory=256 << 20, tasks=32, seed=0, era=era, cache=True)
+
+
+def real_dump() -> tuple[Path, Path | None] | None:
+    """One real-kernel dump from the VM cache (the smallest), with its vmlinux, or None."""
+    found = []
+    for meta in sorted(VM_DUMPS.rglob("vm.json")) if VM_DUMPS.is_dir() else []:
+        try:
+            info = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        vmlinux = Path(info["vmlinux"]) if info.get("vmlinux") else None
+        for dump in meta.parent.rglob("vmcore*"):
+            if dump.is_file() and not dump.name.endswith(".json"):
+                found.append((dump.stat().st_size, dump, vmlinux if vmlinux and vmlinux.exists() else None))
+    return min(found)[1:] if found else None
+
+
+def execute(notebook: str, dump: Path, vmlinux: Path | None, out: Path) -> nbformat.NotebookNode:
+    """Run ``notebook`` with papermill (fresh kernel, strict) and return the executed notebook."""
+    import papermill
+
+    papermill.execute_notebook(
+        str(notebook_dir() / f"{notebook}.ipynb"), str(out),
+        parameters={"dump": str(dump), "vmlinux": str(vmlinux) if vmlinux else None, "options": {"strict": True}},
+        kernel_name="python3", progress_bar=False, cwd=str(out.parent))
+    return nbformat.read(out, as_version=4)
+
+
+def outputs(nb: nbformat.NotebookNode, kind: str | None = None, mime: str | None = None) -> list:
+    found = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if kind and output.get("output_type") != kind:
+                continue
+            if mime and mime not in output.get("data", {}):
+                continue
+            found.append(output)
+    return found
+
+
+def assert_clean_run(nb: nbformat.NotebookNode, name: str) -> None:
+    errors = outputs(nb, "error")
+    assert not errors, f"{name}: {errors[0]['ename']}: {errors[0]['evalue']}"
+    stderr = [o["text"] for o in outputs(nb, "stream") if o.get("name") == "stderr"]
+    assert not stderr, f"{name} wrote to stderr (a warning?): {stderr[0][:2000]}"
+    conclusions = outputs(nb, mime=CONCLUSIONS_MIME)
+    assert len(conclusions) == 1 and conclusions[0]["data"][CONCLUSIONS_MIME]["findings"]
+
+
+# -- the committed notebooks --------------------------------------------------------------------------------
+
+def test_notebooks_are_generated_and_clean():
+    """notebooks/*.ipynb are what make_notebooks writes: no outputs, one opening Markdown cell, parameters,
+    the opening cell, conclusions last."""
+    check = subprocess.run([sys.executable, "-m", "kdumplab.report.make_notebooks", "--check"],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    for name in NOTEBOOKS:
+        nb = nbformat.read(notebook_dir() / f"{name}.ipynb", as_version=4)
+        nbformat.validate(nb)
+        assert all(not c.get("outputs") and c.get("execution_count") is None
+                   for c in nb.cells if c.cell_type == "code"), f"{name} has outputs committed"
+        assert nb.cells[0].cell_type == "markdown" and "answers" in nb.cells[0].source
+        assert nb.cells[1].metadata.get("tags") == ["parameters"]
+        assert "dump = None" in nb.cells[1].source and "vmlinux = None" in nb.cells[1].source
+        assert "options = {}" in nb.cells[1].source
+        assert "kdumplab-open" in nb.cells[2].metadata.get("tags", [])
+        assert "nb.conclusions(" in nb.cells[-1].source
+        assert (notebook_dir() / f"{name}.ipynb").stat().st_size < 20_000
+
+
+# -- executed on dumps --------------------------------------------------------------------------------------
+
+@pytest.mark.synthetic
+@pytest.mark.parametrize("era", ERAS)
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
+def test_notebook_runs_on_synthetic(era, notebook, tmp_path):
+    made = synthetic(era)
+    nb = execute(notebook, made.vmcore, made.vmlinux, tmp_path / f"{notebook}.ipynb")
+    assert_clean_run(nb, f"{notebook} on {era}")
+    sections = [o["data"][SECTION_MIME] for o in outputs(nb, mime=SECTION_MIME)]
+    assert sections and all(s["status"] == "ok" for s in sections), sections
+    assert outputs(nb, mime="image/png"), "no plot"
+    frames = {o["data"][FRAME_MIME]["name"]: o["data"][FRAME_MIME] for o in outputs(nb, mime=FRAME_MIME)}
+    manifest = made.manifest
+    if notebook == "01-triage":
+        bt = [r["function"] for r in frames["backtrace"]["records"]]
+        assert manifest["panic"]["backtrace"][0] in bt
+    if notebook == "02-tasks":
+        by_state = {r["state"]: r["total"] for r in frames["tasks_by_state"]["records"]}
+        want: dict[str, int] = {}
+        for task in manifest["tasks"]:
+            want[task["state"]] = want.get(task["state"], 0) + 1
+        assert {s: n for s, n in by_state.items() if n} == want
+    if notebook == "03-memory":
+        pages = {r["class"]: r["pages"] for r in frames["page_classes"]["records"]}
+        assert pages == {k: v for k, v in manifest["page_classes"].items() if v}
+
+
+@pytest.mark.synthetic
+@pytest.mark.parametrize("era", ERAS)
+def test_notebooks_without_debug_info_skip_sections(era, tmp_path):
+    """The dump alone (no vmlinux anywhere): the sections that need debug info say so, the rest runs."""
+    made = synthetic(era)
+    lonely = tmp_path / "dump" / "vmcore"
+    lonely.parent.mkdir()
+    os.symlink(made.vmcore, lonely)
+    import kdumplab
+
+    if kdumplab.open(lonely).has_debuginfo:
+        pytest.skip("a vmlinux for the synthetic kernel is installed where the search finds it")
+    run = run_notebooks(lonely, None, options={"strict": True}, cwd=tmp_path)
+    assert not run.failed, [r.error for r in run.failed]
+    status = {(s["notebook"], s["title"]): s for s in run.sections()}
+    for key in [("01-triage", "Backtrace"), ("02-tasks", "Tasks by state"), ("02-tasks", "Stacks"),
+                ("03-memory", "Slab caches")]:
+        assert status[key]["status"] == "skipped" and "vmlinux" in status[key]["reason"], status[key]
+    for key in [("01-triage", "System"), ("01-triage", "Panic"), ("01-triage", "Kernel log"),
+                ("03-memory", "Page classes"), ("03-memory", "Dump level")]:
+        assert status[key]["status"] == "ok", status[key]
+    for r in run.runs:
+        assert_clean_run(r.notebook, r.name)
+
+
+@pytest.mark.vm
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
+def test_notebook_runs_on_real_kernel_dump(notebook, tmp_path):
+    found = real_dump()
+    if found is None:
+        pytest.skip(f"no real-kernel dump cached under {VM_DUMPS} (run `kdumplab vm crash` or the VM tests)")
+    dump, vmlinux = found
+    nb = execute(notebook, dump, vmlinux, tmp_path / f"{notebook}.ipynb")
+    assert_clean_run(nb, f"{notebook} on {dump}")
