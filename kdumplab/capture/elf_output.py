@@ -173,8 +173,9 @@ class ElfOutput:
 
     def write_data(self, on_pages: Callable[[int], None] | None = None) -> None:
         """Copy every segment's data, :data:`_COPY_PAGES` pages per read."""
-        from kdumplab.capture.pipeline import read_pages
+        from kdumplab.capture.pipeline import page_reader, read_pages
 
+        reader = page_reader(self.dump)
         ps = self.page_size
         chunk = _COPY_PAGES * ps
         for seg in self.segments:
@@ -183,7 +184,7 @@ class ElfOutput:
                 start = seg.paddr + pos
                 n = min(chunk - (start % ps), seg.filesz - pos)
                 p0, p1 = start // ps, -(-(start + n) // ps)
-                pages = read_pages(self.dump, np.arange(p0, p1, dtype=np.int64), ps)
+                pages = read_pages(self.dump, np.arange(p0, p1, dtype=np.int64), ps, reader)
                 lo = start - p0 * ps
                 self.sink.pwrite(seg.offset + pos, memoryview(pages.reshape(-1))[lo : lo + n])
                 pos += n
@@ -192,6 +193,8 @@ class ElfOutput:
                 self.bytes_written += n
                 if on_pages is not None:
                     on_pages(p1 - p0)
+        if reader is not None:
+            reader.close()
 
     def mark_incomplete(self) -> None:
         """Set ``e_flags`` bit 0x1 and cut each ``p_filesz`` to the data written. Both are rewrites of header

@@ -172,9 +172,75 @@ def kept_pfns(plan: PagePlan, start: int, end: int) -> np.ndarray:
     return np.flatnonzero(_unpack(plan.bitmap2, start, end)).astype(np.int64) + start
 
 
-def read_pages(dump: Any, pfns: np.ndarray, page_size: int) -> np.ndarray:
-    """The pages ``pfns`` (ascending) as a ``(n, page_size)`` uint8 array, read in as few ``read_pfns`` calls as
-    gaps of at most :data:`READ_GAP` pages allow. Read failures become :class:`SourceReadError`."""
+class ElfPageReader:
+    """``preadv`` of page runs of an ELF vmcore straight into the caller's numpy buffer: one system call and no
+    intermediate ``bytes`` per run (the generic ``read_pfns`` copies each page twice more). Holes read as zeros.
+    Thread safe (positioned reads on a private descriptor)."""
+
+    def __init__(self, dump: Any) -> None:
+        pieces: list[tuple[int, int, int]] = []
+        for seg in sorted(dump.segments, key=lambda s: (s.paddr, s.vaddr)):
+            if not seg.filesz or seg.paddr == (1 << 64) - 1:
+                continue
+            start, end = seg.paddr, seg.paddr + seg.filesz
+            covered = pieces[-1][1] if pieces else 0
+            if end <= covered:
+                continue  # e.g. the kernel-text PT_LOAD, which repeats part of a RAM one
+            start = max(start, covered)
+            pieces.append((start, end, seg.offset + (start - seg.paddr)))
+        self.pieces = pieces
+        self.starts = [p[0] for p in pieces]
+        self.path = dump.path
+        self.fd = os.open(dump.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+
+    def read_into(self, out: np.ndarray, paddr: int) -> None:
+        """Fill the uint8 array ``out`` with the memory at ``paddr``."""
+        import bisect
+
+        view = memoryview(out.reshape(-1))
+        end = paddr + len(view)
+        cur = paddr
+        i = max(0, bisect.bisect_right(self.starts, paddr) - 1)
+        while cur < end:
+            piece = self.pieces[i] if i < len(self.pieces) else None
+            if piece is None or piece[0] >= end:
+                view[cur - paddr :] = bytes(end - cur)
+                return
+            if piece[1] <= cur:
+                i += 1
+                continue
+            if piece[0] > cur:
+                view[cur - paddr : piece[0] - paddr] = bytes(piece[0] - cur)
+                cur = piece[0]
+            stop = min(end, piece[1])
+            chunk = view[cur - paddr : stop - paddr]
+            off = piece[2] + (cur - piece[0])
+            while len(chunk):
+                n = os.preadv(self.fd, [chunk], off)
+                if n <= 0:
+                    raise OSError(5, f"short read at offset {off}")
+                chunk, off = chunk[n:], off + n
+            cur = stop
+            i += 1
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def page_reader(dump: Any) -> ElfPageReader | None:
+    """The fast reader for an ELF source (``/proc/vmcore``), or None to use ``dump.read_pfns``."""
+    if getattr(dump, "format", None) == "elf" and getattr(dump, "segments", None) and getattr(dump, "path", None):
+        try:
+            return ElfPageReader(dump)
+        except OSError:
+            return None
+    return None
+
+
+def read_pages(dump: Any, pfns: np.ndarray, page_size: int, reader: ElfPageReader | None = None) -> np.ndarray:
+    """The pages ``pfns`` (ascending) as a ``(n, page_size)`` uint8 array, read in as few calls as gaps of at
+    most :data:`READ_GAP` pages allow (with ``reader``, straight into the array). Read failures become
+    :class:`SourceReadError`."""
     n = len(pfns)
     out = np.empty((n, page_size), dtype=np.uint8)
     if not n:
@@ -185,6 +251,14 @@ def read_pages(dump: Any, pfns: np.ndarray, page_size: int) -> np.ndarray:
     for a, b in zip(starts, ends):
         lo, hi = int(pfns[a]), int(pfns[b - 1]) + 1
         try:
+            if reader is not None:
+                if hi - lo == b - a:
+                    reader.read_into(out[a:b], lo * page_size)
+                else:
+                    block = np.empty((hi - lo, page_size), dtype=np.uint8)
+                    reader.read_into(block, lo * page_size)
+                    out[a:b] = block[pfns[a:b] - lo]
+                continue
             raw = dump.read_pfns(lo, hi - lo)
         except (OSError, KdumplabError) as error:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
@@ -232,6 +306,7 @@ def plan_pages(
     excluded = np.zeros(len(names), dtype=np.int64)
     unclassified = zero_excluded = 0
     check_zero = zero_check and bool(dump_level & 1)
+    reader = page_reader(dump) if check_zero else None
     for w0, w1 in _windows(max_mapnr, window):
         present = _unpack(bitmap1, w0, w1)
         if not present.any():
@@ -258,12 +333,14 @@ def plan_pages(
             pfns = np.flatnonzero(keep).astype(np.int64) + w0
             for i in range(0, len(pfns), BATCH_PAGES):
                 batch = pfns[i : i + BATCH_PAGES]
-                zeros = zero_pages(read_pages(dump, batch, page_size))
+                zeros = zero_pages(read_pages(dump, batch, page_size, reader))
                 keep[batch[zeros] - w0] = False
                 zero_excluded += int(zeros.sum())
         _store(bitmap2, w0, keep)
         if on_window is not None:
             on_window(int(present.sum()))
+    if reader is not None:
+        reader.close()
     plan.counts = {name: int(c) for name, c in zip(names, counts)}
     plan.excluded = {name: int(c) for name, c in zip(names, excluded) if c}
     if unclassified or classifier is None:
@@ -293,8 +370,9 @@ def batches(plan: PagePlan, window: int = WINDOW_PFNS, batch: int = BATCH_PAGES)
         yield np.concatenate(pending)
 
 
-def _encode_batch(dump: Any, pfns: np.ndarray, page_size: int, codec: str, zero_page: bool) -> list[EncodedPage]:
-    pages = read_pages(dump, pfns, page_size)
+def _encode_batch(dump: Any, pfns: np.ndarray, page_size: int, codec: str, zero_page: bool,
+                  reader: ElfPageReader | None) -> list[EncodedPage]:
+    pages = read_pages(dump, pfns, page_size, reader)
     return encode_pages(pages, codec, page_size=page_size, zero_page=zero_page, threads=1)
 
 
@@ -335,10 +413,11 @@ def write_kdump(
         if on_batch is not None:
             on_batch(n)
 
+    reader = page_reader(dump)
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kdumplab-compress") as pool:
         try:
             for pfns in batches(plan):
-                inflight.append((pfns, pool.submit(_encode_batch, dump, pfns, ps, codec, zero_page)))
+                inflight.append((pfns, pool.submit(_encode_batch, dump, pfns, ps, codec, zero_page, reader)))
                 while len(inflight) >= 2 * threads:
                     drain_one()
             while inflight:
@@ -346,6 +425,8 @@ def write_kdump(
         finally:
             for _, future in inflight:
                 future.cancel()
+    if reader is not None:
+        reader.close()
     stats.complete = True
     return stats
 
