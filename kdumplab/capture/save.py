@@ -421,7 +421,12 @@ def _save(dump: Any, source: str, dest: str, options: SaveOptions, progress: Pro
         hostname = uts[1] if uts else None
         target = parse_target(dest, identity=options.identity, known_hosts=options.known_hosts,
                               ssh_options=options.ssh_options)
-        target.prepare(crash_time, hostname)
+        try:
+            target.prepare(crash_time, hostname)
+        except OSError as error:
+            if space_error(error):
+                raise NoSpaceError(f"{dest}: {error.strerror}") from error
+            raise SaveError(f"{dest}: cannot create the dump directory: {error.strerror}") from error
     meta.update(crash_time=crash_time, hostname=hostname, osrelease=info.osrelease if info else None,
                 utsname=list(uts) if uts else None, page_size=dump.page_size, max_pfn=dump.max_pfn,
                 source_format=dump.format, directory=str(target.directory))
