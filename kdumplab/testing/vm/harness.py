@@ -430,6 +430,7 @@ def cached_dump(kernel: str = "bookworm", workload: str = "idle", memory: str | 
         result = crash_vm(staging, kernel=kernel, memory=memory, workload=workload, save=save)
         _relocate(result, staging, out)
         old = out.with_name(out.name + f".old-{os.getpid()}")
+        out.parent.mkdir(parents=True, exist_ok=True)
         if out.exists():
             out.rename(old)
         staging.rename(out)
