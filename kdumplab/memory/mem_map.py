@@ -237,13 +237,17 @@ class MemMap:
         return [(r.start_pfn, r.end_pfn) for r in self.ranges]
 
     # -- bulk reading --------------------------------------------------------------------------------------
-    def read_raw(self, start_pfn: int, count: int) -> tuple[bytes, np.ndarray]:
+    def read_raw(self, start_pfn: int, count: int) -> tuple[bytes | bytearray, np.ndarray]:
         """The raw struct page bytes of ``count`` pfns from ``start_pfn`` (zeros where there is none), and a
         bool array telling which pfns have a struct page."""
         size = self.page_struct_size
+        end_pfn = start_pfn + count
+        for r in self.ranges:  # the common case: one range holds the whole window, no copy
+            if r.start_pfn <= start_pfn and end_pfn <= r.end_pfn:
+                data = self.mem.read_filled(r.page_addr + (start_pfn - r.start_pfn) * size, count * size)
+                return data, np.ones(count, dtype=bool)
         buf = bytearray(count * size)
         valid = np.zeros(count, dtype=bool)
-        end_pfn = start_pfn + count
         for r in self.ranges:
             lo, hi = max(r.start_pfn, start_pfn), min(r.end_pfn, end_pfn)
             if lo >= hi:
@@ -251,7 +255,7 @@ class MemMap:
             data = self.mem.read_filled(r.page_addr + (lo - r.start_pfn) * size, (hi - lo) * size)
             buf[(lo - start_pfn) * size : (hi - start_pfn) * size] = data
             valid[lo - start_pfn : hi - start_pfn] = True
-        return bytes(buf), valid
+        return buf, valid
 
     def read_pages(self, start_pfn: int, count: int) -> np.ndarray:
         """Struct pages of pfns ``[start_pfn, start_pfn + count)`` as a :data:`PAGE_DTYPE` array.

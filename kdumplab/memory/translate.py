@@ -218,7 +218,7 @@ class KernelMemory:
                                       f"not readable: {e}") from e
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def read_filled(self, vaddr: int, size: int) -> bytes:
+    def read_filled(self, vaddr: int, size: int) -> bytes | bytearray:
         """Like :meth:`read`, but unmapped ranges and pages the dump does not hold read as zeros.
 
         For bulk reads of arrays (mem_map windows) where a missing piece is expected and handled by the caller.
@@ -240,12 +240,17 @@ class KernelMemory:
             else:
                 pieces.append([off, paddr, n])
             pos += n
+        if len(pieces) == 1 and pieces[0][0] == 0 and pieces[0][2] == size:  # the common case: no copy
+            try:
+                return self.dumpfile.read_phys(pieces[0][1], size)
+            except MemoryReadError:
+                return self._read_phys_filled(pieces[0][1], size)
         for off, paddr, n in pieces:
             try:
                 out[off : off + n] = self.dumpfile.read_phys(paddr, n)
             except MemoryReadError:
                 out[off : off + n] = self._read_phys_filled(paddr, n)
-        return bytes(out)
+        return out
 
     def _read_phys_filled(self, paddr: int, size: int) -> bytes:
         ps = self.page_size
