@@ -227,6 +227,10 @@ def _build(out: Path, params: SynthParams) -> None:
     kallsyms = write_kallsyms(kmem)
     pgdat = kmem.alloc_pages((kmem.size("pglist_data") + PAGE_SIZE - 1) // PAGE_SIZE, "kernel")
     kmem.write_u64(kmem.sym("node_data"), pgdat)
+    zone_names = {}
+    for name in ("DMA", "DMA32", "Normal"):
+        zone_names[name] = kmem.slab_alloc("kmalloc-64")
+        kmem.write(zone_names[name], name.encode() + b"\0")
 
     # ------------------------------------------------------------------ the page plan
     plan = PagePlan(layout.map_pfns)
@@ -280,24 +284,25 @@ def _build(out: Path, params: SynthParams) -> None:
     pointers.append(buffer_heads)
     pointer_table = np.array(pointers, dtype=np.uint64)
 
+    # ------------------------------------------------------------------ free lists, zones, counters
+    generated = (KIND_GENERATED[kind] | plan.generated) & present
+    generated[heap_pfn:heap_end_pfn] = False
+    free_links = _write_zones(kmem, layout, plan, KIND_CLASS[kind], present, pgdat, kind, zone_names)
+
     # ------------------------------------------------------------------ content zero-ness and classes
+    # (after the last write to kernel memory: a kernel page's class depends on whether it is all zero)
     npfn = layout.map_pfns
     nonzero = np.zeros(npfn, dtype=bool)
     nonzero[:LOW_DATA_PAGES] = True
     nonzero[kernel_pfn : kernel_pfn + image_pages] = _pages_nonzero(kmem.image)
     nonzero[heap_pfn:heap_end_pfn] = _pages_nonzero(kmem.heap)
     nonzero[vmemmap_pfn : layout.ram[-1][1] >> PAGE_SHIFT] = True  # struct pages: never all zero
-    generated = (KIND_GENERATED[kind] | plan.generated) & present
-    generated[heap_pfn:heap_end_pfn] = False
     nonzero |= generated
     cls = KIND_CLASS[kind].copy()
     zeroable = KIND_ZEROABLE[kind]
     cls[zeroable & nonzero] = C_KERNEL
     cls[zeroable & ~nonzero] = C_ZERO
     cls[~present] = C_ABSENT
-
-    # ------------------------------------------------------------------ free lists, zones, counters
-    free_links = _write_zones(kmem, layout, plan, cls, present, pgdat, kind)
     numbers = era_numbers(kmem, era, pe)
     symbols = {
         "node_online_map": kmem.sym("node_states") + kmem.kernel.enum("N_ONLINE") * kmem.size("nodemask_t"),
@@ -481,8 +486,9 @@ def _write_globals(kmem: KernelMemory, layout: PhysLayout, params: SynthParams, 
 
 
 def _write_zones(kmem: KernelMemory, layout: PhysLayout, plan: PagePlan, cls: np.ndarray, present: np.ndarray,
-                 pgdat: int, kind: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 pgdat: int, kind: np.ndarray, zone_names: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Zones of node 0, their buddy free lists (through the heads' ``lru``), and the vm counters."""
+    heap_end = (kmem.heap_paddr + len(kmem.heap)) >> PAGE_SHIFT
     kernel = kmem.kernel
     zone_size = kmem.size("zone")
     fa_off = kmem.offset("zone", "free_area")
@@ -499,9 +505,7 @@ def _write_zones(kmem: KernelMemory, layout: PhysLayout, plan: PagePlan, cls: np
         zone = pgdat + zi * zone_size
         hi = min(hi, npfn)
         zpresent = int(np.count_nonzero(present[lo:hi])) if hi > lo else 0
-        name_addr = kmem.slab_alloc("kmalloc-64")
-        kmem.write(name_addr, name.encode() + b"\0")
-        values = {"node": 0, "zone_pgdat": pgdat, "name": name_addr, "zone_start_pfn": lo if zpresent else 0,
+        values = {"node": 0, "zone_pgdat": pgdat, "name": zone_names[name], "zone_start_pfn": lo if zpresent else 0,
                   "spanned_pages": (hi - lo) if zpresent else 0, "present_pages": zpresent,
                   "managed_pages.counter": int(np.count_nonzero(present[lo:hi] & (kind[lo:hi] != K_RESERVED))) if zpresent else 0,
                   "initialized": 1 if zpresent else 0}
@@ -554,6 +558,8 @@ def _write_zones(kmem: KernelMemory, layout: PhysLayout, plan: PagePlan, cls: np
         "node_spanned_pages": layout.max_pfn, "node_id": 0,
     })  # fmt: skip
     kmem.write_u64(kmem.sym("_totalram_pages"), _totalram(present, kind))
+    if (kmem.heap_paddr + len(kmem.heap)) >> PAGE_SHIFT != heap_end:
+        raise AssertionError("kernel heap grew after the page plan was made")
     if heads_all:
         heads = np.concatenate(heads_all)
         nexts = np.concatenate(next_all)

@@ -66,6 +66,9 @@ class TaskSpec:
     address: int = 0
     stack: int = 0
 
+    def __post_init__(self) -> None:
+        self.comm = self.comm.encode()[:15].decode(errors="ignore")  # TASK_COMM_LEN - 1, as the kernel keeps it
+
     @property
     def rss_pages(self) -> int:
         return sum(self.rss)
