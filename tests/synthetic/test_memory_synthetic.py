@@ -200,3 +200,20 @@ def test_struct_page_fields_against_drgn(tmp_path_factory, era):
                 examples.setdefault("compound_order", pfn)
             checked += 1
     assert checked == max_pfn and not mismatches, (dict(mismatches), examples)
+
+
+@pytest.mark.oracle
+def test_kdump_compressed_input_reads_the_same(synthetic, tmp_path):
+    """A makedumpfile -d 31 file has no PT_LOADs: every address goes through the page-table walk, and filtered
+    pages are absent. The classes (from struct pages, which are never filtered) and the log are unchanged."""
+    if not shutil.which("makedumpfile"):
+        pytest.skip("makedumpfile is not installed")
+    out = tmp_path / "dumpfile"
+    run = subprocess.run(["makedumpfile", "-d", "31", "-l", str(synthetic.vmcore), str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr + run.stdout
+    with formats.open_dumpfile(synthetic.vmcore) as elf, formats.open_dumpfile(out) as kd:
+        mem = KernelMemory(kd)
+        assert mem.page_offset is None  # no segments: the walk does it all
+        assert [r.text for r in read_printk(mem)] == synthetic.manifest["dmesg"]
+        assert np.array_equal(classify_all(kd), classify_all(elf))
