@@ -191,13 +191,14 @@ def _clean(out: Path) -> None:
 
 def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G", crashkernel: str = "256M",
              workload: str = "idle", crash_command: str | None = None, arm: str = "auto", save: str = "auto",
-             accel: str | None = None, timeouts: Timeouts | None = None,
+             accel: str | None = None, timeouts: Timeouts | None = None, raw_via: str = "disk",
              report: Callable[[str], None] | None = None) -> VmResult:
     """Boot ``kernel``'s current Debian kernel, arm, load, crash, save; see the module docstring.
 
     ``arm`` is ``"kdumplab"``, ``"kexec"`` or ``"auto"`` (kdumplab when ``kdumplab arm`` exists); ``save`` is
     ``"kdumplab"``, ``"raw"``, ``"both"`` or ``"auto"`` (kdumplab when ``kdumplab save --from-config`` exists,
-    else raw). Raises :class:`~kdumplab.testing.vm.qemu.VmError` naming the failed phase.
+    else raw). The raw copy of /proc/vmcore goes through a virtio-blk disk (``raw_via="disk"``, the faster) or
+    the 9p share (``"9p"``). Raises :class:`~kdumplab.testing.vm.qemu.VmError` naming the failed phase.
     """
     say = report or (lambda message: print(f"kdumplab vm: {message}", file=sys.stderr, flush=True))
     if workload not in workload_mod.WORKLOADS:
@@ -240,12 +241,14 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
     else:
         first.append(Step("arm", "host", shlex.join([*kdumplab_cli, "arm", "--config", str(config)])))
     disk = None
+    disks: list[Path] = []
     if workload == "realistic":
         disk = guest_dir / "scratch.img"
         with open(disk, "wb") as handle:
             handle.truncate(workload_mod.disk_size(memory_bytes))
         subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1", str(disk)],
                        check=True, capture_output=True)
+        disks.append(disk)
         first.append(Step("workload", "host", workload_mod.guest_command(python, "/dev/vda")))
     crash_command = crash_command or DEFAULT_CRASH
     first.append(Step("crash", "initramfs", crash_command, fatal=False))
@@ -256,9 +259,19 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
                           fatal=False))
     if save in ("raw", "both"):
         raw = out / "raw" / "vmcore"
-        kdump.append(Step("raw_copy", "initramfs",
-                          "dd if=/proc/vmcore of=/out/raw/vmcore.part bs=1M && sync && mv /out/raw/vmcore.part /out/raw/vmcore",
-                          fatal=False))
+        if raw_via == "disk":
+            # /proc/vmcore straight onto a virtio-blk disk whose image file becomes raw/vmcore: about twice as
+            # fast as a 9p write on 6.12 (whose 9p writes run at about 30 MB/s under TCG).
+            raw_disk = out / "raw" / "vmcore.disk"
+            with open(raw_disk, "wb") as handle:
+                handle.truncate(memory_bytes + (64 << 20))
+            device = f"/dev/vd{'abcdefgh'[len(disks)]}"
+            disks.append(raw_disk)
+            copy = (f"size=$(stat -c %s /proc/vmcore) && dd if=/proc/vmcore of={device} bs=1M conv=fsync "
+                    f"&& echo $size > /out/raw/vmcore.size")
+        else:
+            copy = "dd if=/proc/vmcore of=/out/raw/vmcore.part bs=1M && sync && mv /out/raw/vmcore.part /out/raw/vmcore"
+        kdump.append(Step("raw_copy", "initramfs", copy, fatal=False))
         kdump.append(Step("makedumpfile", "host",
                           shlex.join(["makedumpfile", "-l", "-d", "31", "/proc/vmcore",
                                       str(out / "makedumpfile" / "vmcore")]), fatal=False))
@@ -270,7 +283,7 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
     qcfg = QemuConfig(kernel=files.vmlinuz, initrd=initrd, console=out / "console.log", memory=memory,
                       append=f"console=ttyS0 crashkernel={crashkernel} panic=1 no_timer_check",
                       shares=[Share("hostroot", Path("/"), readonly=True), Share("out", out)],
-                      disks=[disk] if disk else [], accel=accel)
+                      disks=disks, accel=accel)
     result = VmResult(out=out, suite=kernel, release=files.release, version=files.version, vmlinux=files.vmlinux,
                       vmlinuz=files.vmlinuz, console=qcfg.console, accel=accel, memory=memory,
                       crashkernel=crashkernel, workload=workload, crash_command=crash_command, arm_mode=arm,
@@ -288,6 +301,7 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
     finally:
         if disk:
             disk.unlink(missing_ok=True)
+        _finish_raw_disk(out / "raw")
     result.raw_vmcore = out / "raw" / "vmcore" if (out / "raw" / "vmcore").exists() else None
     result.makedumpfile_dump = (out / "makedumpfile" / "vmcore") if result.steps.get("makedumpfile") == 0 else None
     made = sorted((out / "kdumplab").glob("*/vmcore*"))
@@ -303,6 +317,22 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
     result.save()
     say(f"done in {result.timings['total']:.0f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
     return result
+
+
+def _finish_raw_disk(raw: Path) -> None:
+    """Turn the raw-copy disk image into ``raw/vmcore``: cut it to the size the guest reported."""
+    disk, size_file = raw / "vmcore.disk", raw / "vmcore.size"
+    if not disk.exists():
+        return
+    try:
+        size = int(size_file.read_text().strip())
+    except (OSError, ValueError):
+        disk.unlink()  # the copy did not finish: no raw dump rather than one that looks whole
+        return
+    with open(disk, "r+b") as handle:
+        handle.truncate(size)
+    disk.rename(raw / "vmcore")
+    size_file.unlink()
 
 
 def _tail(path: Path, count: int = 40) -> str:
