@@ -17,15 +17,15 @@ only.
 >>> dump = open_dumpfile("vmcore")                                    # doctest: +SKIP
 >>> mem = KernelMemory(dump)                                          # doctest: +SKIP
 >>> print(format_dmesg(read_printk(mem))[-200:])                      # doctest: +SKIP
->>> for w in classify_dump(dump):                                     # doctest: +SKIP
-...     print(w.start_pfn, np.bincount(w.classes, minlength=10))
+>>> for start_pfn, classes in classify_dump(dump):                    # doctest: +SKIP
+...     print(start_pfn, np.bincount(classes, minlength=10))
 >>> mem_usage(dump).kept_pages[31]                                    # doctest: +SKIP
 """
 
 from kdumplab.memory.mem_map import PAGE_DTYPE, MemMap, MemMapRange
 from kdumplab.memory.page_class import (
     LABELS, NOT_PRESENT, ClassifyState, ClassRules, ClassWindow, PageClass, class_runs, classify, classify_all,
-    classify_dump, excluded_mask, exclusion_table, present_runs, type_match, zero_mask,
+    classify_dump, scan_dump, excluded_mask, exclusion_table, present_runs, type_match, zero_mask,
 )
 from kdumplab.memory.printk import PrintkRecord, format_dmesg, read_printk
 from kdumplab.memory.translate import KernelMemory
@@ -33,6 +33,7 @@ from kdumplab.memory.usage import MemUsage, mem_usage
 
 __all__ = [
     "KernelMemory", "MemMap", "MemMapRange", "PAGE_DTYPE", "PageClass", "LABELS", "NOT_PRESENT", "ClassRules",
-    "ClassifyState", "ClassWindow", "classify", "classify_dump", "classify_all", "class_runs", "excluded_mask",
+    "ClassifyState", "ClassWindow", "classify", "classify_dump", "scan_dump", "classify_all", "class_runs",
+    "excluded_mask",
     "exclusion_table", "zero_mask", "present_runs", "type_match", "PrintkRecord", "read_printk", "format_dmesg", "MemUsage", "mem_usage",
 ]

@@ -70,7 +70,7 @@ from kdumplab.formats.vmcoreinfo import VmcoreInfo
 
 __all__ = [
     "PageClass", "LABELS", "NOT_PRESENT", "ClassRules", "ClassifyState", "classify", "zero_mask", "excluded_mask",
-    "exclusion_table", "EXCLUDED_AT", "classify_dump", "present_runs", "type_match", "classify_all", "class_runs", "ClassWindow",
+    "exclusion_table", "EXCLUDED_AT", "classify_dump", "scan_dump", "present_runs", "type_match", "classify_all", "class_runs", "ClassWindow",
 ]
 
 
@@ -329,11 +329,11 @@ def classify(pages: np.ndarray, info: VmcoreInfo | ClassRules, start_pfn: int = 
 
 # -- whole dumps ----------------------------------------------------------------------------------------------
 class ClassWindow(NamedTuple):
-    """One window of :func:`classify_dump`: pfns ``[start_pfn, start_pfn + len(classes))``, all present."""
+    """One window of :func:`classify_dump`: pfns ``[start_pfn, start_pfn + len(classes))``, all present.
+    Unpacks as ``start_pfn, classes``."""
 
     start_pfn: int
     classes: np.ndarray  # uint8 PageClass values
-    zero: np.ndarray | None  # bool: page content all zero (where it was read), or None without a zero scan
 
 
 def present_runs(dumpfile: Any) -> list[tuple[int, int]]:
@@ -387,17 +387,26 @@ def _zero_scan(dumpfile: Any, start: int, want: np.ndarray, page_size: int, chun
 
 
 def classify_dump(dumpfile: Any, window: int = 65536, scan_zero: bool = True, *, mem: Any = None,
-                  mem_map: Any = None, zero_scope: str = "kernel") -> Iterator[ClassWindow]:
-    """Classify every present page of a dump, window by window, in pfn order, with bounded memory.
+                  mem_map: Any = None) -> Iterator[ClassWindow]:
+    """Classify every present page of a dump, window by window in pfn order, with bounded memory: yields
+    ``ClassWindow(start_pfn, classes)``. ``scan_zero`` reads the contents of the ``kernel`` pages to tell
+    ``zero`` from ``kernel``. ``mem``/``mem_map`` reuse an existing KernelMemory/MemMap (or any object with
+    MemMap's ``read_pages``)."""
+    for start, classes, _ in scan_dump(dumpfile, window, "kernel" if scan_zero else "none", mem=mem, mem_map=mem_map):
+        yield ClassWindow(start, classes)
 
-    ``scan_zero`` reads the contents of candidate pages to tell ``zero`` from ``kernel``. ``zero_scope`` says
-    which pages' contents are scanned into ``ClassWindow.zero``: "kernel" (only what the class needs) or "all"
-    (every page that some dump level keeps: what sizing a dump needs, since makedumpfile drops any all-zero page
-    at bit 1). ``mem``/``mem_map`` reuse an existing KernelMemory/MemMap.
-    """
+
+def scan_dump(dumpfile: Any, window: int = 65536, zero_scope: str = "kernel", *, mem: Any = None,
+              mem_map: Any = None) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    """:func:`classify_dump` with the zero-content masks: yields ``(start_pfn, classes, zero)``. ``zero_scope``
+    says whose contents are read: "kernel" (what the ``zero`` class needs), "all" (every page that some dump
+    level keeps, i.e. all but hwpoison and offline: what sizing a dump needs, since makedumpfile drops any
+    all-zero page at bit 1) or "none" (``zero`` is None)."""
     from kdumplab.memory.mem_map import MemMap
     from kdumplab.memory.translate import KernelMemory
 
+    if zero_scope not in ("kernel", "all", "none"):
+        raise ValueError(f"zero_scope must be 'kernel', 'all' or 'none', not {zero_scope!r}")
     runs = present_runs(dumpfile)
     if mem is None:
         mem = KernelMemory(dumpfile)
@@ -410,14 +419,14 @@ def classify_dump(dumpfile: Any, window: int = 65536, scan_zero: bool = True, *,
         pages = mem_map.read_pages(start, count)
         classes = classify(pages, rules, start, state)
         zero = None
-        if scan_zero:
+        if zero_scope != "none":
             if zero_scope == "all":
                 want = (classes != PageClass.HWPOISON) & (classes != PageClass.OFFLINE)
             else:
                 want = classes == PageClass.KERNEL
             zero = _zero_scan(dumpfile, start, want, page_size)
             classes[zero & (classes == PageClass.KERNEL)] = PageClass.ZERO
-        yield ClassWindow(start, classes, zero)
+        yield start, classes, zero
 
 
 def classify_all(dumpfile: Any, scan_zero: bool = True, window: int = 65536) -> np.ndarray:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from kdumplab.memory.page_class import LABELS, PageClass, classify_dump, exclusion_table, present_runs
+from kdumplab.memory.page_class import LABELS, PageClass, exclusion_table, present_runs, scan_dump
 
 __all__ = ["MemUsage", "mem_usage"]
 
@@ -141,9 +141,8 @@ def mem_usage(source: Any, *, vmcoreinfo: Any = None, scan_zero: bool = True, wi
         max_pfn = runs[-1][1] if runs else 0
         mm = MemMap(mem, max_pfn=max_pfn)
         counts = np.zeros((len(PageClass), 2), dtype=np.int64)
-        for w in classify_dump(source, window=window, scan_zero=scan_zero, mem=mem, mem_map=mm, zero_scope="all"):
-            zero = w.zero if w.zero is not None else np.zeros(len(w.classes), dtype=bool)
-            _accumulate(counts, w.classes, zero)
+        for _, classes, zero in scan_dump(source, window, "all" if scan_zero else "none", mem=mem, mem_map=mm):
+            _accumulate(counts, classes, zero if zero is not None else np.zeros(len(classes), dtype=bool))
         notes = getattr(source, "notes", None) or []
         note_bytes = sum(12 + _pad4(len(n.name) + 1) + _pad4(len(n.desc)) for n in notes)
         return _counts_to_usage(counts, mem.page_size, max_pfn, note_bytes,
