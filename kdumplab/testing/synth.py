@@ -45,8 +45,8 @@ from kdumplab.testing.synth_memory import (
     KernelMemory, PhysLayout, build_page_tables, plan_memory,
 )  # fmt: skip
 from kdumplab.testing.synth_pages import (
-    CLASSES, C_ABSENT, C_FREE, C_KERNEL, C_ZERO, K_FREE_HEAD, K_HOLE, K_KERNEL, K_PGTABLE, K_RESERVED,
-    K_SLAB_HEAD, K_SLAB_TAIL, K_ZERO, KIND_CLASS, KIND_GENERATED, KIND_ZEROABLE, ContentGenerator, GeneralMix,
+    CLASSES, C_ABSENT, C_FREE, C_KERNEL, C_ZERO, K_FREE_HEAD, K_KERNEL, K_PGTABLE, K_RESERVED,
+    K_SLAB_HEAD, K_SLAB_TAIL, KIND_CLASS, KIND_GENERATED, KIND_ZEROABLE, ContentGenerator, GeneralMix,
     PagePlan, mark_free, page_era, plan_general, struct_pages,
 )  # fmt: skip
 from kdumplab.testing.synth_printk import PANIC_MESSAGE, make_records, write_printk
@@ -260,7 +260,6 @@ def _build(out: Path, params: SynthParams) -> None:
         slab_caches=[cache_refs[n] for n in ("dentry", "filp", "vm_area_struct", "kmalloc-64", "kmalloc-128",
                                              "kmalloc-256", "kmalloc-512", "kmalloc-1k", "kmalloc-2k",
                                              "kmalloc-4k", "inode_cache", "ext4_inode_cache", "buffer_head")],
-        buffer_heads=0,
     )  # fmt: skip
     # heap pages
     for run in kmem.heap_pages:
@@ -268,7 +267,7 @@ def _build(out: Path, params: SynthParams) -> None:
             plan.compound(run.pfn, run.cache.order, K_SLAB_HEAD, K_SLAB_TAIL, cache_refs[run.cache.name])
         else:
             plan.set(run.pfn, run.count, K_PGTABLE if run.kind == "pgtable" else K_KERNEL)
-    general = [(0x100, kernel_pfn), (kernel_pfn + image_pages, heap_pfn)]
+    general = [(0x100, kernel_pfn)]
     main_end = min(main_ram[1] >> PAGE_SHIFT, vmemmap_pfn)
     general.append((heap_end_pfn, main_end))
     if len(layout.ram) > 2:
@@ -277,9 +276,9 @@ def _build(out: Path, params: SynthParams) -> None:
     general_pages = sum(hi - lo for lo, hi in general)
     gib_pages = (1 << 30) >> PAGE_SHIFT
     used_pages = 0.45 * min(general_pages, gib_pages) + 0.04 * max(0, general_pages - gib_pages)
-    # the image's 2 MiB tail and partial chunks are free; the rest gets the mix
-    mark_free(plan, kernel_pfn + image_pages, heap_pfn) if heap_pfn > kernel_pfn + image_pages else None
-    plan_general(plan, [r for r in general if r[0] != kernel_pfn + image_pages], rng, mix, int(used_pages // 512))
+    # the rest of the kernel image's last 2 MiB is free; the general ranges get the mix
+    mark_free(plan, kernel_pfn + image_pages, heap_pfn)
+    plan_general(plan, general, rng, mix, int(used_pages // 512))
     kind[:0x100][present[:0x100]] = K_RESERVED
     pointers.append(buffer_heads)
     pointer_table = np.array(pointers, dtype=np.uint64)

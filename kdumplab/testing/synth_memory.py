@@ -14,7 +14,7 @@ dump reader uses (kernel image: ``vaddr - __START_KERNEL_map + phys_base``; dire
 >>> [(hex(a), hex(b)) for a, b in layout.ram]
 [('0x0', '0x9f000'), ('0x100000', '0x10000000')]
 >>> layout.sections, hex(layout.vmemmap_paddr[1])
-([0, 1], '0xfc00000')
+([0, 1], '0xfe00000')
 """
 
 from __future__ import annotations

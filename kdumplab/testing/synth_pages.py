@@ -106,7 +106,6 @@ class GeneralMix:
     anon_mappings: list[int]  # indices of anon_vma pointers (the table holds them | 1)
     hugetlb_mapping: int
     slab_caches: list[int]  # indices of kmem_cache pointers
-    buffer_heads: int  # index of a pointer used as page->private of PG_private pages
 
 
 # weights of single-page runs in a mixed chunk
@@ -255,7 +254,8 @@ def struct_pages(plan: PagePlan, start: int, count: int, era: PageEra, vmemmap: 
                  free_links: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
     """``count`` struct pages from pfn ``start`` as a ``(count, 8)`` uint64 array (64-byte records).
 
-    ``pointers`` is the pointer table ``plan.ref`` indexes; ``free_links`` = (head pfns, lru.next, lru.prev) of
+    ``pointers`` is the pointer table ``plan.ref`` indexes (its last entry: an array of buffer_heads, the
+    ``private`` of PG_private pages); ``free_links`` = (head pfns, lru.next, lru.prev) of
     every buddy head, sorted by pfn (the free lists).
     """
     kind = plan.kind[start : start + count]
@@ -376,12 +376,6 @@ def _head_pfns(plan: PagePlan, start: int, count: int) -> np.ndarray:
     idx = np.where(is_head, np.arange(lo, start + count), -1)
     last = np.maximum.accumulate(idx)
     return last[start - lo :]
-
-
-def slab_heads_fixup(plan: PagePlan, heap_slabs: list[tuple[int, int, int]]) -> None:
-    """Mark heap slab runs (pfn, order, ref) as slab heads and tails."""
-    for pfn, order, ref in heap_slabs:
-        plan.compound(pfn, order, K_SLAB_HEAD, K_SLAB_TAIL, ref)
 
 
 # -------------------------------------------------------------------------------------------- page content

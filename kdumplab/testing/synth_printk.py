@@ -12,8 +12,10 @@ freshly booted kernel's do (``DESC0_ID``, ``BLK0_LPOS``), so readers meet the wr
 
 >>> records = make_records(osrelease="6.1.0-synth", hostname="synth", nr_cpus=2, panic_cpu=1, pid=4242,
 ...                        comm="bash", backtrace=[("panic", 0x20, 0x40)], uptime_ns=4000 * 10**9, memory=256 << 20)
->>> records[-3].text
-'Kernel panic - not syncing: sysrq triggered crash'
+>>> [r.text for r in records if r.level == 0]
+['Kernel panic - not syncing: sysrq triggered crash']
+>>> records[-1].text
+' </TASK>'
 """
 
 from __future__ import annotations
@@ -90,11 +92,11 @@ def make_records(*, osrelease: str, hostname: str, nr_cpus: int, panic_cpu: int,
     records.append(Record(PANIC_MESSAGE, 0, crash + 20_000, pid))
     records.append(Record(f"CPU: {panic_cpu} PID: {pid} Comm: {comm} Not tainted {osrelease} #1 Debian {osrelease}",
                           4, crash + 40_000, pid))
+    records.append(Record("Hardware name: QEMU Standard PC (i440FX + PIIX, 1996), BIOS 1.16.2 04/01/2014", 4,
+                          crash + 50_000, pid))
     records.append(Record("Call Trace:", 4, crash + 60_000, pid))
-    # dump_stack() prints the trace from panic() outwards; the final record is the call trace's last line
+    # dump_stack() in panic() prints the trace from panic() outwards, then kdump takes over: no more lines
     trace = [f" {name}+{off:#x}/{size:#x}" for name, off, size in backtrace]
-    records = records[:-1] + [Record("Hardware name: QEMU Standard PC (i440FX + PIIX, 1996), BIOS 1.16.2 04/01/2014",
-                                     4, crash + 50_000, pid), records[-1]]
     records.append(Record(" <TASK>", 4, crash + 61_000, pid))
     for i, line in enumerate(trace):
         records.append(Record(line, 4, crash + 62_000 + i, pid))
@@ -107,9 +109,8 @@ def write_printk(kmem: KernelMemory, records: list[Record]) -> None:
     descs = kmem.sym("_printk_rb_static_descs")
     infos = kmem.sym("_printk_rb_static_infos")
     data = kmem.sym("__log_buf")
-    count_bits = kmem.kernel.layout("prb_desc").size and (kmem.kernel.symbol("_printk_rb_static_descs").size
-                                                          // kmem.size("prb_desc")).bit_length() - 1
-    size_bits = (kmem.kernel.symbol("__log_buf").size).bit_length() - 1
+    count_bits = (kmem.kernel.symbol("_printk_rb_static_descs").size // kmem.size("prb_desc")).bit_length() - 1
+    size_bits = kmem.kernel.symbol("__log_buf").size.bit_length() - 1
     count, size = 1 << count_bits, 1 << size_bits
     if len(records) >= count:
         raise ValueError("too many printk records for the descriptor ring")

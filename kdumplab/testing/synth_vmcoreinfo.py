@@ -18,7 +18,7 @@ from __future__ import annotations
 import struct
 
 from kdumplab.testing.synth_memory import (
-    MAX_PHYSMEM_BITS, PAGE_SIZE, SECTION_SIZE_BITS, VMALLOC_START, VMEMMAP_START, KernelMemory,
+    MAX_PHYSMEM_BITS, PAGE_SIZE, SECTION_SIZE_BITS, VMALLOC_START, KernelMemory,
 )  # fmt: skip
 
 _COMMON_HEAD = "OSRELEASE BUILD-ID PAGESIZE SYMBOL(init_uts_ns) OFFSET(uts_namespace.name) SYMBOL(node_online_map) SYMBOL(swapper_pg_dir) SYMBOL(_stext)"
@@ -189,4 +189,4 @@ def write_kallsyms(kmem: KernelMemory) -> dict[str, int]:
     return out
 
 
-__all__ = ["KEYS", "build_vmcoreinfo", "era_numbers", "write_kallsyms", "VMEMMAP_START"]
+__all__ = ["KEYS", "build_vmcoreinfo", "era_numbers", "write_kallsyms"]
