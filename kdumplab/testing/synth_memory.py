@@ -1,7 +1,7 @@
 """Physical memory of a synthetic x86_64 machine, and the kernel's view of it.
 
-:func:`plan_memory` lays out RAM the way a PC's e820 map looks (a hole below 1 MiB, the PCI hole from 3 to
-4 GiB moving the rest of RAM above 4 GiB), the kernel image at 16 MiB, a *heap* after it for everything the
+:func:`plan_memory` lays out RAM the way a PC's e820 map looks (the low 1 MiB as its own range, the PCI hole
+from 3 to 4 GiB moving the rest of RAM above 4 GiB), the kernel image at 16 MiB, a *heap* after it for everything the
 builder allocates (page tables, per-CPU areas, slab pages, stacks), and the SPARSEMEM_VMEMMAP ``struct page``
 arrays at the top of RAM, one 2 MiB block per present 128 MiB section.
 
@@ -12,7 +12,7 @@ dump reader uses (kernel image: ``vaddr - __START_KERNEL_map + phys_base``; dire
 
 >>> layout = plan_memory(256 << 20)
 >>> [(hex(a), hex(b)) for a, b in layout.ram]
-[('0x0', '0x9f000'), ('0x100000', '0x10000000')]
+[('0x0', '0x100000'), ('0x100000', '0x10000000')]
 >>> layout.sections, hex(layout.vmemmap_paddr[1])
 ([0, 1], '0xfe00000')
 """
@@ -39,7 +39,7 @@ STRUCT_PAGE_SIZE = 64
 KERNEL_PHYS = 16 << 20
 MIN_MEMORY = 64 << 20
 MAX_MEMORY = 64 << 30
-LOW_HOLE = (0x9F000, 0x100000)
+LOW_RESERVED = 0x100000
 PCI_HOLE = (3 << 30, 4 << 30)
 
 _PRESENT, _RW, _USER, _ACCESSED, _DIRTY, _PSE, _GLOBAL = 0x1, 0x2, 0x4, 0x20, 0x40, 0x80, 0x100
@@ -88,11 +88,13 @@ def plan_memory(memory: int) -> PhysLayout:
         raise KdumplabError(f"synthetic memory must be at most 64 GiB (got {memory >> 20} MiB)")
     if memory % (2 << 20):
         raise KdumplabError(f"synthetic memory must be a multiple of 2 MiB (got {memory} bytes)")
-    ram = [(0, LOW_HOLE[0])]
+    # RAM adds up to ``memory`` exactly (memory_bytes in the manifest is the present RAM); the first range is
+    # the low 1 MiB the kernel reserves, as a PC's e820 map lists it separately.
+    ram = [(0, LOW_RESERVED)]
     if memory <= PCI_HOLE[0]:
-        ram.append((LOW_HOLE[1], memory))
+        ram.append((LOW_RESERVED, memory))
     else:
-        ram.append((LOW_HOLE[1], PCI_HOLE[0]))
+        ram.append((LOW_RESERVED, PCI_HOLE[0]))
         ram.append((PCI_HOLE[1], PCI_HOLE[1] + memory - PCI_HOLE[0]))
     section_bytes = 1 << SECTION_SIZE_BITS
     sections = sorted({s for lo, hi in ram for s in range(lo // section_bytes, (hi - 1) // section_bytes + 1)})
