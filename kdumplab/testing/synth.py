@@ -51,6 +51,7 @@ from kdumplab.testing.synth_pages import (
 )  # fmt: skip
 from kdumplab.testing.synth_printk import PANIC_MESSAGE, make_records, write_printk
 from kdumplab.testing.synth_stack import CHAINS
+from kdumplab.testing import synth_bugs
 from kdumplab.testing.synth_tasks import NSEC, plan_tasks, write_tasks
 from kdumplab.testing.synth_vmcoreinfo import build_vmcoreinfo, era_numbers, write_kallsyms
 
@@ -78,10 +79,11 @@ class SynthParams:
     seed: int
     era: str
     cpus: int
+    bug: str | None = None  # a synth_bugs.BUGS name; None: the sysrq crash
 
     def key(self) -> str:
         text = json.dumps([self.memory, self.tasks, self.seed, self.era, self.cpus, BUILDER_VERSION,
-                           synth_kernel.source_hash(self.era)])
+                           synth_kernel.source_hash(self.era)] + ([self.bug] if self.bug else []))
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -100,7 +102,7 @@ def parse_size(text: str | int) -> int:
 
 
 def build_synthetic(out_dir: str | os.PathLike, memory: int = 256 << 20, tasks: int = 32, seed: int = 0,
-                    era: str = "6.1", cache: bool = False, *, cpus: int = 2) -> SynthResult:
+                    era: str = "6.1", cache: bool = False, *, cpus: int = 2, bug: str | None = None) -> SynthResult:
     """Write ``vmcore``, ``vmlinux`` and ``manifest.json`` into ``out_dir``; see the module docstring.
 
     ``memory`` is the machine's RAM in bytes (64 MiB to 64 GiB, a multiple of 2 MiB), ``tasks`` the number of
@@ -118,7 +120,9 @@ def build_synthetic(out_dir: str | os.PathLike, memory: int = 256 << 20, tasks: 
     if not isinstance(cpus, int) or not 1 <= cpus <= 64:
         raise KdumplabError(f"cpus must be between 1 and 64 (got {cpus!r})")
     plan_memory(memory)  # validates the size early, with a clear message
-    params = SynthParams(memory, tasks, seed, era, cpus)
+    if bug is not None:
+        synth_bugs.get_bug(bug)  # an unknown name fails here, with the list of known bugs
+    params = SynthParams(memory, tasks, seed, era, cpus, bug)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cache:
@@ -177,6 +181,9 @@ def _build(out: Path, params: SynthParams) -> None:
     crashtime = 1_700_000_000 + seed * 86_400 + int(rng.integers(86_400))
     uptime_ns = (3600 + int(rng.integers(100_000))) * NSEC
     osrelease = f"{era}.0-synth-amd64"
+    bug = synth_bugs.get_bug(params.bug) if params.bug else None
+    if bug:  # machines hitting one bug run different stable updates of the series
+        osrelease = synth_bugs.bug_release(era, seed, bug.name)
     hostname = f"synth-{seed}"
     main_ram = layout.ram[1]
     heap_limit = min(main_ram[1], layout.vmemmap_start) - (8 << 20)
@@ -212,9 +219,12 @@ def _build(out: Path, params: SynthParams) -> None:
 
     # tasks, log, kallsyms
     specs = plan_tasks(params.tasks, seed=seed, nr_cpus=nr_cpus, panic_cpu=panic_cpu, uptime_ns=uptime_ns)
+    if bug:  # the process that hit the bug, and the stack it crashed with
+        hit = next(s for s in specs if s.crashed)
+        hit.comm, hit.chain = synth_bugs.crashed_comm(seed, bug.name), bug.chain_key
     objs = write_tasks(kmem, specs, nr_cpus=nr_cpus, panic_cpu=panic_cpu, era=era, uptime_ns=uptime_ns)
     crashed = objs.crashed
-    chain = CHAINS["crash"]
+    chain = CHAINS[crashed.chain]
     trace = []
     for i in range(2, len(chain)):  # dump_stack() in panic() prints panic and its callers
         fn = chain[i]
@@ -223,6 +233,11 @@ def _build(out: Path, params: SynthParams) -> None:
     records = make_records(osrelease=osrelease, hostname=hostname, nr_cpus=nr_cpus, panic_cpu=panic_cpu,
                            pid=crashed.pid, comm=crashed.comm, backtrace=trace, uptime_ns=uptime_ns,
                            memory=params.memory)
+    panic_message = PANIC_MESSAGE
+    if bug:
+        ctx = synth_bugs.BugContext(bug, era, seed, osrelease, panic_cpu, crashed.pid, crashed.comm, kaslr,
+                                    objs.crash_regs[panic_cpu], synth_bugs.frame_texts(kernel, bug.chain))
+        records, panic_message = synth_bugs.bug_records(records, ctx, uptime_ns)
     write_printk(kmem, records)
     kallsyms = write_kallsyms(kmem)
     pgdat = kmem.alloc_pages((kmem.size("pglist_data") + PAGE_SIZE - 1) // PAGE_SIZE, "kernel")
@@ -356,8 +371,9 @@ def _build(out: Path, params: SynthParams) -> None:
         "page_map": _page_map(cls, present),
         "dumpable": {str(level): _dumpable(level, counts, zero_counts) for level in DUMP_LEVELS},
         "dmesg": [r.text for r in records],
-        "panic": {"message": PANIC_MESSAGE, "cpu": panic_cpu, "pid": crashed.pid, "comm": crashed.comm,
-                  "backtrace": list(CHAINS["crash"])},
+        "panic": {"message": panic_message, "cpu": panic_cpu, "pid": crashed.pid, "comm": crashed.comm,
+                  "backtrace": list(CHAINS[crashed.chain])},
+        "bug": bug.name if bug else None, "expected_signature": bug.expected if bug else None,
         "cpus": [{"cpu": c, "pid": objs.cpu_curr[c][0], "comm": objs.cpu_curr[c][1],
                   "backtrace": list(CHAINS[objs.cpu_chains[c]])} for c in range(nr_cpus)],
         "totalram_pages": int(_totalram(present, kind)),

@@ -77,7 +77,7 @@ class TaskSpec:
         return {
             "pid": self.pid, "tgid": self.tgid, "ppid": self.ppid, "comm": self.comm, "state": self.state,
             "cpu": self.cpu, "rss_pages": self.rss_pages, "kthread": self.kthread,
-            "stack": CHAINS[self.chain] if not self.crashed else CHAINS["crash"],
+            "stack": CHAINS[self.chain],
         }  # fmt: skip
 
 
@@ -345,7 +345,7 @@ def write_tasks(kmem: KernelMemory, specs: list[TaskSpec], *, nr_cpus: int, pani
             _list_link(kmem, node, [])
         # the stack
         if spec.crashed:
-            objs.crash_regs[spec.cpu] = running_registers(kmem, spec.stack, CHAINS["crash"], seed=spec.pid)
+            objs.crash_regs[spec.cpu] = running_registers(kmem, spec.stack, CHAINS[spec.chain], seed=spec.pid)
             kmem.put(spec.address, ts, {"thread.sp": objs.crash_regs[spec.cpu]["rsp"] - 64})
         else:
             kmem.put(spec.address, ts, {"thread.sp": sleeping_frame(kmem, spec.stack, CHAINS[spec.chain])})
@@ -385,7 +385,7 @@ def write_tasks(kmem: KernelMemory, specs: list[TaskSpec], *, nr_cpus: int, pani
             chain = "idle_boot" if boot else "idle"
             kmem.put(task, ts, {"thread.sp": sleeping_frame(kmem, idle_stacks[cpu], CHAINS[chain])})
             objs.cpu_curr[cpu] = (crashed.pid, crashed.comm)
-            chain = "crash"
+            chain = crashed.chain
         objs.cpu_chains[cpu] = chain
         curr = crashed.address if cpu == panic_cpu else task
         runnable = [s for s in specs if s.cpu == cpu and s.state == "R"]

@@ -186,11 +186,63 @@ noinline void do_exit(long code) { do_task_dead(); kdl_sink = code; }
 noinline void do_group_exit(int exit_code) { do_exit(exit_code); }
 noinline long __x64_sys_exit_group(const struct pt_regs *regs) { do_group_exit(regs->di); return 0; }
 
+/*
+ * Bugs (kdumplab.testing.synth_bugs): the crashing paths of the synthetic crash kinds. A "mydrv" driver (the
+ * module-like function set) that dereferences NULL in its ioctl or spins on a lock the watchdog then catches, an
+ * ext4 writeback BUG_ON reached from fsync(), and an allocation from a page fault that finds nothing to kill.
+ */
+noinline void watchdog_timer_fn(void *hrtimer) { panic("softlockup: hung tasks"); kdl_sink = (long)hrtimer; }
+noinline void __hrtimer_run_queues(void *cpu_base, u64 now, unsigned long flags, unsigned int active_mask) { watchdog_timer_fn(cpu_base); kdl_sink = now + flags + active_mask; }
+noinline void hrtimer_interrupt(void *dev) { __hrtimer_run_queues(dev, 0, 0, 15); }
+noinline void __sysvec_apic_timer_interrupt(struct pt_regs *regs) { hrtimer_interrupt(regs); }
+noinline void sysvec_apic_timer_interrupt(struct pt_regs *regs) { __sysvec_apic_timer_interrupt(regs); }
+/* in Linux an assembly entry with a pt_regs frame; here a plain call, so the unwinder walks into the spinner */
+noinline void asm_sysvec_apic_timer_interrupt(void) { struct pt_regs regs; sysvec_apic_timer_interrupt(&regs); }
+noinline void native_queued_spin_lock_slowpath(struct qspinlock *lock, u32 val) { while (kdl_sink) asm_sysvec_apic_timer_interrupt(); kdl_sink = val; }
+noinline void _raw_spin_lock(raw_spinlock_t *lock) { native_queued_spin_lock_slowpath(&lock->raw_lock, 1); }
+struct mydrv_device { spinlock_t lock; long *regs; };
+struct mydrv_device *mydrv_dev;
+noinline long mydrv_reset(struct mydrv_device *dev) { _raw_spin_lock(&dev->lock.rlock); return 0; }
+noinline long mydrv_ioctl(void *file, unsigned int cmd, unsigned long arg) {
+	if (cmd == 0x4d02)
+		return mydrv_reset(mydrv_dev);
+	return mydrv_dev->regs[arg];  /* mydrv_dev is NULL until probe: the NULL pointer dereference */
+}
+noinline long __x64_sys_ioctl(const struct pt_regs *regs) { return mydrv_ioctl(NULL, regs->si, regs->dx); }
+
+noinline int ext4_writepages(void *mapping, void *wbc) { kdl_sink = (long)mapping; return 0; /* BUG_ON(...) */ }
+noinline int do_writepages(void *mapping, void *wbc) { return ext4_writepages(mapping, wbc); }
+noinline int filemap_fdatawrite_wbc(void *mapping, void *wbc) { return do_writepages(mapping, wbc); }
+noinline int __filemap_fdatawrite_range(void *mapping, loff_t start, loff_t end, int sync_mode) { return filemap_fdatawrite_wbc(mapping, NULL) + sync_mode; }
+noinline int file_write_and_wait_range(void *file, loff_t lstart, loff_t lend) { return __filemap_fdatawrite_range(file, lstart, lend, 1); }
+noinline int ext4_sync_file(void *file, loff_t start, loff_t end, int datasync) { return file_write_and_wait_range(file, start, end) + datasync; }
+noinline int vfs_fsync_range(void *file, loff_t start, loff_t end, int datasync) { return ext4_sync_file(file, start, end, datasync); }
+noinline int do_fsync(unsigned int fd, int datasync) { return vfs_fsync_range(NULL, 0, 0x7fffffffffffffffLL, datasync) + fd; }
+noinline long __x64_sys_fsync(const struct pt_regs *regs) { return do_fsync(regs->di, 0); }
+
+noinline bool out_of_memory(void *oc) { panic("System is deadlocked on memory"); return 0; }
+noinline bool __alloc_pages_may_oom(gfp_t gfp_mask, unsigned int order, void *ac, unsigned long *did_some_progress) { return out_of_memory(ac) + order + gfp_mask; }
+noinline void *__alloc_pages_slowpath(gfp_t gfp_mask, unsigned int order, void *ac) { unsigned long progress; __alloc_pages_may_oom(gfp_mask, order, ac, &progress); return NULL; }
+noinline void *__alloc_pages(gfp_t gfp, unsigned int order, int preferred_nid, void *nodemask) { return __alloc_pages_slowpath(gfp, order, nodemask); }
+noinline void *__folio_alloc(gfp_t gfp, unsigned int order, int preferred_nid, void *nodemask) { return __alloc_pages(gfp, order, preferred_nid, nodemask); }
+noinline void *vma_alloc_folio(gfp_t gfp, int order, void *vma, unsigned long addr, bool hugepage) { return __folio_alloc(gfp, order, 0, NULL); }
+noinline int do_anonymous_page(void *vmf) { return vma_alloc_folio(0x140dca, 0, NULL, 0, 0) != NULL; }
+noinline int __handle_mm_fault(void *vma, unsigned long address, unsigned int flags) { return do_anonymous_page(vma) + flags; }
+noinline int handle_mm_fault(void *vma, unsigned long address, unsigned int flags, struct pt_regs *regs) { return __handle_mm_fault(vma, address, flags); }
+noinline void do_user_addr_fault(struct pt_regs *regs, unsigned long error_code, unsigned long address) { handle_mm_fault(NULL, address, error_code, regs); }
+noinline void exc_page_fault(struct pt_regs *regs, unsigned long error_code) { do_user_addr_fault(regs, error_code, 0); }
+void asm_exc_page_fault(void);
+ASM_ENTRY(asm_exc_page_fault,
+	  "sub $168, %rsp\n\tmov %rsp, %rdi\n\txor %esi, %esi\n\tcall exc_page_fault\n\t"
+	  "add $168, %rsp\n\tud2");
+
 noinline void do_syscall_64(struct pt_regs *regs, int nr) {
 	switch (nr) {
 	case 0: __x64_sys_read(regs); break;
 	case 1: __x64_sys_write(regs); break;
 	case 7: __x64_sys_poll(regs); break;
+	case 16: __x64_sys_ioctl(regs); break;
+	case 74: __x64_sys_fsync(regs); break;
 	case 61: __x64_sys_wait4(regs); break;
 	case 202: __x64_sys_futex(regs); break;
 	case 230: __x64_sys_clock_nanosleep(regs); break;
