@@ -138,13 +138,17 @@ def bench(label: str, path: Path, vmlinux: Path | None, with_crash: bool) -> dic
 
 
 def real_dumps() -> list[tuple[str, Path, Path | None]]:
+    """The VM harness's cached guests (``vm-dumps/*/vm.json``): the raw vmcore and what kdumplab save wrote."""
     root = Path(os.environ.get("KDUMPLAB_CACHE", Path.home() / ".cache" / "kdumplab")) / "vm-dumps"
     found = []
-    for meta in sorted(root.rglob("vm.json")) if root.is_dir() else []:
+    for meta in sorted(root.glob("*/vm.json")) if root.is_dir() else []:
         info = json.loads(meta.read_text())
-        for dump in sorted(p for p in meta.parent.rglob("vmcore*") if p.is_file()):
-            found.append((f"{info.get('release')} {dump.parent.name}", dump,
-                          Path(info["vmlinux"]) if info.get("vmlinux") else None))
+        if not info.get("ok"):
+            continue
+        for key in ("raw_vmcore", "kdumplab_dump"):
+            if info.get(key) and Path(info[key]).exists():
+                found.append((f"{meta.parent.name} {key}", Path(info[key]),
+                              Path(info["vmlinux"]) if info.get("vmlinux") else None))
     return found
 
 

@@ -32,7 +32,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from kdumplab.errors import DebugInfoError, DumpFormatError, KdumplabError, VmcoreinfoError
+from kdumplab.errors import DebugInfoError, DumpFormatError, KdumplabError, MemoryReadError, VmcoreinfoError
 from kdumplab.analysis.find_vmlinux import VmlinuxMatch, cache_dir, check_vmlinux, find_vmlinux
 
 if TYPE_CHECKING:  # heavy imports stay lazy
@@ -267,11 +267,19 @@ class Dump:
         except drgn.MissingDebugInfoError as error:
             raise DebugInfoError(f"{vmlinux}: drgn could not use it for {self.path}: {error}") from None
         # Module debug info where it exists (Debian -dbg modules extracted next to the vmlinux); best effort.
+        # drgn logs a warning per module without debug info; modules() reports that as a column instead.
         if dirs:
+            import logging
+
+            logger = logging.getLogger("drgn")
+            level = logger.level
+            logger.setLevel(logging.ERROR)
             try:
                 prog.load_debug_info(default=True)
             except drgn.MissingDebugInfoError:
                 pass
+            finally:
+                logger.setLevel(level)
         return prog
 
     def _module_debug_dirs(self) -> list[Path]:
@@ -295,9 +303,23 @@ class Dump:
         """``compute()`` once per dump for ``key`` (tables are costly and their inputs never change)."""
         with self._lock:
             if key not in self._cache:
-                self._cache[key] = compute()
+                self._cache[key] = self.guarded(key, compute)
             value = self._cache[key]
         return value.copy() if hasattr(value, "copy") else value
+
+    def guarded(self, what: str, compute):
+        """``compute()``, with drgn's memory faults turned into :class:`MemoryReadError` naming the table: a
+        filtered dump may lack a page a table needs (makedumpfile 1.7.2 drops 6.12's slab pages, for one)."""
+        try:
+            return compute()
+        except Exception as error:
+            if type(error).__name__ != "FaultError" or type(error).__module__ not in ("_drgn", "drgn"):
+                raise
+            level = self.dump_level
+            hint = (f" The dump was filtered at dump level {level}: the page may have been dropped as "
+                    f"{'free, cache, user or zero' if level else 'absent'} memory." if level else "")
+            raise MemoryReadError(f"{self.path}: {what}() needs memory that is not in the dump: {error}.{hint}"
+                                  ) from None
 
     def close(self) -> None:
         self.file.close()
@@ -334,13 +356,13 @@ class Dump:
 
         if task is None and not locals:
             return self.cached("backtrace", lambda: backtrace(self))
-        return backtrace(self, task, locals=locals)
+        return self.guarded("backtrace", lambda: backtrace(self, task, locals=locals))
 
     def frame_locals(self, task: Any = None, level: int = 0) -> "pd.DataFrame":
         """The local variables of one frame; see :func:`kdumplab.analysis.panic.frame_locals`."""
         from kdumplab.analysis.panic import frame_locals
 
-        return frame_locals(self, task, level)
+        return self.guarded("frame_locals", lambda: frame_locals(self, task, level))
 
     def stacks(self) -> "pd.DataFrame":
         """Every task's stack, grouped by identical trace; see :func:`kdumplab.analysis.stacks.stacks`."""

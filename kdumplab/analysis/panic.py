@@ -48,7 +48,9 @@ PANIC_SCHEMA = Schema(
 FRAME_SCHEMA = Schema(
     Column("level", "Int64", "frame number, 0 innermost (crash's #N)"),
     Column("function", "string", "function name (inlined functions get their own frame)"),
-    Column("offset", "Int64", "pc minus the start of the function's symbol"),
+    Column("symbol", "string", "the ELF symbol holding pc, as crash names frames (``__handle_sysrq.cold`` where "
+                               "the function is ``__handle_sysrq``)"),
+    Column("offset", "Int64", "pc minus the start of that symbol"),
     Column("module", "string", "kernel module of the code, <NA> for the core kernel (vmlinux)"),
     Column("file", "string", "source file, when the debug info has line numbers"),
     Column("line", "Int64", "source line"),
@@ -190,6 +192,7 @@ def frame_rows(prog, trace, with_locals: bool = False) -> list[dict[str, Any]]:
         try:
             symbol = prog.symbol(lookup_pc)
             row["offset"] = pc - symbol.address
+            row["symbol"] = symbol.name
             if frame.function_name is None:
                 row["function"] = symbol.name
         except LookupError:

@@ -43,7 +43,7 @@ SCHEMA = Schema(
     Column("task", "UInt64", "address of the struct task_struct"),
     Column("pid", "Int64", "thread id (task.pid); 0 for the per-CPU idle tasks"),
     Column("tgid", "Int64", "process id (task.tgid)"),
-    Column("ppid", "Int64", "parent's process id (task.real_parent.tgid)"),
+    Column("ppid", "Int64", "parent's process id (task.real_parent.tgid; 0 for the idle tasks)"),
     Column("comm", "string", "command name, at most 15 bytes, as the kernel holds it (not escaped)"),
     Column("state", "category", "ps's state letter (task_state_to_char)", STATES),
     Column("cpu", "Int64", "CPU the task last ran on (task_cpu)"),
@@ -141,7 +141,8 @@ def tasks(dump: "Dump") -> "pd.DataFrame":
             "panic": addr == panic_task,
         }
         try:
-            row["ppid"] = t.real_parent.tgid.value_()
+            # The idle tasks of secondary CPUs are forked by pid 1; ps, crash and drgn all show them under 0.
+            row["ppid"] = 0 if row["pid"] == 0 else t.real_parent.tgid.value_()
         except drgn.FaultError:
             pass
         try:

@@ -45,6 +45,15 @@ def _cell(value) -> str:
     return escape_text(str(value))
 
 
+def _missing(value) -> bool:
+    import pandas as pd
+
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def render_text(frame, title: str | None = None, limit: int | None = None, file=None) -> None:
     """Print ``frame`` as a rich table (as key/value pairs when it has one row and many columns)."""
     from rich.console import Console
@@ -57,7 +66,9 @@ def render_text(frame, title: str | None = None, limit: int | None = None, file=
         table.add_column("key", style="bold")
         table.add_column("value", overflow="fold")
         for column in frame.columns:
-            table.add_row(Text(str(column)), Text(_cell(frame[column].iloc[0])))
+            value = frame[column].iloc[0]
+            hexed = str(frame[column].dtype) == "UInt64" and not _missing(value)
+            table.add_row(Text(str(column)), Text(f"{value:#x}" if hexed else _cell(value)))
         console.print(table)
         return
     shown = frame if limit is None else frame.head(limit)
@@ -65,8 +76,10 @@ def render_text(frame, title: str | None = None, limit: int | None = None, file=
     for column in frame.columns:
         numeric = str(frame[column].dtype) in ("Int64", "UInt64", "float64", "int64")
         table.add_column(str(column), justify="right" if numeric else "left", overflow="fold")
+    hexed = [str(frame[c].dtype) == "UInt64" for c in frame.columns]  # addresses read best in hex
     for row in shown.itertuples(index=False):
-        table.add_row(*(Text(_cell(v)) for v in row))  # Text: never parsed as markup
+        table.add_row(*(Text(f"{v:x}" if h and not _missing(v) else _cell(v))  # Text: never parsed as markup
+                        for v, h in zip(row, hexed)))
     console.print(table)
     if limit is not None and len(frame) > limit:
         console.print(f"... {len(frame) - limit} more rows (--limit 0 shows all)")

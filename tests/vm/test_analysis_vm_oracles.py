@@ -38,20 +38,22 @@ VM_DUMPS = Path(os.environ.get("KDUMPLAB_CACHE", Path.home() / ".cache" / "kdump
 
 
 def real_dumps() -> list[tuple[str, Path, Path | None]]:
-    """(label, dump path, vmlinux) for each cached real-kernel dump."""
+    """(label, dump path, vmlinux) for each dump of each cached guest: the raw ELF copy of /proc/vmcore,
+    makedumpfile's ``-l -d 31`` and what ``kdumplab save`` wrote, as ``vm.json`` names them."""
     found = []
     if not VM_DUMPS.is_dir():
         return found
-    for meta in sorted(VM_DUMPS.rglob("vm.json")):
+    for meta in sorted(VM_DUMPS.glob("*/vm.json")):
         try:
             info = json.loads(meta.read_text())
         except (OSError, ValueError):
             continue
+        if not info.get("ok"):
+            continue
         vmlinux = Path(info["vmlinux"]) if info.get("vmlinux") else None
-        dumps = [p for p in sorted(meta.parent.rglob("vmcore*")) if p.is_file() and not p.name.endswith(".json")]
-        for dump in dumps:
-            label = f"{info.get('release', meta.parent.name)}:{dump.relative_to(meta.parent)}"
-            found.append((label, dump, vmlinux))
+        for key in ("raw_vmcore", "makedumpfile_dump", "kdumplab_dump"):
+            if info.get(key) and Path(info[key]).exists():
+                found.append((f"{meta.parent.name}:{key}", Path(info[key]), vmlinux))
     return found
 
 
@@ -67,6 +69,10 @@ def real(request):
     dump = kdumplab.open(path, vmlinux=vmlinux if vmlinux and vmlinux.exists() else None)
     if not dump.has_debuginfo:
         pytest.skip(f"{label}: no vmlinux for build ID {dump.build_id}")
+    if label.endswith(":makedumpfile_dump") and dump.release.startswith("6.12"):
+        # makedumpfile 1.7.2 does not know 6.12's page_type slab marker and drops slab pages at -d 31 (struct
+        # pid among them), so neither drgn nor we can walk the tasks: test_makedumpfile_612_fails_clearly.
+        pytest.skip("makedumpfile 1.7.2 drops slab pages of 6.12 at -d 31: the dump cannot be analysed")
     return dump
 
 
@@ -109,25 +115,36 @@ def test_sys_matches_crash(real, crash_out):
 
 
 def test_backtrace_matches_crash(real, crash_out):
+    """Frame by frame, by ELF symbol (crash names the cold part of a function ``__handle_sysrq.cold``).
+
+    crash's first frame is ``machine_kexec``, called after ``crash_setup_regs()`` saved the registers drgn
+    starts from, so it is not on our stack; between ``do_syscall_64`` and the syscall entry crash prints stale
+    return addresses its stack scan finds (``handle_mm_fault``, ``do_user_addr_fault``, ...) that the ORC
+    unwinder, and so drgn and we, rightly skip."""
     ours = real.backtrace()
-    functions = ours.loc[~ours["inline"].astype(bool), "function"].tolist()
+    # Kernel frames only: drgn ends with the user-space pc the syscall came from, which crash shows as RIP.
+    symbols = ours.loc[~ours["inline"].astype(bool) & ours["symbol"].notna(), "symbol"].tolist()
     theirs = re.findall(r"#\d+ \[[0-9a-f]+\] (\S+) at [0-9a-f]+", crash_out["bt"])
     assert theirs, crash_out["bt"]
-    common = [f for f in theirs if f in functions]
-    assert common, (theirs, functions)
-    start = theirs.index(common[0])
-    tail = theirs[start:]
-    # From the first function both show, crash's frames appear in ours in the same order.
-    it = iter(functions)
-    assert all(f in it for f in tail), (tail, functions)
+    if theirs[0] == "machine_kexec":
+        theirs = theirs[1:]
+    cut = theirs.index("do_syscall_64") + 1
+    assert theirs[:cut] == symbols[:cut]
+    assert theirs[-1] == symbols[-1] or symbols[-1].startswith(theirs[-1].split("_after_hwframe")[0])
+    stale = theirs[cut:-1]
+    assert not set(stale) & set(symbols[cut:])
     header = re.search(r'PID: (\d+)\s+TASK: ([0-9a-f]+)\s+CPU: (\d+)\s+COMMAND: "(.*)"', crash_out["bt"])
     panic = real.panic().iloc[0]
-    assert (int(header.group(1)), int(header.group(3)), header.group(4)) == (panic["pid"], panic["cpu"],
-                                                                            panic["comm"])
+    assert (int(header.group(1)), int(header.group(2), 16), int(header.group(3)), header.group(4)) == (
+        panic["pid"], panic["task"], panic["cpu"], panic["comm"])
 
 
 def test_log_matches_crash(real, crash_out):
-    theirs = [re.sub(r"^\[\s*\d+\.\d+\] ", "", line) for line in crash_out["log"].splitlines()]
+    """crash prints "[seconds] text" and indents a record's further lines by the width of that prefix."""
+    theirs = []
+    for line in crash_out["log"].splitlines():
+        m = re.match(r"^(\[\s*\d+\.\d+\] )", line)
+        theirs.append(line[len(m.group(1)):] if m else line[15:] if line.startswith(" " * 15) else line)
     ours = [line for text in real.dmesg()["text"] for line in text.split("\n")]
     assert theirs[-50:] == ours[-50:]
     assert len(theirs) == len(ours)
@@ -139,29 +156,56 @@ KMEM_I = {"TOTAL MEM": "total", "FREE": "free", "USED": "used", "BUFFERS": "buff
           "COMMITTED": "committed"}
 
 
-def test_meminfo_matches_crash_kmem_i(real, crash_out):
-    ours = real.meminfo().set_index("item")["pages"]
-    theirs = {}
-    for line in crash_out["kmem_i"].splitlines():
+def crash_kmem_i(text: str) -> dict[str, int]:
+    out = {}
+    for line in text.splitlines():
         m = re.match(r"\s*([A-Z][A-Z ]+?)\s+(\d+)\s", line)
-        if m and m.group(1) in KMEM_I:
-            theirs[KMEM_I[m.group(1)]] = int(m.group(2))
+        if m:
+            out[m.group(1)] = int(m.group(2))
+    return out
+
+
+def test_meminfo_matches_crash_kmem_i(real, crash_out):
+    """Every kmem -i figure, with three explained differences:
+
+    - SHARED is crash's own count of struct pages mapped more than once (a mem_map walk), not /proc/meminfo's
+      Shmem (our ``shared``): not compared.
+    - SLAB: crash 8.0.2 on 6.1 adds up the number of slabs, as if each were one page; ours is /proc/meminfo's
+      ``Slab:`` (NR_SLAB_RECLAIMABLE_B + NR_SLAB_UNRECLAIMABLE_B), as drgn's. crash's figure equals
+      ``slabs()["slabs"].sum()``.
+    - COMMITTED: crash reads ``vm_committed_as.count``, the percpu counter's central value; ours adds the per-CPU
+      deltas (``percpu_counter_sum``), as /proc/meminfo's Committed_AS and drgn do.
+    """
+    ours = real.meminfo().set_index("item")["pages"]
+    theirs = crash_kmem_i(crash_out["kmem_i"])
     assert theirs, crash_out["kmem_i"]
-    for item, pages in theirs.items():
-        assert ours[item] == pages, item
+    for label, item in KMEM_I.items():
+        if label in ("SLAB", "COMMITTED") or label not in theirs:
+            continue
+        assert ours[item] == theirs[label], label
+    assert theirs["SLAB"] == real.slabs()["slabs"].sum()
+    assert theirs["COMMITTED"] == real.prog["vm_committed_as"].count.value_()
+
+
+def crash_kmem_s(text: str) -> list[tuple]:
+    return re.findall(r"^([0-9a-f]{16})\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)k\s+(\S+)", text, re.M)
 
 
 def test_slabs_match_crash_kmem_s(real, crash_out):
+    """Cache by cache: name, object size, total objects, slabs and slab size equal crash's. ALLOCATED may be
+    lower in crash: it also counts as free the objects on each CPU's lockless freelist (``kmem_cache_cpu.freelist``),
+    which SLUB's own counters, /proc/slabinfo, drgn's ``slab_cache_usage()`` and so ours count as in use."""
     ours = real.slabs().set_index("cache")
-    rows = re.findall(r"^([0-9a-f]{16})\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)k\s+(\S+)", crash_out["kmem_s"], re.M)
+    rows = crash_kmem_s(crash_out["kmem_s"])
     assert rows, crash_out["kmem_s"][:2000]
+    assert len(rows) == len(ours)
     for addr, objsize, allocated, total, slabs, ssize_k, name in rows:
         row = ours.loc[int(addr, 16)]
         assert row["name"] == name
         assert row["slot_size"] == int(objsize) or row["object_size"] == int(objsize), name
         assert (row["total_objs"], row["slabs"]) == (int(total), int(slabs)), name
         assert row["pages_per_slab"] * real.page_size == int(ssize_k) * 1024, name
-        assert row["active_objs"] == int(allocated), name
+        assert int(allocated) <= row["active_objs"], name
 
 
 # -- drgn ----------------------------------------------------------------------------------------------------
@@ -188,12 +232,22 @@ def test_tasks_match_drgn(real):
 
 
 def test_meminfo_matches_drgn_kmem_i(real):
-    text = drgn_command(real, "crash kmem -i")
+    theirs = crash_kmem_i(drgn_command(real, "crash kmem -i"))
     ours = real.meminfo().set_index("item")["pages"]
-    for line in text.splitlines():
-        m = re.match(r"\s*([A-Z][A-Z ]+?)\s+(\d+)\s", line)
-        if m and m.group(1) in KMEM_I:
-            assert ours[KMEM_I[m.group(1)]] == int(m.group(2)), m.group(1)
+    assert {KMEM_I[k] for k in theirs if k in KMEM_I} == set(KMEM_I.values())
+    for label, pages in theirs.items():
+        if label in KMEM_I:
+            assert ours[KMEM_I[label]] == pages, label
+
+
+def test_slabs_match_drgn_kmem_s(real):
+    ours = real.slabs().set_index("cache")
+    rows = crash_kmem_s(drgn_command(real, "crash kmem -s"))
+    assert len(rows) == len(ours)
+    for addr, objsize, allocated, total, slabs, ssize_k, name in rows:
+        row = ours.loc[int(addr, 16)]
+        assert (row["name"], row["active_objs"], row["total_objs"], row["slabs"]) == (
+            name, int(allocated), int(total), int(slabs))
 
 
 def test_system_matches_drgn_sys(real):
@@ -217,3 +271,21 @@ def test_page_classes_match_kernel_counters(real):
     assert int(pc.get("anon", 0)) == pytest.approx(m["anon"], rel=0.05, abs=256)
     cache = int(pc.get("cache", 0)) + int(pc.get("cache_private", 0))
     assert cache == pytest.approx(m["file"], rel=0.05, abs=256)
+
+
+MAKEDUMPFILE_612 = [d for d in DUMPS if d[0].endswith(":makedumpfile_dump") and "6.12" in d[0]]
+
+
+@pytest.mark.skipif(not MAKEDUMPFILE_612, reason="no 6.12 dump filtered by makedumpfile in the cache")
+def test_makedumpfile_612_fails_clearly():
+    """makedumpfile 1.7.2 dropped slab pages of a 6.12 kernel (page_type PGTY_slab is unknown to it): the tables
+    that walk slab objects raise a MemoryReadError that says so, never a drgn traceback; the tables that need no
+    slab objects still work."""
+    from kdumplab.errors import MemoryReadError
+
+    label, path, vmlinux = MAKEDUMPFILE_612[0]
+    dump = kdumplab.open(path, vmlinux=vmlinux)
+    with pytest.raises(MemoryReadError) as error:
+        dump.tasks()
+    assert "tasks()" in str(error.value) and "dump level 31" in str(error.value)
+    assert len(dump.dmesg()) > 0 and dump.system().iloc[0]["release"].startswith("6.12")
