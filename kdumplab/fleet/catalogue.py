@@ -1,17 +1,24 @@
 """The fleet catalogue: one Parquet row per dump, and buckets of dumps that share a crash signature.
 
 Triage is incremental: a dump already in the catalogue with the same size and modification time is not read
-again, so a nightly run over a growing crash share only opens the new dumps.
+again, so a nightly run over a growing crash share only opens the new dumps (``Catalogue.read`` lists them).
 
 >>> cat = triage([], jobs=1)
->>> list(cat.rows.columns)[:3], len(cat.buckets)
-(['path', 'size', 'mtime'], 0)
+>>> list(cat.rows.columns)[:3], len(cat.buckets), cat.read
+(['path', 'size', 'mtime'], 0, [])
+
+A larger run, on a Dask cluster, then the buckets (one row per signature)::
+
+    >>> from distributed import Client                                          # doctest: +SKIP
+    >>> cat = triage(dumps, catalogue="fleet.parquet", client=Client("tcp://10.0.0.5:8786"))  # doctest: +SKIP
+    >>> cat.save("fleet.parquet")                                               # doctest: +SKIP
+    >>> cat.buckets[["count", "panic_kind", "signature", "first_seen"]]         # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Sequence
@@ -19,17 +26,19 @@ from typing import Sequence
 import pandas as pd
 
 from kdumplab.fleet.engines import run_dask, run_local
-from kdumplab.fleet.rows import COLUMNS, read_dump_row
+from kdumplab.fleet.rows import COLUMNS, fingerprint, read_dump_row
 
 BUCKET_COLUMNS = ("signature", "count", "first_seen", "last_seen", "releases", "hosts", "panic_kind", "example")
 
 
 @dataclass
 class Catalogue:
-    """``rows``: one row per dump (:data:`kdumplab.fleet.rows.COLUMNS`); ``buckets``: one row per signature."""
+    """``rows``: one row per dump (:data:`kdumplab.fleet.rows.COLUMNS`); ``buckets``: one row per signature
+    (:data:`BUCKET_COLUMNS`); ``read``: the dumps this run opened (the others were unchanged in the catalogue)."""
 
     rows: pd.DataFrame
     buckets: pd.DataFrame
+    read: list[str] = field(default_factory=list)
 
     def save(self, path: str | os.PathLike) -> tuple[Path, Path]:
         """Write ``path`` (the rows) and ``<stem>.buckets.parquet`` beside it; returns both paths."""
@@ -49,7 +58,7 @@ def _typed(rows: list[dict]) -> pd.DataFrame:
     frame["mtime"] = frame["mtime"].astype("float64")
     frame["crash_time"] = pd.to_datetime(frame["crash_time"], errors="coerce", utc=True)
     for column in ("path", "hostname", "release", "signature", "panic_kind", "panic_message", "comm", "frames",
-                   "module", "dump_format", "error"):
+                   "module", "signature_source", "dump_format", "error"):
         frame[column] = frame[column].astype("string")
     return frame
 
@@ -82,12 +91,8 @@ def _unchanged(previous: pd.DataFrame | None, path: str) -> dict | None:
     if match.empty:
         return None
     row = match.iloc[-1].to_dict()
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    size_now = row["size"] if os.path.isdir(path) else st.st_size
-    if row["mtime"] == st.st_mtime and row["size"] == size_now:
+    now = fingerprint(path)
+    if now is not None and row["size"] == now[0] and row["mtime"] == now[1]:
         return row
     return None
 
@@ -132,4 +137,4 @@ def triage(
         if row.get("crash_time") is not None and not isinstance(row["crash_time"], str):
             row["crash_time"] = None if pd.isna(row["crash_time"]) else str(row["crash_time"])
     frame = _typed(rows)
-    return Catalogue(frame, bucket(frame))
+    return Catalogue(frame, bucket(frame), read=list(todo))

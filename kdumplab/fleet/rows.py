@@ -4,6 +4,10 @@
 a plain dict of picklable values, and turns every failure into the row's ``error`` column: one bad dump must
 never stop a run over thousands.
 
+The signature's frames come from the crashed thread's stack when the vmlinux is found (``signature_source``
+``stack``), else from the call trace in the kernel log (``log``): a fleet rarely has every kernel's debug info,
+and a dump whose log says what crashed is still worth bucketing.
+
 >>> row = read_dump_row("/nonexistent/vmcore")
 >>> row["signature"] is None and "nonexistent" in row["error"]
 True
@@ -14,32 +18,58 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from kdumplab.fleet.signature import crash_signature
+from kdumplab.errors import DebugInfoError, KdumplabError
+
+from kdumplab.fleet.signature import crash_signature, log_frames
 
 #: Catalogue columns, in order. ``error`` is None when the dump was read.
 COLUMNS = (
     "path", "size", "mtime", "crash_time", "hostname", "release", "signature", "panic_kind", "panic_message",
-    "comm", "pid", "cpu", "frames", "module", "dump_format", "error",
+    "comm", "pid", "cpu", "frames", "module", "signature_source", "dump_format", "error",
 )
 
 #: How many of the last kernel messages may explain a bare "Fatal exception" panic.
 LOG_TAIL = 40
 
 
+def fingerprint(path: str) -> tuple[int, float] | None:
+    """``(size, mtime)`` of a dump file, or of a dump directory's files (the sum, the newest); None if absent.
+
+    Incremental triage compares it with the catalogue's: a dump rewritten in place, or a directory that gains
+    its vmcore after an earlier run saw it half-written, is read again.
+    """
+    try:
+        st = os.stat(path)
+        if not os.path.isdir(path):
+            return st.st_size, st.st_mtime
+        size, mtime = 0, st.st_mtime
+        for entry in os.scandir(path):
+            if entry.is_file():
+                est = entry.stat()
+                size += est.st_size
+                mtime = max(mtime, est.st_mtime)
+        return size, mtime
+    except OSError:
+        return None
+
+
 def _empty_row(path: str) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
     row["path"] = path
-    try:
-        st = os.stat(path)
-        row["size"] = _dump_size(path) if os.path.isdir(path) else st.st_size
-        row["mtime"] = st.st_mtime
-    except OSError:
-        pass
+    found = fingerprint(path)
+    if found is not None:
+        row["size"], row["mtime"] = found
     return row
 
 
-def _dump_size(directory: str) -> int:
-    return sum(entry.stat().st_size for entry in os.scandir(directory) if entry.is_file())
+def _clean(value: Any) -> Any:
+    """None for pandas' missing values (NA, NaN, NaT), which are not picklable-neutral or truthy-testable."""
+    try:
+        import pandas as pd
+
+        return None if pd.isna(value) else value
+    except (TypeError, ValueError):  # lists and arrays: not a scalar missing value
+        return value
 
 
 def _system_facts(dump) -> dict[str, Any]:
@@ -51,8 +81,8 @@ def _system_facts(dump) -> dict[str, Any]:
 
 def _first(facts: dict[str, Any], *names: str):
     for name in names:
-        value = facts.get(name)
-        if value is not None and value == value:  # not NaN/NA
+        value = _clean(facts.get(name))
+        if value is not None:
             return value
     return None
 
@@ -61,6 +91,7 @@ def read_dump_row(path: str, vmlinux: str | None = None, debug_dirs: list[str] |
     """Open one dump and return its catalogue row; failures become ``row["error"]``."""
     path = os.fspath(path)
     row = _empty_row(path)
+    dump = None
     try:
         import kdumplab
 
@@ -73,23 +104,36 @@ def read_dump_row(path: str, vmlinux: str | None = None, debug_dirs: list[str] |
         row["crash_time"] = None if crash_time is None else str(crash_time)
 
         panic = dump.panic()
-        first = panic.iloc[0].to_dict() if len(panic) else {}
+        first = {k: _clean(v) for k, v in panic.iloc[0].to_dict().items()} if len(panic) else {}
         row["panic_message"] = first.get("message")
         row["comm"] = first.get("comm")
         row["pid"] = None if first.get("pid") is None else int(first["pid"])
         row["cpu"] = None if first.get("cpu") is None else int(first["cpu"])
 
-        trace = dump.backtrace()
-        functions = list(trace["function"])
-        modules = list(trace["module"]) if "module" in trace.columns else None
         try:
-            log_tail = list(dump.dmesg()["text"].iloc[::-1][:LOG_TAIL])
-        except Exception:  # the log only refines the kind; a missing log must not lose the row
-            log_tail = []
+            texts = [str(t) for t in dump.dmesg()["text"].fillna("")]
+        except KdumplabError:  # the log only refines the kind and stands in for the stack; its loss costs no row
+            texts = []
+        logged, logged_modules = log_frames(texts)
+        try:
+            trace = dump.backtrace()
+            functions = [_clean(f) for f in trace["function"]]
+            modules = [_clean(m) for m in trace["module"]] if "module" in trace.columns else [None] * len(functions)
+            row["signature_source"] = "stack"
+        except DebugInfoError:
+            functions, modules = logged, logged_modules
+            row["signature_source"] = "log"
+        # drgn knows a module only with its debug info; the log names it ("mydrv_ioctl+0x2a/0x90 [mydrv]")
+        by_name = {f: m for f, m in zip(logged, logged_modules) if m}
+        modules = [m or by_name.get(f) for f, m in zip(functions, modules)]
+        log_tail = texts[::-1][:LOG_TAIL]
         sig = crash_signature(row["panic_message"], functions, modules, row["release"], log_tail)
         row.update(signature=sig.key, panic_kind=sig.kind, frames="<".join(sig.frames), module=sig.module)
     except Exception as error:  # noqa: BLE001 - a row with its error, never a crash of the run
         row["error"] = f"{type(error).__name__}: {error}" if not str(error).startswith(path) else str(error)
         if path not in row["error"]:
             row["error"] = f"{path}: {row['error']}"
+    finally:
+        if dump is not None:
+            dump.close()  # thousands of dumps per worker: keep file descriptors and drgn programs bounded
     return row

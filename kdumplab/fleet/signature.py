@@ -5,6 +5,10 @@ generic panic, oops, trap, interrupt and syscall-entry frames are removed (names
 vary with every build and boot), the module the top frame lives in, and the kernel *series* (``6.1``), so the
 same bug on 6.1.0-55 and 6.1.0-56 lands in one bucket while a different bug does not.
 
+The frames come from the crashed thread's stack as drgn unwinds it (with the vmlinux); without debug info,
+:func:`log_frames` reads them from the last call trace the kernel printed, which after the generic frames are
+dropped names the same functions, so dumps with and without a vmlinux bucket together.
+
 >>> sig = crash_signature(
 ...     "BUG: kernel NULL pointer dereference, address: 0000000000000008",
 ...     ["crash_setup_regs", "__crash_kexec", "panic", "oops_end", "page_fault_oops", "exc_page_fault",
@@ -34,7 +38,7 @@ _KINDS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     for kind, pattern in (
         ("sysrq", r"sysrq triggered crash"),
         ("null-deref", r"kernel NULL pointer dereference"),
-        ("soft-lockup", r"soft lockup"),
+        ("soft-lockup", r"soft ?lockup"),
         ("hard-lockup", r"hard LOCKUP"),
         ("hung-task", r"hung_task: blocked tasks|blocked for more than \d+ seconds"),
         ("oom", r"out of memory|System is deadlocked on memory|panic_on_oom"),
@@ -64,6 +68,7 @@ _GENERIC = frozenset(
     nmi_handle default_do_nmi exc_nmi asm_exc_nmi end_repeat_nmi
     check_hung_uninterruptible_tasks check_hung_task watchdog hung_task_panic
     out_of_memory oom_kill_process dump_header check_panic_on_oom __alloc_pages_may_oom
+    dump_header dump_stack_lvl
     entry_SYSCALL_64 entry_SYSCALL_64_after_hwframe do_syscall_64 x64_sys_call ret_from_fork ret_from_fork_asm
     kthread worker_thread process_one_work start_kernel secondary_startup_64 native_safe_halt
     """.split()
@@ -166,3 +171,58 @@ def crash_signature(
     frames = tuple(name for name, _ in kept[:top])
     module = kept[0][1] if kept else None
     return Signature(panic_kind(message, log_tail), frames, module, kernel_series(release))
+
+
+# "RIP: 0010:mydrv_ioctl+0x2a/0x90 [mydrv]" and call trace lines " ? __die+0x23/0x70", " vfs_write+0xb8/0x2a0"
+_RIP_LINE = re.compile(r"^\s*RIP: [0-9a-f]{4}:(?P<name>[^\s+]+)\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[(?P<module>[^\]]+)\])?")
+_TRACE_LINE = re.compile(
+    r"^\s*(?P<unreliable>\? )?(?P<name>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[(?P<module>[^\]\s]+)[^\]]*\])?\s*$")
+
+
+def log_frames(texts: Sequence[str]) -> tuple[list[str], list[str | None]]:
+    """The crashing stack as the kernel printed it: functions and modules of the log's last call trace.
+
+    ``texts`` are the kernel log's records, oldest first. An oops prints the faulting function on its ``RIP:``
+    line before ``Call Trace:``, so it leads; ``? `` entries (stale return addresses on the stack) are skipped.
+
+    >>> log_frames(["CPU: 1 PID: 9 Comm: x Not tainted 6.1.0", "RIP: 0010:mydrv_ioctl+0x2a/0x90 [mydrv]",
+    ...             "RSP: 0018:ffffb5a1c0f3bd90 EFLAGS: 00010246", "Call Trace:", " <TASK>", " ? __die+0x23/0x70",
+    ...             " __x64_sys_ioctl+0x8d/0xd0", " do_syscall_64+0x55/0xb0", " </TASK>"])
+    (['mydrv_ioctl', '__x64_sys_ioctl', 'do_syscall_64'], ['mydrv', None, None])
+    """
+    lines = [line for text in texts for line in str(text).splitlines()]
+    starts = [i for i, line in enumerate(lines) if line.strip() == "Call Trace:"]
+    if not starts:
+        return [], []
+    start = starts[-1]
+    functions: list[str] = []
+    modules: list[str | None] = []
+    # the registers printed just before this trace (after its "CPU: ..." line) belong to it
+    for line in reversed(lines[max(0, start - 20) : start]):
+        if line.startswith("CPU: "):
+            break
+        m = _RIP_LINE.match(line)
+        if m:
+            functions.append(m.group("name"))
+            modules.append(m.group("module"))
+            break
+    for line in lines[start + 1 :]:
+        stripped = line.strip()
+        if stripped in ("<TASK>", "<IRQ>", "</IRQ>", "<NMI>", "</NMI>", "<#DF>", "</#DF>"):
+            continue
+        if stripped == "</TASK>":
+            break
+        m = _RIP_LINE.match(line)  # an interrupted context inside the trace (soft lockups, NMIs)
+        if m:
+            functions.append(m.group("name"))
+            modules.append(m.group("module"))
+            continue
+        m = _TRACE_LINE.match(line)
+        if m:
+            if not m.group("unreliable"):
+                functions.append(m.group("name"))
+                modules.append(m.group("module"))
+            continue
+        if functions and not re.match(r"^\s*(Code|R[A-Z0-9]{2}|FS|CS|CR2|DR\d):", stripped):
+            break  # the trace ended without </TASK> (older kernels)
+    return functions, modules
