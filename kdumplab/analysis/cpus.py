@@ -45,7 +45,7 @@ def cpus(dump: "Dump") -> "pd.DataFrame":
     from drgn.helpers.linux.sched import cpu_rq
 
     prog = dump.program("cpus()")
-    errors = (LookupError, AttributeError, ValueError, drgn.FaultError)
+    errors = (LookupError, AttributeError, ValueError, TypeError, drgn.FaultError)
     try:
         online = list(for_each_online_cpu(prog))
     except errors:

@@ -47,7 +47,7 @@ def modules(dump: "Dump") -> "pd.DataFrame":
     from drgn.helpers.linux.module import for_each_module, module_address_regions, module_taints
 
     prog = dump.program("modules()")
-    errors = (LookupError, AttributeError, ValueError, drgn.FaultError)
+    errors = (LookupError, AttributeError, ValueError, TypeError, drgn.FaultError)
     debug: dict[str, str | None] = {}
     try:
         for mod in prog.modules():

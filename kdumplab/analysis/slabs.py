@@ -58,7 +58,7 @@ def slabs(dump: "Dump") -> "pd.DataFrame":
 
     prog = dump.program("slabs()")
     page_size = dump.page_size
-    errors = (LookupError, AttributeError, ValueError, NotImplementedError, drgn.FaultError)
+    errors = (LookupError, AttributeError, ValueError, TypeError, NotImplementedError, drgn.FaultError)
     rows = []
     for cache in for_each_slab_cache(prog):
         row = {"cache": cache.value_()}

@@ -60,7 +60,8 @@ def render_text(frame, title: str | None = None, limit: int | None = None, file=
     from rich.table import Table
     from rich.text import Text
 
-    console = Console(file=file or sys.stdout, soft_wrap=False, width=max(100, Console().width))
+    probe = Console(file=file or sys.stdout)
+    console = Console(file=file or sys.stdout, soft_wrap=False, width=probe.width if probe.is_terminal else 220)
     if len(frame) == 1 and len(frame.columns) > 6:
         table = Table(title=title, show_header=False, box=None)
         table.add_column("key", style="bold")
@@ -123,6 +124,20 @@ def render_csv(frame, file=None) -> None:
     out.to_csv(file or sys.stdout, index=False)
 
 
+#: The columns the text view shows by default (all of them go to csv and json, and to text with --all-columns).
+TEXT_COLUMNS = {
+    "backtrace": ["level", "function", "offset", "module", "file", "line", "sp"],
+    "tasks": ["pid", "ppid", "cpu", "state", "comm", "prio", "rss_bytes", "vsz_bytes", "last_run_ago", "kthread",
+              "panic"],
+    "stacks": ["count", "state", "comms", "trace_text"],
+    "dmesg": ["timestamp", "level_name", "caller", "text"],
+    "slabs": ["name", "object_size", "active_objs", "total_objs", "slabs", "memory_bytes"],
+    "modules": ["name", "size", "state", "refcount", "taints", "debuginfo"],
+    "cpus": ["cpu", "pid", "comm", "idle", "nr_running", "panic"],
+    "meminfo": ["item", "pages", "bytes", "percent_of_total", "source"],
+}
+
+
 def _table_names() -> list[str]:
     from kdumplab.analysis import TABLES
 
@@ -141,8 +156,9 @@ def _table_names() -> list[str]:
 @click.option("--locals", "with_locals", is_flag=True, help="backtrace: include each frame's variables.")
 @click.option("--limit", type=int, default=200, show_default=True,
               help="text: rows to print (0 for all); csv and json always print all.")
+@click.option("--all-columns", is_flag=True, help="text: every column, not only the most read ones.")
 @click.option("--fetch-debuginfo", is_flag=True, help="Download the Debian -dbg vmlinux with apt if none is found.")
-def show(table, dump, vmlinux, debug_dirs, fmt, task, with_locals, limit, fetch_debuginfo):
+def show(table, dump, vmlinux, debug_dirs, fmt, task, with_locals, limit, all_columns, fetch_debuginfo):
     """Print analysis TABLE of DUMP.
 
     \b
@@ -169,6 +185,9 @@ def show(table, dump, vmlinux, debug_dirs, fmt, task, with_locals, limit, fetch_
         render_json(frame)
     else:
         title = f"{table}: {TABLES[table].summary} ({d.path})"
+        if not all_columns and table in TEXT_COLUMNS:
+            frame = frame[[c for c in TEXT_COLUMNS[table] if c in frame.columns]
+                          + (["locals"] if with_locals and table == "backtrace" else [])]
         render_text(frame, title=escape_text(title), limit=None if limit == 0 else limit)
 
 

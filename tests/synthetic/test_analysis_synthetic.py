@@ -25,27 +25,24 @@ ERAS = ("6.1", "6.12")
 
 
 def _build(era: str):
-    try:
-        from kdumplab.testing.synth import build_synthetic
-    except ImportError as error:
-        pytest.skip(f"kdumplab.testing.synth is not available yet: {error}")
+    """A synthetic dump outside the session fixtures (the makedumpfile tests)."""
     if shutil.which("gcc") is None:
         pytest.skip("gcc is needed to build the synthetic mini kernel")
+    from kdumplab.testing.synth import build_synthetic
+
     out = Path(os.environ.get("KDUMPLAB_TEST_OUT", Path.home() / ".cache" / "kdumplab" / "test-analysis")) / era
     return build_synthetic(out, memory=256 << 20, tasks=32, seed=0, era=era, cache=True)
 
 
-@pytest.fixture(scope="module", params=ERAS)
-def synth(request):
-    """(SynthResult, Dump opened with its vmlinux) for each era."""
-    made = _build(request.param)
-    dump = kdumplab.open(made.vmcore, vmlinux=made.vmlinux)
-    return made, dump
+@pytest.fixture(scope="module")
+def synth(synth_dump):
+    """(SynthResult, Dump opened with its vmlinux) for each era (conftest's ``synth_dump`` runs both)."""
+    return synth_dump, kdumplab.open(synth_dump.vmcore, vmlinux=synth_dump.vmlinux)
 
 
 @pytest.fixture(scope="module")
-def both_eras():
-    return {era: _build(era) for era in ERAS}
+def both_eras(synth_61, synth_612):
+    return {"6.1": synth_61, "6.12": synth_612}
 
 
 def _manifest(made) -> dict:
