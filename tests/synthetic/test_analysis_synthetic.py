@@ -326,3 +326,28 @@ def test_show_command_formats(synth):
     assert result.exit_code == 0 and result.output.startswith("seq,timestamp,level")
     result = runner.invoke(main, ["show", "backtrace", str(made.vmcore), "--vmlinux", str(made.vmlinux)])
     assert result.exit_code == 0 and _manifest(made)["panic"]["backtrace"][0] in result.output
+
+
+def test_fetch_debuginfo_uses_the_shared_debian_fetcher(bare_dump, monkeypatch):
+    """open(..., fetch_debuginfo=True) and `kdumplab debuginfo fetch` call kdumplab.debuginfo.debian (the code the
+    VM harness uses) with the dump's release and suite, then check the build ID of what it returns."""
+    made, path = bare_dump
+    calls = []
+
+    def fake_fetch(abi, suite=None, **kwargs):
+        calls.append((abi, suite))
+        return Path(made.vmlinux)
+
+    monkeypatch.setattr("kdumplab.debuginfo.debian.fetch_vmlinux", fake_fetch)
+    dump = kdumplab.open(path, fetch_debuginfo=True)
+    assert calls == [(_manifest(made)["osrelease"], None)] or calls[0][0] == _manifest(made)["osrelease"]
+    assert dump.vmlinux == Path(made.vmlinux) and len(dump.tasks()) > 0
+
+    from click.testing import CliRunner
+
+    from kdumplab.cli import main
+
+    result = CliRunner().invoke(main, ["debuginfo", "fetch", str(path)])
+    assert result.exit_code == 0 and _manifest(made)["build_id"] in result.output
+    result = CliRunner().invoke(main, ["debuginfo", "find", str(path)])
+    assert result.exit_code == 1 and _manifest(made)["build_id"] in result.output
