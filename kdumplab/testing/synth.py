@@ -47,7 +47,7 @@ from kdumplab.testing.synth_memory import (
 from kdumplab.testing.synth_pages import (
     CLASSES, C_ABSENT, C_FREE, C_KERNEL, C_ZERO, K_FREE_HEAD, K_KERNEL, K_PGTABLE, K_RESERVED,
     K_SLAB_HEAD, K_SLAB_TAIL, KIND_CLASS, KIND_GENERATED, KIND_ZEROABLE, ContentGenerator, GeneralMix,
-    PagePlan, mark_free, page_era, plan_general, struct_pages,
+    PageExtras, PagePlan, mark_free, page_era, plan_general, struct_pages,
 )  # fmt: skip
 from kdumplab.testing.synth_printk import PANIC_MESSAGE, make_records, write_printk
 from kdumplab.testing.synth_stack import CHAINS
@@ -202,9 +202,12 @@ def _build(out: Path, params: SynthParams) -> None:
     ]  # fmt: skip
     for name, size in cache_names:
         kmem.new_cache(name, size, align=64 if size >= 64 else 8)
-    for cache in [kc, *(kmem.caches[n] for n, _ in cache_names)]:
+    kmem.new_cache("kmem_cache_node", kmem.size("kmem_cache_node"), align=64)
+    for cache in kmem.caches.values():
         cache.address = kmem.slab_alloc(kc)
     kmem.setup_percpu(nr_cpus)
+    for cache in kmem.caches.values():
+        _setup_slub_cache(kmem, cache, nr_cpus)
     build_page_tables(kmem)
     mem_section_root = _write_mem_section(kmem, layout)
     _write_globals(kmem, layout, params, osrelease, hostname, panic_cpu, uptime_ns)
@@ -263,12 +266,14 @@ def _build(out: Path, params: SynthParams) -> None:
     low[:] = low_rng.integers(0, 256, len(low), dtype=np.uint8).tobytes()
     # references used by the general area
     pointers: list[int] = [0]
+    slab_sizes: list[int] = [0]
 
-    def ref(value: int) -> int:
+    def ref(value: int, size: int = 0) -> int:
         pointers.append(value)
+        slab_sizes.append(size)
         return len(pointers) - 1
 
-    cache_refs = {name: ref(c.address) for name, c in kmem.caches.items()}
+    cache_refs = {name: ref(c.address, c.size) for name, c in kmem.caches.items()}
     mix = GeneralMix(
         file_mappings=[ref(a) for a in file_maps], anon_mappings=[ref(a) for a in anon_vmas],
         hugetlb_mapping=ref(hugetlb_map),
@@ -295,13 +300,15 @@ def _build(out: Path, params: SynthParams) -> None:
     mark_free(plan, kernel_pfn + image_pages, heap_pfn)
     plan_general(plan, general, rng, mix, int(used_pages // 512))
     kind[:0x100][present[:0x100]] = K_RESERVED
-    pointers.append(buffer_heads)
-    pointer_table = np.array(pointers, dtype=np.uint64)
+    ref(buffer_heads)
+    slub_overrides, slab_usage = _write_slub_state(kmem, plan, cache_refs, pe)
 
     # ------------------------------------------------------------------ free lists, zones, counters
     generated = (KIND_GENERATED[kind] | plan.generated) & present
     generated[heap_pfn:heap_end_pfn] = False
     free_links = _write_zones(kmem, layout, plan, KIND_CLASS[kind], present, pgdat, kind, zone_names)
+    extras = PageExtras(np.array(pointers, dtype=np.uint64), np.array(slab_sizes, dtype=np.uint64), free_links,
+                        slub_overrides)
 
     # ------------------------------------------------------------------ content zero-ness and classes
     # (after the last write to kernel memory: a kernel page's class depends on whether it is all zero)
@@ -342,7 +349,7 @@ def _build(out: Path, params: SynthParams) -> None:
         vmemmap = VMEMMAP_START
         for section, paddr in layout.vmemmap_paddr.items():
             start = section * PAGES_PER_SECTION
-            core.write_phys(paddr, struct_pages(plan, start, PAGES_PER_SECTION, pe, vmemmap, pointer_table, free_links))
+            core.write_phys(paddr, struct_pages(plan, start, PAGES_PER_SECTION, pe, vmemmap, extras))
         window = 4096
         for start in range(0, npfn, window):
             pfns = np.flatnonzero(generated[start : start + window]) + start
@@ -378,7 +385,9 @@ def _build(out: Path, params: SynthParams) -> None:
                   "backtrace": list(CHAINS[objs.cpu_chains[c]])} for c in range(nr_cpus)],
         "totalram_pages": int(_totalram(present, kind)),
         "nr_free_pages": int(counts[C_FREE]),
+        "slab_pages": int(counts[CLASSES.index("slab")]),
         "slab_caches": [c.name for c in kmem.caches.values()],
+        "slab_usage": slab_usage,
         "build_seconds": round(time.monotonic() - started, 3),
     }  # fmt: skip
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -419,6 +428,73 @@ def _dumpable(level: int, counts: np.ndarray, zero_counts: np.ndarray) -> int:
 
 def _totalram(present: np.ndarray, kind: np.ndarray) -> int:
     return int(np.count_nonzero(present & (kind != K_RESERVED)))
+
+
+def _setup_slub_cache(kmem: KernelMemory, cache, nr_cpus: int) -> None:
+    """SLUB bookkeeping every cache has: a per-CPU ``kmem_cache_cpu`` and node 0's ``kmem_cache_node``."""
+    cpu_slab = kmem.percpu_alloc(kmem.size("kmem_cache_cpu"))
+    for cpu in range(nr_cpus):
+        kmem.put(kmem.per_cpu(cpu_slab, cpu), "kmem_cache_cpu", {"tid": cpu})
+    cache.node = kmem.slab_alloc("kmem_cache_node")
+    kmem.put(cache.address, "kmem_cache", {"cpu_slab": cpu_slab, "node[0]": cache.node, "offset": 0})
+
+
+def _write_slub_state(kmem: KernelMemory, plan: PagePlan, cache_refs: dict[str, int], pe) -> tuple[tuple, dict]:
+    """Per-node slab counts and partial lists; the kernel's own partly used slabs get freelists.
+
+    Slabs in the general area are full (on no list). Returns the struct page overrides of the kernel's slabs
+    and ``{cache: {num_slabs, num_objs, free_objs}}`` (what drgn's ``slab_cache_usage`` reports).
+    """
+    list_off = kmem.offset("slab", "slab_list")
+    heads = np.flatnonzero(plan.kind == K_SLAB_HEAD)
+    head_refs = plan.ref[heads]
+    heap_lo = kmem.heap_paddr >> PAGE_SHIFT
+    heap_hi = (kmem.heap_paddr + len(kmem.heap)) >> PAGE_SHIFT
+    in_heap = (heads >= heap_lo) & (heads < heap_hi)
+    ov_pfn, ov_word, ov_value = [], [], []
+    usage = {}
+    for name, cache in kmem.caches.items():
+        filler = heads[(head_refs == cache_refs[name]) & ~in_heap]
+        filler_objects = int(sum((PAGE_SIZE << int(o)) // cache.size for o in plan.order[filler]))
+        partial = []
+        objects = filler_objects
+        free = 0
+        for run in cache.slabs:
+            per_slab = cache.per_slab
+            objects += per_slab
+            base = kmem.dmap(run.pfn << PAGE_SHIFT)
+            freelist = 0
+            if run.inuse < per_slab:
+                partial.append(run)
+                free += per_slab - run.inuse
+                addrs = [base + i * cache.size for i in range(run.inuse, per_slab)]
+                for a, b in zip(addrs, addrs[1:] + [0]):
+                    kmem.write_u64(a, b)  # the free pointer at kmem_cache.offset 0
+                freelist = addrs[0]
+            ov_pfn += [run.pfn, run.pfn]
+            ov_word += [4, 5]
+            ov_value += [freelist, run.inuse | (per_slab << 16)]
+        node = cache.node
+        head = node + kmem.offset("kmem_cache_node", "partial")
+        links = [VMEMMAP_START + r.pfn * STRUCT_PAGE_SIZE + list_off for r in partial]
+        ring = [head, *links]
+        for i, run in enumerate(partial):
+            ov_pfn += [run.pfn, run.pfn]
+            ov_word += [list_off // 8, list_off // 8 + 1]
+            ov_value += [ring[(i + 2) % len(ring)], ring[i]]
+        kmem.write_u64(head, ring[1 % len(ring)])
+        kmem.write_u64(head + 8, ring[-1])
+        full = node + kmem.offset("kmem_cache_node", "full")
+        kmem.write_u64(full, full)
+        kmem.write_u64(full + 8, full)
+        nr_slabs = len(filler) + len(cache.slabs)
+        kmem.put(node, "kmem_cache_node", {"nr_partial": len(partial), "nr_slabs.counter": nr_slabs,
+                                           "total_objects.counter": objects})
+        usage[name] = {"num_slabs": nr_slabs, "num_objs": objects, "free_objs": free}
+    order = np.argsort(np.array(ov_pfn, dtype=np.int64), kind="stable")
+    overrides = (np.array(ov_pfn, dtype=np.int64)[order], np.array(ov_word, dtype=np.int64)[order],
+                 np.array(ov_value, dtype=np.uint64)[order])
+    return overrides, usage
 
 
 def _write_mem_section(kmem: KernelMemory, layout: PhysLayout) -> int:
@@ -561,7 +637,8 @@ def _write_zones(kmem: KernelMemory, layout: PhysLayout, plan: PagePlan, cls: np
     node_stats[kernel.enum("NR_INACTIVE_FILE")] = node_stats[kernel.enum("NR_FILE_PAGES")]
     node_stats[kernel.enum("NR_ANON_MAPPED")] = int(np.count_nonzero(cls_p == 3))
     node_stats[kernel.enum("NR_ACTIVE_ANON")] = node_stats[kernel.enum("NR_ANON_MAPPED")]
-    node_stats[kernel.enum("NR_SLAB_UNRECLAIMABLE_B")] = int(np.count_nonzero(cls_p == 5)) * PAGE_SIZE
+    # *_B items are bytes in memcg stats but pages in the node and global counters (mm/vmstat.c)
+    node_stats[kernel.enum("NR_SLAB_UNRECLAIMABLE_B")] = int(np.count_nonzero(cls_p == 5))
     node_stats[kernel.enum("NR_PAGETABLE")] = int(np.count_nonzero(kind[present] == K_PGTABLE))
     for i, value in enumerate(node_stats):
         kmem.put(pgdat, "pglist_data", {f"vm_stat[{i}].counter": int(value)})

@@ -129,6 +129,7 @@ class SlabCache:
     size: int
     order: int
     address: int = 0  # the struct kmem_cache
+    node: int = 0  # its struct kmem_cache_node for node 0
     slabs: list[HeapPages] = field(default_factory=list)
     _next: int = 0  # next free object address in the current slab
     _end: int = 0

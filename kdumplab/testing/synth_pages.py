@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+PAGE_SIZE = 4096
 CLASSES = ("free", "cache", "cache_private", "anon", "hugetlb", "slab", "hwpoison", "offline", "zero", "kernel")
 C_FREE, C_CACHE, C_CACHE_PRIVATE, C_ANON, C_HUGETLB, C_SLAB, C_HWPOISON, C_OFFLINE, C_ZERO, C_KERNEL = range(10)
 C_ABSENT = 255
@@ -250,14 +251,26 @@ def page_era(era: str, enums: dict[str, int]) -> PageEra:
                    dtor_hugetlb=enums["HUGETLB_PAGE_DTOR"], dtor_thp=enums["TRANSHUGE_PAGE_DTOR"])
 
 
-def struct_pages(plan: PagePlan, start: int, count: int, era: PageEra, vmemmap: int, pointers: np.ndarray,
-                 free_links: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
-    """``count`` struct pages from pfn ``start`` as a ``(count, 8)`` uint64 array (64-byte records).
+@dataclass
+class PageExtras:
+    """What struct pages point at, beyond the plan.
 
-    ``pointers`` is the pointer table ``plan.ref`` indexes (its last entry: an array of buffer_heads, the
-    ``private`` of PG_private pages); ``free_links`` = (head pfns, lru.next, lru.prev) of
-    every buddy head, sorted by pfn (the free lists).
+    ``pointers``: the table ``plan.ref`` indexes (its last entry: an array of buffer_heads, the ``private`` of
+    PG_private pages); ``slab_sizes``: the object size of the slab cache at each index (0 elsewhere);
+    ``free_links``: (head pfns, lru.next, lru.prev) of every buddy head, sorted by pfn (the free lists);
+    ``overrides``: (pfns, word index, value) written last, sorted by pfn (the kernel's own slabs).
     """
+
+    pointers: np.ndarray
+    slab_sizes: np.ndarray
+    free_links: tuple[np.ndarray, np.ndarray, np.ndarray]
+    overrides: tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def struct_pages(plan: PagePlan, start: int, count: int, era: PageEra, vmemmap: int, extras: PageExtras) -> np.ndarray:
+    """``count`` struct pages from pfn ``start`` as a ``(count, 8)`` uint64 array (64-byte records)."""
+    pointers = extras.pointers
+    free_links = extras.free_links
     kind = plan.kind[start : start + count]
     order = plan.order[start : start + count].astype(np.uint64)
     ref = pointers[plan.ref[start : start + count]]
@@ -347,9 +360,9 @@ def struct_pages(plan: PagePlan, start: int, count: int, era: PageEra, vmemmap: 
 
     m = kind == K_SLAB_HEAD
     compound = m & (order > 0)
-    objects = np.uint64(16) << order
-    inuse = np.uint64(7) + pfn % np.uint64(9)
-    counters = np.minimum(inuse, objects) | (objects << np.uint64(16))
+    sizes = extras.slab_sizes[plan.ref[start : start + count]].astype(np.uint64)
+    objects = (np.uint64(PAGE_SIZE) << order) // np.maximum(sizes, np.uint64(1))
+    counters = objects | (objects << np.uint64(16))  # inuse == objects: a full slab (on no list)
     if era.slab_type is not None:
         w[m, 0] = 0
         w[compound, 0] = b("PG_head")
@@ -365,6 +378,11 @@ def struct_pages(plan: PagePlan, start: int, count: int, era: PageEra, vmemmap: 
     w[m, 0] = b("PG_hwpoison")
     m = kind == K_OFFLINE
     w[m, 6] = refmap(1, era.offline)
+
+    opfn, oword, ovalue = extras.overrides
+    lo, hi = np.searchsorted(opfn, [start, start + count])
+    if hi > lo:
+        w[(opfn[lo:hi] - start).astype(np.int64), oword[lo:hi]] = ovalue[lo:hi]
     return w
 
 

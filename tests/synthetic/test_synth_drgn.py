@@ -23,7 +23,9 @@ from drgn.helpers.linux.panic import panic_message  # noqa: E402
 from drgn.helpers.linux.pid import find_task, for_each_task  # noqa: E402
 from drgn.helpers.linux.printk import get_printk_records  # noqa: E402
 from drgn.helpers.linux.sched import cpu_curr, idle_task, task_cpu, task_state_to_char  # noqa: E402
-from drgn.helpers.linux.slab import for_each_slab_cache  # noqa: E402
+from drgn.helpers.linux.slab import (  # noqa: E402
+    find_containing_slab_cache, for_each_slab_cache, slab_cache_usage, slab_total_usage,
+)
 from drgn.helpers.linux.vmstat import nr_free_pages  # noqa: E402
 
 pytestmark = pytest.mark.synthetic
@@ -108,8 +110,19 @@ def test_memory_counters(synth_dump, synth_prog):
     assert nr_free_pages(synth_prog) == m["nr_free_pages"] == m["page_classes"]["free"]
     names = [c.name.string_().decode() for c in for_each_slab_cache(synth_prog)]
     assert names == m["slab_caches"]
+    assert slab_total_usage(synth_prog).total_pages == m["slab_pages"] == m["page_classes"]["slab"]
     ranges = list(for_each_valid_page_range(synth_prog))
     assert ranges[0][0] == 0 and ranges[-1][1] >= m["max_pfn"]
+
+
+def test_slab_caches_usage_and_objects(synth_dump, synth_prog):
+    """SLUB as drgn's slab helpers read it: per-node counts, partial lists, per-CPU slabs, containing caches."""
+    for cache in for_each_slab_cache(synth_prog):
+        usage = slab_cache_usage(cache)
+        want = synth_dump.manifest["slab_usage"][cache.name.string_().decode()]
+        assert {"num_slabs": usage.num_slabs, "num_objs": usage.num_objs, "free_objs": usage.free_objs} == want
+    task = find_task(synth_prog, 1)
+    assert find_containing_slab_cache(synth_prog, task).name.string_() == b"task_struct"
 
 
 def _truth(manifest):

@@ -269,7 +269,14 @@ struct slab {
 		};
 	};
 	void *freelist;                                   /* 32 */
-	unsigned long counters;                           /* 40 */
+	union {                                           /* 40 */
+		unsigned long counters;
+		struct {
+			unsigned inuse : 16;
+			unsigned objects : 15;
+			unsigned frozen : 1;
+		};
+	};
 	unsigned int __page_type;                         /* 48 */
 #else
 	union {
@@ -281,7 +288,14 @@ struct slab {
 	};
 	struct kmem_cache *slab_cache;                    /* 24 */
 	void *freelist;                                   /* 32 */
-	unsigned long counters;                           /* 40 */
+	union {                                           /* 40 */
+		unsigned long counters;
+		struct {
+			unsigned inuse : 16;
+			unsigned objects : 15;
+			unsigned frozen : 1;
+		};
+	};
 	unsigned int __unused;                            /* 48 */
 #endif
 	atomic_t __page_refcount;                         /* 52 */
@@ -459,8 +473,16 @@ struct kmem_cache_node {
 	struct list_head full;
 };
 
+struct kmem_cache_cpu {
+	void **freelist;
+	unsigned long tid;
+	struct slab *slab;
+	struct slab *partial;
+	int lock;
+};
+
 struct kmem_cache {
-	void *cpu_slab;
+	struct kmem_cache_cpu __percpu *cpu_slab;
 	slab_flags_t flags;
 	unsigned long min_partial;
 	unsigned int size;
