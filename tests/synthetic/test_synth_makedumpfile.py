@@ -98,3 +98,27 @@ def test_drgn_reads_makedumpfile_output(synth_61, tmp_path, open_drgn):
     assert pids == sorted(t["pid"] for t in synth_61.manifest["tasks"])
     assert [f.name for f in prog.crashed_thread().stack_trace()] == synth_61.manifest["panic"]["backtrace"]
     assert [r.text.decode() for r in get_printk_records(prog)] == synth_61.manifest["dmesg"]
+
+
+@needs_makedumpfile
+def test_ram_above_the_pci_hole(tmp_path, open_drgn):
+    """3.2 GiB, 4 CPUs: RAM continues at 4 GiB, the 3-4 GiB sections are absent, the last is partly present."""
+    from kdumplab.testing.synth import build_synthetic
+
+    made = build_synthetic(tmp_path / "big", memory=(3 << 30) + (200 << 20), tasks=24, seed=11, era="6.1", cpus=4)
+    out = tmp_path / "dump-31"
+    run_makedumpfile(made.vmcore, out, 31)
+    b1, b2, zero = read_kdump(out)
+    cls = classes(made.manifest, len(b1))
+    assert np.array_equal(b1, cls != "")
+    assert not b1[(3 << 30) >> 12 : (4 << 30) >> 12].any()
+    assert np.array_equal(b2, np.isin(cls, ["slab", "kernel", "zero"]))
+    assert int(b2.sum()) - int(zero.sum()) == made.manifest["dumpable"]["31"]
+    pytest.importorskip("drgn")
+    from drgn.helpers.linux.sched import cpu_curr
+
+    prog = open_drgn(made, out)
+    assert [f.name for f in prog.crashed_thread().stack_trace()] == made.manifest["panic"]["backtrace"]
+    for cpu in made.manifest["cpus"]:
+        curr = cpu_curr(prog, cpu["cpu"])
+        assert [f.name for f in prog.stack_trace(curr)] == cpu["backtrace"]
