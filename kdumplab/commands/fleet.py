@@ -56,7 +56,9 @@ def triage(paths, output, jobs, scheduler, vmlinux, debug_dirs):
                            debug_dirs=list(debug_dirs) or None)
     rows_path, buckets_path = catalogue.save(output)
     errors = int(catalogue.rows["error"].notna().sum())
-    click.echo(f"{len(catalogue.rows)} dumps, {len(catalogue.buckets)} buckets, {errors} unreadable")
+    unchanged = len(catalogue.rows) - len(catalogue.read)
+    click.echo(f"{len(catalogue.rows)} dumps ({len(catalogue.read)} read, {unchanged} unchanged since the last run), "
+               f"{len(catalogue.buckets)} buckets, {errors} unreadable")
     if len(catalogue.buckets):
         click.echo(catalogue.buckets[["count", "signature", "releases"]].to_string(index=False))
     for row in catalogue.rows[catalogue.rows["error"].notna()].itertuples():
