@@ -7,8 +7,10 @@ live in JupyterLab).
     $ kdumplab lab /var/crash/202611260800-web1          # JupyterLab in ./kdumplab-lab/202611260800-web1/
 
 The report's format follows OUT's suffix: ``.html`` (self-contained, code folded), ``.md`` or ``.json`` (the
-frames as records). A dump that cannot be opened is one line on stderr and exit status 1; a notebook that
-failed half-way still gives a report (with the error in place) and exit status 2.
+frames as records). A dump that cannot be opened is one line on stderr and exit status 1. A section without
+the debug info it needs says so in the report (a note on stderr); a section the dump cannot answer is a
+warning; a section or notebook that hit an error in kdumplab still gives a report, with the error in its
+place, and exit status 2.
 """
 
 from __future__ import annotations
@@ -86,12 +88,15 @@ def report(dump, vmlinux, out, option_pairs, notebooks, keep_notebooks, timeout)
     click.echo(f"kdumplab: {path} ({names}; {run.seconds:.1f} s)")
     if skipped:
         click.echo(f"kdumplab: no debug info for: {', '.join(skipped)}", err=True)
+    errors = 0
     for s in run.sections():
-        if s["status"] == "failed":
-            click.echo(f"kdumplab: warning: {s['notebook']}: {s['title']}: {s['reason']}", err=True)
-    if run.failed:
-        for r in run.failed:
-            click.echo(f"kdumplab: error: notebook {r.name} stopped: {r.error.splitlines()[0]}", err=True)
+        if s["status"] in ("failed", "error"):
+            kind = "warning" if s["status"] == "failed" else "error"
+            errors += kind == "error"
+            click.echo(f"kdumplab: {kind}: {s['notebook']}: {s['title']}: {s['reason'].splitlines()[0]}", err=True)
+    for r in run.failed:
+        click.echo(f"kdumplab: error: notebook {r.name} stopped: {r.error.splitlines()[0]}", err=True)
+    if errors or run.failed:
         sys.exit(2)
 
 

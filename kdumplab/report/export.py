@@ -142,7 +142,7 @@ def _header(run: ReportRun) -> str:
     for r in run.runs:
         sections = r.sections()
         skipped = [s["title"] for s in sections if s["status"] == "skipped"]
-        failed = [s["title"] for s in sections if s["status"] == "failed"]
+        failed = [s["title"] for s in sections if s["status"] in ("failed", "error")]
         if r.error:
             failed.append(f"stopped: {r.error.splitlines()[0]}")
         lines.append(f"| {md_escape(r.name)} | {len(sections)} | {md_escape(', '.join(skipped)) or '-'} | "

@@ -238,17 +238,16 @@ TASKS = [
             facts["stuck"], facts["limit"] = stuck, limit
             columns = ["pid", "tgid", "comm", "state", "cpu", "last_run_s", "kthread", "on_cpu"]
             nb.show(stuck[columns], "stuck_tasks",
-                    caption=f"{(tasks.state == 'D').sum():,} tasks in D state; runnable tasks not on a CPU "
-                            f"for at least {limit.total_seconds():.0f} s included")
+                    caption=f"Tasks in D state: {(tasks.state == 'D').sum():,}; with them, runnable tasks that "
+                            f"have not been on a CPU for {limit.total_seconds():.0f} s or more")
             timed = stuck.dropna(subset=["last_run_s"]).head(opts["top"])
             if len(timed):
                 fig, ax = plt.subplots(figsize=(9, 1.2 + 0.3 * len(timed)))
                 labels = [f"{c} [{p}] {s}" for c, p, s in zip(timed.comm, timed.pid, timed.state)]
                 ax.barh(labels[::-1], timed["last_run_s"].to_numpy(dtype=float)[::-1], color="#d62728")
-                ax.axvline(limit.total_seconds(), color="k", linestyle="--", linewidth=1, label="hung-task limit")
-                ax.set_xlabel("time since the task last ran (s)")
+                ax.axvline(limit.total_seconds(), color="k", linestyle="--", linewidth=1)
+                ax.set_xlabel("time since the task last ran (s); dashed line: the hung-task limit")
                 ax.set_title("Longest-waiting D-state and runnable tasks")
-                ax.legend()
                 plt.show()
         """),
     _md("""

@@ -90,7 +90,8 @@ def open_dump(path: str | None, vmlinux: str | None = None, opts: Mapping[str, A
     """
     import kdumplab
 
-    options(opts)
+    if opts is not None:
+        options(opts)
     _setup_plots()
     if not path:
         raise KdumplabError("no dump given: set `dump` in the parameters cell (or run `kdumplab lab DUMP`)")
@@ -255,9 +256,12 @@ def fmt_duration(value: Any) -> str:
 
 def fmt_bytes(n: float | int | None) -> str:
     """``n`` bytes in binary units: ``fmt_bytes(3 << 20) == '3.0 MiB'``."""
-    if n is None or (isinstance(n, float) and not math.isfinite(n)):
+    try:
+        n = float(n)  # pd.NA and None raise: unknown
+    except (TypeError, ValueError):
         return "?"
-    n = float(n)
+    if not math.isfinite(n):
+        return "?"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -272,7 +276,7 @@ class Section:
     """What :func:`section` yields: the section's title and, after the block, its status."""
 
     title: str
-    status: str = "ok"          # "ok" | "skipped" (no debug info) | "failed" (another KdumplabError)
+    status: str = "ok"          # "ok" | "skipped" (no debug info) | "failed" (another KdumplabError) | "error"
     reason: str | None = None
 
 
@@ -281,8 +285,9 @@ def section(title: str) -> Iterator[Section]:
     """Run a block as one report section: missing debug info skips it with a note instead of failing.
 
     :class:`DebugInfoError` makes the section "skipped" and shows why (in full the first time, then "see
-    above"); another :class:`KdumplabError` makes it "failed" and shows the message, unless the ``strict``
-    option is set, when it propagates (the tests run strict). Any other exception is a bug and propagates.
+    above"). Another :class:`KdumplabError` (the dump lacks what the section reads) makes it "failed"; any other
+    exception (a bug in kdumplab, a kernel it does not know) makes it "error", shown with its traceback. Either
+    way the notebook goes on, unless the ``strict`` option is set: then they propagate (the tests run strict).
     """
     sec = Section(title)
     try:
@@ -302,6 +307,16 @@ def section(title: str) -> Iterator[Section]:
         sec.status, sec.reason = "failed", str(error)
         _display({"text/markdown": f"*{md_escape(title)}: could not be computed.*\n\n" + _md_quote(sec.reason),
                   "text/plain": f"{title}: could not be computed: {sec.reason}"})
+    except Exception as error:  # noqa: BLE001 - one broken table must not take the rest of the report with it
+        if _OPTIONS.get("strict"):
+            raise
+        import traceback
+
+        sec.status, sec.reason = "error", f"{type(error).__name__}: {error}"
+        _display({"text/markdown": f"*{md_escape(title)}: could not be computed because of an error in kdumplab "
+                                   "(please report it with the traceback below).*\n\n" + _md_quote(sec.reason),
+                  "text/plain": f"{title}: error: {sec.reason}"})
+        print("".join(traceback.format_exception(error)).rstrip())  # stdout: shown as text, fenced in Markdown
     _display({"text/plain": "", SECTION_MIME: {"title": title, "status": sec.status, "reason": sec.reason}})
 
 

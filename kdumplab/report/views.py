@@ -183,14 +183,10 @@ _MACHINERY = re.compile(
 
 
 def crash_site(bt: pd.DataFrame) -> pd.Series | None:
-    """The frame where the crash happened: the first interrupted frame (the faulting instruction), else the
-    first frame that is not the oops/panic machinery."""
+    """The frame where the crash happened: the first frame that is not the oops/panic machinery (for an
+    exception that is the interrupted frame, the faulting instruction; for a panic() call, its caller)."""
     if bt is None or bt.empty:
         return None
-    if "interrupted" in bt:
-        hit = bt[bt["interrupted"].fillna(False).astype(bool)]
-        if len(hit):
-            return hit.iloc[0]
     for _, frame in bt.iterrows():
         if not _na(frame["function"]) and not _MACHINERY.match(str(frame["function"])):
             return frame

@@ -72,6 +72,7 @@ def test_json_frames_match_manifest(json_report):
     want_states: dict[str, int] = {}
     for t in manifest["tasks"]:
         want_states[t["state"]] = want_states.get(t["state"], 0) + 1
+    want_states["R"] = want_states.get("R", 0) + manifest["nr_cpus"]  # the idle tasks (pid 0): not in the manifest
     assert by_state == want_states
     top = frames["top_memory"]["records"]
     assert len(top) <= 5

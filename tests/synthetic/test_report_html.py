@@ -41,9 +41,13 @@ def synthetic(era: str):
 
 
 def hostile_strings(manifest: dict) -> set[str]:
-    """The dump texts holding markup: dmesg records and comms with '<'."""
-    texts = {t for t in manifest.get("dmesg", []) if "<" in t}
-    texts |= {t["comm"] for t in manifest.get("tasks", []) if "<" in t["comm"]}
+    """The deliberately hostile dump texts (``<script``, ``<img``, ``onerror``): the kernel log records before
+    the panic (the report shows the log up to it) and the comms."""
+    bad = ("<script", "<img", "onerror")
+    log = manifest.get("dmesg", [])
+    panic_at = next((i for i, t in enumerate(log) if manifest["panic"]["message"] in t), len(log))
+    texts = {t for t in log[:panic_at] if any(b in t for b in bad)}
+    texts |= {t["comm"] for t in manifest.get("tasks", []) if any(b in t["comm"] for b in bad)}
     return texts
 
 
