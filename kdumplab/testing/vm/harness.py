@@ -459,7 +459,7 @@ def cached_dump(kernel: str = "bookworm", workload: str = "idle", memory: str | 
         staging.mkdir(parents=True)
         result = crash_vm(staging, kernel=kernel, memory=memory, workload=workload, save=save)
         _relocate(result, staging, out)
-        old = out.with_name(out.name + f".old-{os.getpid()}")
+        old = staging.with_name(staging.name + f".old-{os.getpid()}")  # outside vm-dumps: never looks like a dump
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.exists():
             out.rename(old)
