@@ -135,8 +135,6 @@ def data_pages(path) -> set[int]:
         return {p for p in pfns if (d := k.page_desc(p)).offset != zero or d.size != 4096 or d.flags}
 
 
-@pytest.mark.xfail(strict=False, reason="the 6.1 manifest counts two kernel-image pages (pfns 0x1342-0x1343, "
-                   "written after its zero scan) as zero; makedumpfile and kdumplab both store them")
 @pytest.mark.parametrize("level", [1, 31])
 def test_data_pages_equal_manifest_dumpable(synth61, tmp_path, level):
     _, meta = saved(Path(synth61.vmcore), tmp_path / "ours", dump_level=level)
@@ -269,7 +267,6 @@ def test_dmesg_written_first_and_like_makedumpfile(synth61, tmp_path):
         assert theirs.read_text(errors="replace") == re.sub(r"(?m)^(\[[ 0-9.]+\] )\[ *[TC]\d+\] ", r"\1", text)
 
 
-@pytest.mark.xfail(strict=False, reason="the 6.1 manifest counts pfns 0x1342-0x1343 (kernel data) as zero pages")
 def test_mem_usage(synth61):
     cli = subprocess.run([sys.executable, "-m", "kdumplab.cli", "mem-usage", "--json", str(synth61.vmcore)],
                          capture_output=True, text=True)
