@@ -40,7 +40,8 @@ def run_local(func: Callable[[Any], Any], items: Sequence[Any], jobs: int = 0) -
     import multiprocessing
 
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for result in pool.map(func, items):
+        # chunks: a synthetic or small dump takes tens of ms, as long as the round trip to a worker
+        for result in pool.map(func, items, chunksize=max(1, len(items) // (jobs * 8))):
             results.append(result)
             if bar:
                 bar[0].advance(bar[1])

@@ -73,3 +73,38 @@ def test_buckets_count_first_last_and_skip_errors():
     assert first["first_seen"] == pd.Timestamp("2026-01-02", tz="UTC")
     assert first["last_seen"] == pd.Timestamp("2026-01-05", tz="UTC")
     assert first["releases"] == "6.1.0-55-amd64, 6.1.0-56-amd64" and first["example"] == "/d/1"
+
+
+SOFT_LOCKUP_LOG = [
+    "watchdog: BUG: soft lockup - CPU#1 stuck for 23s! [mydrvctl:812]",
+    "CPU: 1 PID: 812 Comm: mydrvctl Tainted: G           OE      6.1.0-56-amd64 #1",
+    "RIP: 0010:native_queued_spin_lock_slowpath+0x5a/0x2c0",
+    "Call Trace:", " <TASK>", " _raw_spin_lock+0x25/0x30", " mydrv_reset+0x1c/0x40 [mydrv]", " </TASK>",
+    "Kernel panic - not syncing: softlockup: hung tasks",
+    "CPU: 1 PID: 812 Comm: mydrvctl Tainted: G           OEL     6.1.0-56-amd64 #1",
+    "Hardware name: QEMU Standard PC (i440FX + PIIX, 1996)",
+    "Call Trace:", " <IRQ>", " dump_stack_lvl+0x44/0x5c", " panic+0x118/0x2ed", " watchdog_timer_fn.cold+0x1a/0x1f",
+    " __hrtimer_run_queues+0x112/0x2b0", " </IRQ>", " <TASK>", " asm_sysvec_apic_timer_interrupt+0x1a/0x20",
+    "RIP: 0010:native_queued_spin_lock_slowpath+0x5a/0x2c0",
+    "Code: 00 00 f0 0f ba 2b 08 0f 92 c2 8b 03 0f b6 d2 c1 e2 08 30 e4 09 d0 a9 00 01 ff ff 75 48 85 c0 74 0e",
+    "RSP: 0018:ffffb5a1c0f3bd90 EFLAGS: 00000202",
+    " ? native_queued_spin_lock_slowpath+0x22/0x2c0", " _raw_spin_lock+0x25/0x30", " mydrv_reset+0x1c/0x40 [mydrv]",
+    " __x64_sys_ioctl+0x8d/0xd0", " do_syscall_64+0x55/0xb0", " entry_SYSCALL_64_after_hwframe+0x6e/0xd8",
+    " </TASK>", "Kernel Offset: 0x2a000000 from 0xffffffff81000000",
+]
+
+
+def test_log_frames_last_trace_with_interrupted_context():
+    from kdumplab.fleet.signature import log_frames
+
+    functions, modules = log_frames(SOFT_LOCKUP_LOG)
+    assert functions[:4] == ["dump_stack_lvl", "panic", "watchdog_timer_fn.cold", "__hrtimer_run_queues"]
+    assert "native_queued_spin_lock_slowpath" in functions and modules[functions.index("mydrv_reset")] == "mydrv"
+    sig = crash_signature("Kernel panic - not syncing: softlockup: hung tasks", functions, modules, "6.1.0-56-amd64",
+                          SOFT_LOCKUP_LOG[::-1])
+    assert sig.key == "soft-lockup||native_queued_spin_lock_slowpath<_raw_spin_lock<mydrv_reset|6.1"
+    assert log_frames(["no trace here"]) == ([], [])
+
+
+def test_panic_kind_softlockup_panic_message_alone():
+    assert panic_kind("Kernel panic - not syncing: softlockup: hung tasks") == "soft-lockup"
