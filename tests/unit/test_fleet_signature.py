@@ -108,3 +108,14 @@ def test_log_frames_last_trace_with_interrupted_context():
 
 def test_panic_kind_softlockup_panic_message_alone():
     assert panic_kind("Kernel panic - not syncing: softlockup: hung tasks") == "soft-lockup"
+
+
+@pytest.mark.parametrize("name", ["kdumplab.fleet.signature", "kdumplab.fleet.rows", "kdumplab.fleet.catalogue",
+                                  "kdumplab.fleet.engines", "kdumplab.fleet.notebook",
+                                  "kdumplab.testing.synth_bugs", "kdumplab.testing.synth_fleet"])
+def test_doctests(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
