@@ -30,6 +30,14 @@ def vm_skip_reason() -> str | None:
     return None
 
 
+@pytest.fixture
+def needs_qemu() -> None:
+    """Skip, with the reason, where QEMU (or a tool the guest needs) is missing."""
+    reason = vm_skip_reason()
+    if reason:
+        pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def vm_dump() -> Callable[..., object]:
     """``vm_dump(kernel="bookworm", workload="idle")``: a dump made in this session (or, with
