@@ -207,8 +207,9 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
         arm = "kdumplab" if _command_exists("arm") else "kexec"
     if save == "auto":
         save = "kdumplab" if _save_supports_config() else "raw"
-    if arm not in ("kdumplab", "kexec") or save not in ("kdumplab", "raw", "both"):
-        raise VmError("setup", f"arm={arm!r} save={save!r}: arm is kdumplab|kexec, save is kdumplab|raw|both")
+    if arm not in ("kdumplab", "kexec") or save not in ("kdumplab", "raw", "both") or raw_via not in ("disk", "9p"):
+        raise VmError("setup", f"arm={arm!r} save={save!r} raw_via={raw_via!r}: arm is kdumplab|kexec, save is "
+                               "kdumplab|raw|both, raw_via is disk|9p")
     if save in ("kdumplab", "both") and not _save_supports_config():
         raise VmError("setup", "save with kdumplab asked for, but this checkout has no `kdumplab save "
                                "--from-config` yet: use save='raw'")
@@ -236,8 +237,10 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
 
     first: list[Step] = []
     if arm == "kexec":
-        argv = ["kexec", "-p", f"/host{files.vmlinuz}", "--initrd=/out/guest/initramfs.gz", f"--append={KDUMP_CMDLINE}"]
-        first.append(Step("arm", "initramfs", shlex.join(argv) + ' && test "$(cat /sys/kernel/kexec_crash_loaded)" = 1'))
+        argv = ["kexec", "-p", f"/host{files.vmlinuz}", "--initrd=/out/guest/initramfs.gz",
+                f"--append={KDUMP_CMDLINE}"]
+        loaded = ' && test "$(cat /sys/kernel/kexec_crash_loaded)" = 1'
+        first.append(Step("arm", "initramfs", shlex.join(argv) + loaded))
     else:
         first.append(Step("arm", "host", shlex.join([*kdumplab_cli, "arm", "--config", str(config)])))
     disk = None
@@ -255,10 +258,9 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
 
     kdump: list[Step] = []
     if save in ("kdumplab", "both"):
-        kdump.append(Step("save", "host", shlex.join([*kdumplab_cli, "save", "--from-config", "--config", str(config)]),
-                          fatal=False))
+        save_argv = [*kdumplab_cli, "save", "--from-config", "--config", str(config)]
+        kdump.append(Step("save", "host", shlex.join(save_argv), fatal=False))
     if save in ("raw", "both"):
-        raw = out / "raw" / "vmcore"
         if raw_via == "disk":
             # /proc/vmcore straight onto a virtio-blk disk whose image file becomes raw/vmcore: about twice as
             # fast as a 9p write on 6.12 (whose 9p writes run at about 30 MB/s under TCG).
@@ -270,7 +272,8 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
             copy = (f"size=$(stat -c %s /proc/vmcore) && dd if=/proc/vmcore of={device} bs=1M conv=fsync "
                     f"&& echo $size > /out/raw/vmcore.size")
         else:
-            copy = "dd if=/proc/vmcore of=/out/raw/vmcore.part bs=1M && sync && mv /out/raw/vmcore.part /out/raw/vmcore"
+            copy = ("dd if=/proc/vmcore of=/out/raw/vmcore.part bs=1M && sync "
+                    "&& mv /out/raw/vmcore.part /out/raw/vmcore")
         kdump.append(Step("raw_copy", "initramfs", copy, fatal=False))
         kdump.append(Step("makedumpfile", "host",
                           shlex.join(["makedumpfile", "-l", "-d", "31", "/proc/vmcore",
