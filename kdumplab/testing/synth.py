@@ -9,6 +9,14 @@ against: tasks, page classes page by page, dumpable pages per dump level, the ke
 drgn opens the pair like a real dump (``for_each_task``, ``get_printk_records``, ``crashed_thread().stack_trace()``,
 ``PageSlab``...), and makedumpfile filters the vmcore from VMCOREINFO alone.
 
+``manifest.json`` has the keys of docs/internals.md (era, osrelease, build_id, kaslr_offset, page_size,
+memory_bytes, nr_cpus, crashtime, hostname, tasks, page_classes, page_map, dumpable for every dump level 0-31,
+dmesg, panic) and a few more: ``tasks[].stack`` (each task's backtrace, innermost first), ``cpus`` (each CPU's
+current pid, comm and backtrace), ``ram`` (the present ``[start, end)`` byte ranges; they add up to
+memory_bytes), ``max_pfn``, ``phys_base``, ``uptime_ns``, ``seed``, ``totalram_pages``, ``nr_free_pages``,
+``slab_pages``, ``slab_caches`` (names in ``slab_caches`` list order), ``slab_usage`` (per cache: num_slabs,
+num_objs, free_objs, as drgn's ``slab_cache_usage`` reports) and ``build_seconds``.
+
 The memory holds every page class of docs/internals.md (free buddy blocks of all orders, page cache with and
 without PG_private, anonymous pages and THPs, hugetlb pages, slab, kernel, zero, hwpoison and offline pages).
 Pages without data are not written, so a 16 GiB dump is a sparse file of a few hundred MiB.
