@@ -180,9 +180,11 @@ class KernelImage:
 
 
 def cache_root() -> Path:
-    """``$KDUMPLAB_CACHE`` or ``~/.cache/kdumplab``."""
+    """``$KDUMPLAB_CACHE``, else ``$XDG_CACHE_HOME/kdumplab``, else ``~/.cache/kdumplab``."""
     base = os.environ.get("KDUMPLAB_CACHE")
-    return Path(base) if base else Path.home() / ".cache" / "kdumplab"
+    if base:
+        return Path(base)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kdumplab"
 
 
 def source_hash(era: str) -> str:

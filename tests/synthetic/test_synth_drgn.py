@@ -169,3 +169,19 @@ def test_compound_pages(synth_dump, synth_prog):
                     seen.add(name)
                     assert compound_head(pfn_to_page(prog, head + 300)) == page
     assert seen == {"hugetlb", "anon"}
+
+
+def test_kallsyms_without_vmlinux(synth_dump):
+    """The kallsyms tables VMCOREINFO points at give drgn the kernel's symbols with no debug info at all."""
+    from drgn.helpers.linux.kallsyms import load_vmlinux_kallsyms
+    from elftools.elf.elffile import ELFFile
+
+    prog = drgn.Program()
+    prog.set_core_dump(str(synth_dump.vmcore))
+    prog.register_symbol_finder("vmlinux_kallsyms", load_vmlinux_kallsyms(prog), enable_index=0)
+    kaslr = synth_dump.manifest["kaslr_offset"]
+    with open(synth_dump.vmlinux, "rb") as f:
+        symtab = {s.name: s["st_value"] for s in ELFFile(f).get_section_by_name(".symtab").iter_symbols()}
+    for name in ("panic", "init_task", "entry_SYSCALL_64", "_stext", "__schedule", "runqueues"):
+        assert prog.symbol(name).address == symtab[name] + kaslr, name
+    assert prog.symbol(symtab["panic"] + kaslr + 5).name == "panic"
