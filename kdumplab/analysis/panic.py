@@ -179,8 +179,13 @@ def frame_rows(prog, trace, with_locals: bool = False) -> list[dict[str, Any]]:
     """Rows of :data:`FRAME_SCHEMA` for a drgn StackTrace."""
     import drgn
 
+    from kdumplab.analysis.stacks import KERNEL_SPACE
+
     rows = []
-    for level, frame in enumerate(trace):
+    # Kernel frames only: the last frame drgn gives for a task in a syscall is the user-space pc (crash prints it
+    # as the RIP of the saved registers, not as a frame); it would make every process's trace different.
+    frames = [f for f in trace if f.pc >= KERNEL_SPACE]
+    for level, frame in enumerate(frames):
         pc = frame.pc
         row: dict[str, Any] = {"level": level, "function": frame.name, "pc": pc,
                                "inline": frame.is_inline, "interrupted": frame.interrupted}
@@ -232,7 +237,7 @@ def _format_value(frame, name: str) -> tuple[str | None, str | None]:
 
 @document(FRAME_SCHEMA)
 def backtrace(dump: "Dump", task: Any = None, locals: bool = False) -> "pd.DataFrame":  # noqa: A002
-    """The kernel stack of ``task`` (default: the crashed thread), innermost frame first.
+    """The kernel stack of ``task`` (default: the crashed thread), innermost frame first; kernel frames only.
 
     ``task`` is a pid, a ``struct task_struct`` address or drgn Object; ``locals=True`` fills the ``locals``
     column (each frame's variables as text). Needs the vmlinux (the unwinder uses its ORC or DWARF CFI).

@@ -28,8 +28,12 @@ if TYPE_CHECKING:
 
     from kdumplab.analysis.dump import Dump
 
+#: x86_64 kernel addresses start here; frames below are the user-space pc a task entered the kernel from, which
+#: differs per process and would split identical kernel stacks apart (crash shows it as RIP, not as a frame).
+KERNEL_SPACE = 0xFFFF800000000000
+
 SCHEMA = Schema(
-    Column("trace", "object", "tuple of function names, innermost first"),
+    Column("trace", "object", "tuple of function names, innermost first (kernel frames only)"),
     Column("trace_text", "string", "the same joined with ' < ' (callee < caller), for reading and grouping"),
     Column("depth", "Int64", "number of frames"),
     Column("state", "category", "the tasks' ps state letter", STATES),
@@ -55,10 +59,15 @@ def stacks(dump: "Dump") -> "pd.DataFrame":
     import drgn
     import pandas as pd
 
+    names: dict[tuple, tuple[str, ...]] = {}  # tasks with one stack share return addresses: name them once
     for addr, pid, comm, state in zip(tasks["task"], tasks["pid"], tasks["comm"], tasks["state"]):
         task = drgn.Object(prog, "struct task_struct *", int(addr))
         try:
-            trace = tuple(frame.name for frame in prog.stack_trace(task))
+            frames = [f for f in prog.stack_trace(task) if f.pc >= KERNEL_SPACE]
+            key = tuple((f.pc, f.is_inline) for f in frames)
+            trace = names.get(key)
+            if trace is None:
+                trace = names[key] = tuple(f.name for f in frames)
         except (ValueError, LookupError, drgn.FaultError) as error:
             trace = (f"<unwind error: {error}>",)
         key = (trace, None if pd.isna(state) else str(state))
