@@ -1,30 +1,113 @@
-"""``kdumplab demo``: make a dump if none is given, open it, print the key tables."""
+"""``kdumplab demo`` (what ``make demo`` runs): get a crash dump, print its key tables, and end in a report.
+
+Where the dump comes from, in order:
+
+1. ``--dump DUMP``: that one;
+2. a real Debian kernel crashed in a QEMU guest by the VM harness (:func:`kdumplab.testing.vm.harness.cached_dump`:
+   bookworm's kernel, idle, 1 GiB; built once, then kept under ``~/.cache/kdumplab/vm-dumps/``), when the
+   harness is in this checkout and QEMU runs here (``--no-vm`` skips it);
+3. otherwise a synthetic dump (:func:`kdumplab.testing.synth.build_synthetic`), as before.
+
+The demo says which it used and why, prints the key tables, runs ``kdumplab report`` and prints where
+``report.html`` is.
+
+    $ kdumplab demo --no-vm
+    kdumplab demo: a synthetic dump (--no-vm): out/demo/synthetic/vmcore
+    ...
+    kdumplab demo: report: /work/main/out/demo/report.html
+"""
 
 from __future__ import annotations
 
+import shutil
+import sys
+from pathlib import Path
+
 import click
+
+from kdumplab.errors import KdumplabError
+
+
+def _say(message: str) -> None:
+    click.echo(f"kdumplab demo: {message}", err=True)
+
+
+def _real_dump() -> tuple[str, str | None, str]:
+    """(dump, vmlinux, description) of a real kernel crashed under QEMU; raises a reason it cannot be had."""
+    try:
+        from kdumplab.testing.vm.harness import cached_dump
+        from kdumplab.testing.vm.qemu import QEMU
+    except ImportError as error:
+        raise LookupError(f"no VM harness in this checkout ({error})") from None
+    if shutil.which(QEMU) is None:
+        raise LookupError(f"{QEMU} is not installed (make deps installs it)")
+    _say("crashing a real Debian kernel under QEMU (the first time takes minutes; then it is cached)")
+    try:
+        result = cached_dump("bookworm", "idle")
+    except (KdumplabError, OSError) as error:
+        raise LookupError(f"the VM run failed: {str(error).splitlines()[0]}") from None
+    dump = result.kdumplab_dump or result.makedumpfile_dump or result.raw_vmcore
+    if dump is None:
+        raise LookupError(f"the VM run left no dump in {result.out}")
+    how = f"a real Debian {result.release} kernel crashed under QEMU ({result.accel}, {result.memory})"
+    return str(dump), str(result.vmlinux) if result.vmlinux else None, how
+
+
+def _synthetic_dump(out: Path) -> tuple[str, str, str]:
+    from kdumplab.testing.synth import build_synthetic
+
+    made = build_synthetic(out / "synthetic", memory=256 << 20, tasks=40, seed=1)
+    return str(made.vmcore), str(made.vmlinux), "a synthetic dump (the mini kernel built by kdumplab.testing)"
 
 
 @click.command()
 @click.option("--dump", type=click.Path(exists=True), help="An existing dump to open instead of making one.")
 @click.option("--vmlinux", type=click.Path(exists=True), help="vmlinux for --dump (found by build ID if omitted).")
-@click.option("--out", default="out/demo", show_default=True, help="Working directory for a made dump.")
-def demo(dump, vmlinux, out):
-    """Make a synthetic crash dump (or open DUMP) and print its key tables."""
-    from pathlib import Path
-
+@click.option("--out", default="out/demo", show_default=True, help="Working directory: made dump, report.")
+@click.option("--vm/--no-vm", "use_vm", default=True, show_default=True,
+              help="Try a real kernel crashed under QEMU before falling back to a synthetic dump.")
+@click.option("--report/--no-report", "make_report", default=True, show_default=True,
+              help="End with `kdumplab report` into OUT/report.html.")
+def demo(dump, vmlinux, out, use_vm, make_report):
+    """Make a crash dump (a real kernel under QEMU, else synthetic) or open DUMP, print its key tables and
+    write OUT/report.html."""
+    out = Path(out)
     if dump is None:
-        from kdumplab.testing.synth import build_synthetic
-
-        made = build_synthetic(Path(out) / "synthetic", memory=256 << 20, tasks=40, seed=1)
-        dump, vmlinux = str(made.vmcore), str(made.vmlinux)
-        click.echo(f"made a synthetic dump: {dump}")
+        reason = "--no-vm was given"
+        if use_vm:
+            try:
+                dump, vmlinux, how = _real_dump()
+            except LookupError as error:
+                reason = str(error)
+        if dump is None:
+            _say(f"no real kernel crashed under QEMU: {reason}; falling back to a synthetic dump")
+            dump, vmlinux, how = _synthetic_dump(out)
+        _say(f"the dump: {how}")
+        click.echo(f"made a dump: {dump}")
     import kdumplab
 
     d = kdumplab.open(dump, vmlinux=vmlinux)
     for name in ("system", "panic", "backtrace", "tasks", "page_classes", "dmesg"):
         click.echo(f"\n== {name} ==")
-        click.echo(getattr(d, name)().to_string(max_rows=30))
+        try:
+            click.echo(getattr(d, name)().to_string(max_rows=30))
+        except KdumplabError as error:  # e.g. no debug info for this table: say so, go on
+            click.echo(f"({error})")
+    if not make_report:
+        return
+    from kdumplab.report import make_report as run_report
+
+    target = out / "report.html"
+    _say(f"running the notebooks for {target} ...")
+    run = run_report(dump, target, vmlinux)
+    click.echo(f"\nreport: {target.resolve()}  ({run.seconds:.1f} s; open it in a browser)")
+    for s in run.sections():
+        if s["status"] in ("failed", "error"):
+            _say(f"warning: {s['notebook']}: {s['title']}: {s['reason'].splitlines()[0]}")
+    if run.failed:
+        for r in run.failed:
+            _say(f"notebook {r.name} stopped: {r.error}")
+        sys.exit(2)
 
 
 def register(group: click.Group) -> None:

@@ -32,7 +32,7 @@ import datetime as _dt
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kdumplab.report.runner import ReportError, ReportRun, _strip_ansi
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,16 +25,9 @@ ERAS = ("6.1", "6.12")
 VM_DUMPS = Path(os.environ.get("KDUMPLAB_CACHE", Path.home() / ".cache" / "kdumplab")) / "vm-dumps"
 
 
-def synthetic(era: str):
-    """The synthetic dump of ``era`` (built once, cached by parameters)."""
-    try:
-        from kdumplab.testing.synth import build_synthetic
-    except ImportError as error:
-        pytest.skip(f"kdumplab.testing.synth is not available yet: {error}")
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is needed to build the synthetic mini kernel")
-    out = Path(os.environ.get("KDUMPLAB_TEST_OUT", Path.home() / ".cache" / "kdumplab" / "test-report")) / era
-    return build_synthetic(out, memory=256 << 20, tasks=32, seed=0, era=era, cache=True)
+def synthetic(request, era: str = "6.1"):
+    """The session's synthetic dump of ``era`` (tests/synthetic/conftest.py: 256 MiB, 32 tasks, seed 0)."""
+    return request.getfixturevalue("synth_61" if era == "6.1" else "synth_612")
 
 
 def real_dump() -> tuple[Path, Path | None] | None:
@@ -112,8 +104,8 @@ def test_notebooks_are_generated_and_clean():
 @pytest.mark.synthetic
 @pytest.mark.parametrize("era", ERAS)
 @pytest.mark.parametrize("notebook", NOTEBOOKS)
-def test_notebook_runs_on_synthetic(era, notebook, tmp_path):
-    made = synthetic(era)
+def test_notebook_runs_on_synthetic(era, notebook, tmp_path, request):
+    made = synthetic(request, era)
     nb = execute(notebook, made.vmcore, made.vmlinux, tmp_path / f"{notebook}.ipynb")
     assert_clean_run(nb, f"{notebook} on {era}")
     sections = [o["data"][SECTION_MIME] for o in outputs(nb, mime=SECTION_MIME)]
@@ -138,9 +130,9 @@ def test_notebook_runs_on_synthetic(era, notebook, tmp_path):
 
 @pytest.mark.synthetic
 @pytest.mark.parametrize("era", ERAS)
-def test_notebooks_without_debug_info_skip_sections(era, tmp_path, monkeypatch):
+def test_notebooks_without_debug_info_skip_sections(era, tmp_path, monkeypatch, request):
     """The dump alone (no vmlinux anywhere): the sections that need debug info say so, the rest runs."""
-    made = synthetic(era)
+    made = synthetic(request, era)
     monkeypatch.setenv("KDUMPLAB_CACHE", str(tmp_path / "empty-cache"))  # the kernel inherits it
     lonely = tmp_path / "dump" / "vmcore"
     lonely.parent.mkdir()

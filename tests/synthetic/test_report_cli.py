@@ -15,13 +15,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import nbformat
 import pytest
@@ -34,15 +32,9 @@ def kdumplab(*args: str, timeout: float = 900, cwd: str | None = None) -> subpro
                           timeout=timeout, cwd=cwd)
 
 
-def synthetic(era: str = "6.1"):
-    try:
-        from kdumplab.testing.synth import build_synthetic
-    except ImportError as error:
-        pytest.skip(f"kdumplab.testing.synth is not available yet: {error}")
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is needed to build the synthetic mini kernel")
-    out = Path(os.environ.get("KDUMPLAB_TEST_OUT", Path.home() / ".cache" / "kdumplab" / "test-report")) / era
-    return build_synthetic(out, memory=256 << 20, tasks=32, seed=0, era=era, cache=True)
+def synthetic(request, era: str = "6.1"):
+    """The session's synthetic dump of ``era`` (tests/synthetic/conftest.py: 256 MiB, 32 tasks, seed 0)."""
+    return request.getfixturevalue("synth_61" if era == "6.1" else "synth_612")
 
 
 def one_clear_line(run: subprocess.CompletedProcess, *words: str) -> str:
@@ -78,8 +70,8 @@ def test_corrupt_dump(tmp_path, content):
 
 
 @pytest.mark.synthetic
-def test_truncated_dump(tmp_path):
-    made = synthetic()
+def test_truncated_dump(tmp_path, request):
+    made = synthetic(request)
     cut = tmp_path / "vmcore"
     with open(made.vmcore, "rb") as src:
         cut.write_bytes(src.read(3000))
@@ -93,9 +85,9 @@ def test_unknown_suffix(tmp_path):
 
 
 @pytest.mark.synthetic
-def test_wrong_vmlinux(tmp_path):
-    made = synthetic("6.1")
-    other = synthetic("6.12")
+def test_wrong_vmlinux(tmp_path, request):
+    made = synthetic(request, "6.1")
+    other = synthetic(request, "6.12")
     run = kdumplab("report", str(made.vmcore), "--vmlinux", str(other.vmlinux), "-o", str(tmp_path / "r.html"))
     one_clear_line(run, "build")
 
@@ -103,8 +95,8 @@ def test_wrong_vmlinux(tmp_path):
 # -- a notebook that fails half-way ---------------------------------------------------------------------------
 
 @pytest.mark.synthetic
-def test_failing_notebook_gives_partial_report(tmp_path):
-    made = synthetic()
+def test_failing_notebook_gives_partial_report(tmp_path, request):
+    made = synthetic(request)
     bad = nbformat.v4.new_notebook()
     bad.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     params = nbformat.v4.new_code_cell("dump = None\nvmlinux = None\noptions = {}")
@@ -130,8 +122,8 @@ def test_failing_notebook_gives_partial_report(tmp_path):
 # -- lab ------------------------------------------------------------------------------------------------------
 
 @pytest.mark.synthetic
-def test_lab_prepares_notebooks(tmp_path):
-    made = synthetic()
+def test_lab_prepares_notebooks(tmp_path, request):
+    made = synthetic(request)
     work = tmp_path / "lab"
     run = kdumplab("lab", str(made.vmcore), "--vmlinux", str(made.vmlinux), "--dir", str(work), "--prepare-only")
     assert run.returncode == 0, run.stderr

@@ -7,12 +7,9 @@ ground truth); Markdown is checked for its structure, its escaping and its inlin
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -21,15 +18,9 @@ pytestmark = pytest.mark.synthetic
 SCRIPT = "<script>alert(1)</script>"
 
 
-def synthetic(era: str = "6.1"):
-    try:
-        from kdumplab.testing.synth import build_synthetic
-    except ImportError as error:
-        pytest.skip(f"kdumplab.testing.synth is not available yet: {error}")
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is needed to build the synthetic mini kernel")
-    out = Path(os.environ.get("KDUMPLAB_TEST_OUT", Path.home() / ".cache" / "kdumplab" / "test-report")) / era
-    return build_synthetic(out, memory=256 << 20, tasks=32, seed=0, era=era, cache=True)
+def synthetic(request, era: str = "6.1"):
+    """The session's synthetic dump of ``era`` (tests/synthetic/conftest.py: 256 MiB, 32 tasks, seed 0)."""
+    return request.getfixturevalue("synth_61" if era == "6.1" else "synth_612")
 
 
 def kdumplab_report(*args: str) -> subprocess.CompletedProcess:
@@ -39,7 +30,7 @@ def kdumplab_report(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module", params=("6.1", "6.12"))
 def json_report(request, tmp_path_factory):
-    made = synthetic(request.param)
+    made = synthetic(request, request.param)
     out = tmp_path_factory.mktemp("json") / "report.json"
     run = kdumplab_report(str(made.vmcore), "--vmlinux", str(made.vmlinux), "-o", str(out), "-O", "top=5")
     assert run.returncode == 0, run.stderr
@@ -92,8 +83,8 @@ def test_json_frames_match_manifest(json_report):
     assert nbs["02-tasks"]["frames"]["tasks_by_state"]["columns"][:3] == ["state", "user", "kernel"]
 
 
-def test_markdown(tmp_path):
-    made = synthetic("6.1")
+def test_markdown(tmp_path, request):
+    made = synthetic(request, "6.1")
     out = tmp_path / "report.md"
     run = kdumplab_report(str(made.vmcore), "--vmlinux", str(made.vmlinux), "-o", str(out))
     assert run.returncode == 0, run.stderr

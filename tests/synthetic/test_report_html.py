@@ -11,11 +11,8 @@ notebook adds ``<img src=x onerror=...>`` in a table, a sentence, a conclusion a
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import nbformat
 import pytest
@@ -29,15 +26,9 @@ SCRIPT = "<script>alert(1)</script>"
 IMG = "<img src=x onerror=alert(2)>"
 
 
-def synthetic(era: str):
-    try:
-        from kdumplab.testing.synth import build_synthetic
-    except ImportError as error:
-        pytest.skip(f"kdumplab.testing.synth is not available yet: {error}")
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is needed to build the synthetic mini kernel")
-    out = Path(os.environ.get("KDUMPLAB_TEST_OUT", Path.home() / ".cache" / "kdumplab" / "test-report")) / era
-    return build_synthetic(out, memory=256 << 20, tasks=32, seed=0, era=era, cache=True)
+def synthetic(request, era: str = "6.1"):
+    """The session's synthetic dump of ``era`` (tests/synthetic/conftest.py: 256 MiB, 32 tasks, seed 0)."""
+    return request.getfixturevalue("synth_61" if era == "6.1" else "synth_612")
 
 
 def hostile_strings(manifest: dict) -> set[str]:
@@ -59,7 +50,7 @@ def need_chromium() -> None:
 @pytest.fixture(scope="module", params=ERAS)
 def report(request, tmp_path_factory):
     """(SynthResult, path of report.html) from the command line, per era."""
-    made = synthetic(request.param)
+    made = synthetic(request, request.param)
     out = tmp_path_factory.mktemp(f"report-{request.param}") / "report.html"
     run = subprocess.run([sys.executable, "-m", "kdumplab.cli", "report", str(made.vmcore), "--vmlinux",
                           str(made.vmlinux), "-o", str(out)], capture_output=True, text=True, timeout=900)
