@@ -243,8 +243,9 @@ TASKS = [
             timed = stuck.dropna(subset=["last_run_s"]).head(opts["top"])
             if len(timed):
                 fig, ax = plt.subplots(figsize=(9, 1.2 + 0.3 * len(timed)))
-                labels = [f"{c} [{p}] {s}" for c, p, s in zip(timed.comm, timed.pid, timed.state)]
-                ax.barh(labels[::-1], timed["last_run_s"].to_numpy(dtype=float)[::-1], color="#d62728")
+                comm, pid, state = (nb.labels(timed[c]) for c in ("comm", "pid", "state"))
+                labels = [f"{c} [{p}] {s}" for c, p, s in zip(comm, pid, state)]
+                ax.barh(labels[::-1], nb.numbers(timed["last_run_s"])[::-1], color="#d62728")
                 ax.axvline(limit.total_seconds(), color="k", linestyle="--", linewidth=1)
                 ax.set_xlabel("time since the task last ran (s); dashed line: the hung-task limit")
                 ax.set_title("Longest-waiting D-state and runnable tasks")
@@ -263,8 +264,8 @@ TASKS = [
             facts["top_memory"] = top
             if len(top):
                 fig, ax = plt.subplots(figsize=(9, 1.2 + 0.3 * len(top)))
-                labels = [f"{c} [{p}]" for c, p in zip(top.comm, top.tgid)]
-                ax.barh(labels[::-1], (top["rss_bytes"].to_numpy(dtype=float) / 2**20)[::-1], color="#2ca02c")
+                labels = [f"{c} [{p}]" for c, p in zip(nb.labels(top.comm), nb.labels(top.tgid))]
+                ax.barh(labels[::-1], nb.numbers(top["rss_bytes"])[::-1] / 2**20, color="#2ca02c")
                 ax.set_xlabel("resident memory (MiB)")
                 ax.set_title(f"Top {len(top)} processes by resident memory")
                 plt.show()
@@ -285,9 +286,10 @@ TASKS = [
             head = groups.head(opts["top"])
             if len(head):
                 fig, ax = plt.subplots(figsize=(9, 1.2 + 0.3 * len(head)))
-                labels = [f"#{i} {s} {w}" for i, s, w in zip(head.index, head.state, head.waits_in)]
+                labels = [f"#{i} {s} {w}" for i, s, w in zip(head.index, nb.labels(head.state),
+                                                                nb.labels(head.waits_in))]
                 colors = ["#d62728" if s == "D" else "#1f77b4" for s in head.state]
-                ax.barh(labels[::-1], head["count"].to_numpy(dtype=float)[::-1], color=colors[::-1])
+                ax.barh(labels[::-1], nb.numbers(head["count"])[::-1], color=colors[::-1])
                 ax.set_xlabel("tasks")
                 ax.set_title("Largest groups of tasks sharing a kernel stack (red: D state)")
                 plt.show()
@@ -330,7 +332,7 @@ MEMORY = [
                 ["free", "cached", "buffers", "anon", "shared", "slab"]).dropna()
             if len(main):
                 fig, ax = plt.subplots(figsize=(9, 3))
-                ax.barh(main.index[::-1], main.to_numpy(dtype=float)[::-1] / 2**20, color="#1f77b4")
+                ax.barh(nb.labels(main.index)[::-1], nb.numbers(main)[::-1] / 2**20, color="#1f77b4")
                 ax.set_xlabel("MiB")
                 ax.set_title("Main memory figures")
                 plt.show()
@@ -371,7 +373,7 @@ MEMORY = [
             top = slabs.sort_values("memory_bytes", ascending=False).head(opts["top"])
             if len(top):
                 fig, ax = plt.subplots(figsize=(9, 1.2 + 0.3 * len(top)))
-                ax.barh(top["name"].astype(str)[::-1], top["memory_bytes"].to_numpy(dtype=float)[::-1] / 2**20,
+                ax.barh(nb.labels(top["name"])[::-1], nb.numbers(top["memory_bytes"])[::-1] / 2**20,
                         color="#9467bd")
                 ax.set_xlabel("memory held by the cache's slabs (MiB)")
                 ax.set_title(f"Top {len(top)} slab caches of {len(slabs)}")
@@ -391,7 +393,7 @@ MEMORY = [
             facts["free_by_order"] = orders
             if len(orders):
                 fig, ax = plt.subplots(figsize=(9, 3))
-                ax.bar(orders.index.astype(str), orders["bytes"].to_numpy(dtype=float) / 2**20, color="#17becf")
+                ax.bar(nb.labels(orders.index), nb.numbers(orders["bytes"]) / 2**20, color="#17becf")
                 ax.set_xlabel("buddy order (block of 2^order pages)")
                 ax.set_ylabel("free memory (MiB)")
                 ax.set_title("Free memory by block size")

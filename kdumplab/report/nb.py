@@ -62,7 +62,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "long_unscheduled_seconds": 120,  # the kernel's default hung_task_timeout_secs
     "max_rows": 60,                   # rows shown of a long table (the JSON export keeps them all)
     "max_json_rows": 100_000,         # rows of one frame kept for the JSON export
-    "strict": False,                  # re-raise errors other than missing debug info (the tests set it)
+    "strict": False,                  # let unexpected errors fail their cell (the tests set it)
 }
 
 # Dumps opened in this kernel, by (path, vmlinux): the report runs every notebook in one kernel.
@@ -109,7 +109,12 @@ def open_dump(path: str | None, vmlinux: str | None = None, opts: Mapping[str, A
 
 
 def _setup_plots() -> None:
+    import logging
+
     import matplotlib
+
+    # drgn logs every module whose debug info it skips (common in filtered dumps): noise for a report's reader.
+    logging.getLogger("drgn").setLevel(logging.ERROR)
 
     # Text from the dump (comms, cache names) lands in tick labels: never parse it as mathtext ($...$).
     matplotlib.rcParams.update({"text.parse_math": False, "figure.figsize": (9, 4), "figure.dpi": 96,
@@ -285,9 +290,10 @@ def section(title: str) -> Iterator[Section]:
     """Run a block as one report section: missing debug info skips it with a note instead of failing.
 
     :class:`DebugInfoError` makes the section "skipped" and shows why (in full the first time, then "see
-    above"). Another :class:`KdumplabError` (the dump lacks what the section reads) makes it "failed"; any other
-    exception (a bug in kdumplab, a kernel it does not know) makes it "error", shown with its traceback. Either
-    way the notebook goes on, unless the ``strict`` option is set: then they propagate (the tests run strict).
+    above"). Another :class:`KdumplabError` (the dump lacks what the section reads, e.g. pages a filtered dump
+    dropped) makes it "failed" with the message. Any other exception (a bug in kdumplab, a kernel it does not
+    know) makes it "error", shown with its traceback, and the notebook goes on; unless the ``strict`` option is
+    set: then it propagates, and the cell fails (the tests run strict).
     """
     sec = Section(title)
     try:
@@ -301,12 +307,14 @@ def section(title: str) -> Iterator[Section]:
             _display({"text/markdown": f"*{md_escape(title)}: skipped: needs debug info.*\n\n"
                                        + _md_quote(sec.reason),
                       "text/plain": f"{title}: skipped: needs debug info: {sec.reason}"})
-    except KdumplabError as error:
-        if _OPTIONS.get("strict"):
-            raise
+    except KdumplabError as error:  # the dump lacks what the section reads: a fact, not a bug
         sec.status, sec.reason = "failed", str(error)
-        _display({"text/markdown": f"*{md_escape(title)}: could not be computed.*\n\n" + _md_quote(sec.reason),
-                  "text/plain": f"{title}: could not be computed: {sec.reason}"})
+        if sec.reason in _SHOWN_REASONS:
+            say("*{title}: could not be computed (see above).*", title=title)
+        else:
+            _SHOWN_REASONS.add(sec.reason)
+            _display({"text/markdown": f"*{md_escape(title)}: could not be computed.*\n\n" + _md_quote(sec.reason),
+                      "text/plain": f"{title}: could not be computed: {sec.reason}"})
     except Exception as error:  # noqa: BLE001 - one broken table must not take the rest of the report with it
         if _OPTIONS.get("strict"):
             raise

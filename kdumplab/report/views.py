@@ -26,12 +26,15 @@ import pandas as pd
 from kdumplab.errors import DebugInfoError, KdumplabError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from kdumplab.analysis.dump import Dump
     from kdumplab.report.nb import Text
 
 __all__ = [
     "PAGE_CLASSES", "STATE_NAMES", "TAINT_FLAGS", "class_colors", "class_summary", "decode_taint", "fields",
-    "file_size", "free_by_order", "kept_and_dropped", "memory_findings", "page_class_table", "panic_record",
+    "file_size", "free_by_order", "kept_and_dropped", "labels", "memory_findings", "numbers", "page_class_table",
+    "panic_record",
     "source_lines", "stack_groups", "stuck_tasks", "taint_letters", "tasks_by_state", "tasks_findings",
     "top_processes", "triage_findings", "value", "where",
 ]
@@ -59,6 +62,16 @@ def _na(x: Any) -> bool:
 def value(x: Any, default: Any = "?") -> Any:
     """``x``, or ``default`` when it is missing (None, NaN, pd.NA, NaT)."""
     return default if _na(x) else x
+
+
+def labels(values: Any) -> list[str]:
+    """Plot labels: each value as text, ``?`` where missing (matplotlib refuses a NaN among category names)."""
+    return ["?" if _na(v) else str(v) for v in values]
+
+
+def numbers(values: Any) -> "np.ndarray":
+    """Plot values: floats, NaN where missing (nullable integer columns hold pd.NA, which numpy cannot)."""
+    return pd.to_numeric(pd.Series(values), errors="coerce").astype("float64").to_numpy()
 
 
 def fields(frame: pd.DataFrame) -> pd.DataFrame:
