@@ -4,8 +4,8 @@ working directory.
 - a dump that does not exist, is not a dump, or is cut short: exit status 1 and one line on stderr naming the
   file, in seconds (no kernel is started), and no report file;
 - an unknown output suffix: exit status 1 before anything runs;
-- a notebook that fails half-way: the report is still written with the error in place, the other notebooks
-  ran, exit status 2;
+- a section that raises: it says so (with the traceback) and the notebook goes on; a notebook that fails
+  half-way: the report is still written with the error in place, the other notebooks ran; exit status 2;
 - ``kdumplab lab DUMP --prepare-only`` writes the notebooks with their parameters pointing at DUMP and keeps a
   user's edited copy; ``kdumplab lab`` really starts JupyterLab (stopped again by the test).
 """
@@ -102,6 +102,9 @@ def test_failing_notebook_gives_partial_report(tmp_path, request):
     params = nbformat.v4.new_code_cell("dump = None\nvmlinux = None\noptions = {}")
     params.metadata["tags"] = ["parameters"]
     bad.cells = [nbformat.v4.new_markdown_cell("# Broken\nWhat this answers: nothing."), params,
+                 nbformat.v4.new_code_cell("from kdumplab.report import nb\nnb.options(options)\n"
+                                           "with nb.section('Broken table'):\n    {}['missing']\n"
+                                           "print('after the section')"),
                  nbformat.v4.new_code_cell("print('before')"), nbformat.v4.new_code_cell("1 / 0"),
                  nbformat.v4.new_code_cell("print('never')")]
     nbformat.write(bad, tmp_path / "99-broken.ipynb")
@@ -113,10 +116,15 @@ def test_failing_notebook_gives_partial_report(tmp_path, request):
     doc = json.loads(out.read_text())
     assert [(n["name"], (n["error"] or "").split(":")[0]) for n in doc["notebooks"]] == [
         ("99-broken", "ZeroDivisionError"), ("01-triage", "")]
+    # a section that raised said so and the notebook went on to the next cells
+    assert doc["notebooks"][0]["sections"] == [{"title": "Broken table", "status": "error",
+                                                "reason": "KeyError: 'missing'"}]
+    assert "kdumplab: error: 99-broken: Broken table: KeyError: 'missing'" in run.stderr
     md_run = kdumplab("report", str(made.vmcore), "--vmlinux", str(made.vmlinux), "-o", str(tmp_path / "r.md"),
                       "--notebook", str(tmp_path / "99-broken.ipynb"))
     md = (tmp_path / "r.md").read_text()
     assert md_run.returncode == 2 and "ZeroDivisionError" in md and "stopped here" in md and "never" not in md
+    assert "after the section" in md and "because of an error in kdumplab" in md and "Traceback" in md
 
 
 # -- lab ------------------------------------------------------------------------------------------------------
