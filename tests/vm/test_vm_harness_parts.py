@@ -56,6 +56,10 @@ def test_bad_steps_are_refused():
         render_init(InitConfig(release="x", out_dir="relative"))
     with pytest.raises(InitramfsError):
         render_init(InitConfig(release="x", out_dir="/o", host_env={"PATH": "/a b"}))
+    for keep in ("/tmp/a b", "/etc", "/tmp/../etc"):
+        with pytest.raises(InitramfsError):
+            render_init(InitConfig(release="x", out_dir="/o", keep_tmp=[keep]))
+    assert "KEEP_TMP=/tmp/ci/.venv\n" in render_init(InitConfig(release="x", out_dir="/o", keep_tmp=["/tmp/ci/.venv"]))
 
 
 def test_cpio_archive_lists(tmp_path):

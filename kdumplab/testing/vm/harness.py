@@ -192,13 +192,16 @@ def _clean(out: Path) -> None:
 def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G", crashkernel: str = "256M",
              workload: str = "idle", crash_command: str | None = None, arm: str = "auto", save: str = "auto",
              accel: str | None = None, timeouts: Timeouts | None = None, raw_via: str = "disk",
-             report: Callable[[str], None] | None = None) -> VmResult:
+             report: Callable[[str], None] | None = None,
+             guest_out: str | os.PathLike | None = None) -> VmResult:
     """Boot ``kernel``'s current Debian kernel, arm, load, crash, save; see the module docstring.
 
     ``arm`` is ``"kdumplab"``, ``"kexec"`` or ``"auto"`` (kdumplab when ``kdumplab arm`` exists); ``save`` is
     ``"kdumplab"``, ``"raw"``, ``"both"`` or ``"auto"`` (kdumplab when ``kdumplab save --from-config`` exists,
     else raw). The raw copy of /proc/vmcore goes through a virtio-blk disk (``raw_via="disk"``, the faster) or
-    the 9p share (``"9p"``). Raises :class:`~kdumplab.testing.vm.qemu.VmError` naming the failed phase.
+    the 9p share (``"9p"``). ``guest_out`` is the absolute path at which the guest sees OUT (default: OUT's
+    own), so that a dump built in a staging directory names its final place in what the guest writes
+    (kdumplab's meta.json). Raises :class:`~kdumplab.testing.vm.qemu.VmError` naming the failed phase.
     """
     say = report or (lambda message: print(f"kdumplab vm: {message}", file=sys.stderr, flush=True))
     if workload not in workload_mod.WORKLOADS:
@@ -232,7 +235,10 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
     python = sys.executable
     initrd = guest_dir / "initramfs.gz"
     config = guest_dir / "kdumplab.toml"
-    config.write_text(guest_config(out, files, initrd))
+    # Paths the guest sees: OUT is mounted at ``guest_out`` inside the host root (OUT itself by default).
+    gout = Path(guest_out) if guest_out else out
+    gconfig = gout / "guest" / "kdumplab.toml"
+    config.write_text(guest_config(gout, files, gout / "guest" / "initramfs.gz"))
     kdumplab_cli = [python, "-m", "kdumplab.cli"]
 
     first: list[Step] = []
@@ -242,7 +248,7 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
         loaded = ' && test "$(cat /sys/kernel/kexec_crash_loaded)" = 1'
         first.append(Step("arm", "initramfs", shlex.join(argv) + loaded))
     else:
-        first.append(Step("arm", "host", shlex.join([*kdumplab_cli, "arm", "--config", str(config)])))
+        first.append(Step("arm", "host", shlex.join([*kdumplab_cli, "arm", "--config", str(gconfig)])))
     disk = None
     disks: list[Path] = []
     if workload == "realistic":
@@ -258,7 +264,7 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
 
     kdump: list[Step] = []
     if save in ("kdumplab", "both"):
-        save_argv = [*kdumplab_cli, "save", "--from-config", "--config", str(config)]
+        save_argv = [*kdumplab_cli, "save", "--from-config", "--config", str(gconfig)]
         kdump.append(Step("save", "host", shlex.join(save_argv), fatal=False))
     if save in ("raw", "both"):
         if raw_via == "disk":
@@ -277,11 +283,15 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
         kdump.append(Step("raw_copy", "initramfs", copy, fatal=False))
         kdump.append(Step("makedumpfile", "host",
                           shlex.join(["makedumpfile", "-l", "-d", "31", "/proc/vmcore",
-                                      str(out / "makedumpfile" / "vmcore")]), fatal=False))
+                                      str(gout / "makedumpfile" / "vmcore")]), fatal=False))
 
     env = dict(HOST_ENV, PYTHONPATH=str(checkout))
-    build_initramfs(files, InitConfig(release=files.release, out_dir=str(out), first_steps=first,
-                                      kdump_steps=kdump, host_env=env), initrd)
+    keep = sorted({str(p) for p in (checkout, Path(sys.prefix), Path(sys.base_prefix), Path(python).parent,
+                                    Path(os.path.realpath(python)).parent)
+                   if str(p).startswith("/tmp/")})
+    keep = [p for p in keep if not any(p.startswith(q + "/") for q in keep)]  # nested ones come with their parent
+    build_initramfs(files, InitConfig(release=files.release, out_dir=str(gout), first_steps=first,
+                                      kdump_steps=kdump, host_env=env, keep_tmp=keep), initrd)
     accel = accel or detect_accel()
     qcfg = QemuConfig(kernel=files.vmlinuz, initrd=initrd, console=out / "console.log", memory=memory,
                       append=f"console=ttyS0 crashkernel={crashkernel} panic=1 no_timer_check",
@@ -460,7 +470,8 @@ def cached_dump(kernel: str = "bookworm", workload: str = "idle", memory: str | 
         staging = out.parent.with_name("vm-dumps.staging") / out.name
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        result = crash_vm(staging, kernel=kernel, memory=memory, workload=workload, save=save)
+        out.mkdir(parents=True, exist_ok=True)  # the guest mounts the staging directory over it
+        result = crash_vm(staging, kernel=kernel, memory=memory, workload=workload, save=save, guest_out=out)
         _relocate(result, staging, out)
         old = staging.with_name(staging.name + f".old-{os.getpid()}")  # outside vm-dumps: never looks like a dump
         out.parent.mkdir(parents=True, exist_ok=True)

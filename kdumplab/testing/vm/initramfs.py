@@ -78,7 +78,9 @@ class InitConfig:
     """The values ``/init`` is generated with.
 
     ``out_dir`` is OUT's absolute path on the host (where it is also mounted inside ``/host``); ``host_tag`` and
-    ``out_tag`` are the 9p mount tags QEMU exports; ``msize`` the 9p message size.
+    ``out_tag`` are the 9p mount tags QEMU exports; ``msize`` the 9p message size. The guest puts a tmpfs over
+    the host root's /tmp; ``keep_tmp`` lists the host directories under /tmp that must stay visible there (a
+    checkout or a venv the steps run from).
     """
 
     release: str
@@ -89,6 +91,7 @@ class InitConfig:
     out_tag: str = "out"
     msize: int = 262144
     host_env: dict[str, str] = field(default_factory=lambda: dict(HOST_ENV))
+    keep_tmp: list[str] = field(default_factory=list)
 
 
 def _steps(steps: list[Step]) -> str:
@@ -108,6 +111,9 @@ def render_init(cfg: InitConfig) -> str:
             raise InitramfsError(f"host environment {key}={value!r}: names are identifiers, values have no spaces")
     if not os.path.isabs(cfg.out_dir):
         raise InitramfsError(f"out_dir {cfg.out_dir!r} must be an absolute path")
+    for keep in cfg.keep_tmp:
+        if not keep.startswith("/tmp/") or re.search(r"\s", keep) or "/../" in keep + "/":
+            raise InitramfsError(f"keep_tmp {keep!r}: a path under /tmp without white space or '..'")
     values = {
         "RELEASE": shlex.quote(cfg.release),
         "HOST_TAG": shlex.quote(cfg.host_tag),
@@ -115,6 +121,7 @@ def render_init(cfg: InitConfig) -> str:
         "OUT_DIR": shlex.quote(cfg.out_dir),
         "MSIZE": shlex.quote(str(cfg.msize)),
         "HOST_ENV": shlex.quote(" ".join(f"{k}={v}" for k, v in cfg.host_env.items())),
+        "KEEP_TMP": shlex.quote(" ".join(cfg.keep_tmp)),
         "FIRST_STEPS": _steps(cfg.first_steps),
         "KDUMP_STEPS": _steps(cfg.kdump_steps),
     }
@@ -205,7 +212,8 @@ def build_initramfs(kernel: KernelFiles, cfg: InitConfig, dest: Path) -> Path:
     Also writes the generated script next to it (``dest`` with suffix ``.init.sh``) for reading.
     """
     w = CpioWriter()
-    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "host", "out", "etc", "root",
+    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "host", "hosttmp", "out", "etc",
+              "root",
               "lib/modules", "run"):
         w.directory(d)
     w.char_device("dev/console", 5, 1)

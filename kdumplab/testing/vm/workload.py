@@ -8,7 +8,7 @@ excludes the crash-kernel reservation); per GiB of MemTotal:
 processes        230 ``sleep`` processes (task_structs, kernel stacks, page tables, a little anon each)
 anonymous        174 MiB in one holder process: half in an ``MADV_HUGEPAGE`` mapping (transparent huge
                  pages), half in ordinary 4 KiB pages; filled with non-zero data
-tmpfs            118 MiB of files on the guest's /tmp (shmem pages)
+tmpfs            118 MiB of files on the guest's tmpfs /run (shmem pages)
 page cache       184 MiB of files written to an ext4 file system on a virtio-blk scratch disk and synced
                  (clean page cache, with buffer heads: makedumpfile's "cache with private")
 slab             23,000 empty files in tmpfs (dentry, shmem_inode_cache) and the objects above
@@ -37,8 +37,8 @@ from pathlib import Path
 WORKLOADS = ("idle", "realistic")
 
 #: Where the guest mounts the page-cache disk and keeps its tmpfs files (inside the host root, under the
-#: guest's own tmpfs /tmp).
-GUEST_DIR = "/tmp/kdumplab-workload"
+#: guest's own tmpfs /run).
+GUEST_DIR = "/run/kdumplab-workload"
 
 
 @dataclass(frozen=True)
