@@ -6,7 +6,8 @@ the modules) and ``linux-image-<abi>-dbg`` (``/usr/lib/debug/boot/vmlinux-<abi>`
 version is ``6.1.192-2``.
 
 This module downloads those packages with ``apt-get download`` (the machine's own mirror, its own keys) and
-extracts only what is needed into the cache, ``~/.cache/kdumplab`` (``$KDUMPLAB_CACHE`` overrides it):
+extracts only what is needed into the cache, ``~/.cache/kdumplab`` (``$KDUMPLAB_CACHE``, or
+``$XDG_CACHE_HOME/kdumplab``, when set):
 
 - ``debs/<suite>/``: the downloaded ``.deb`` files;
 - ``kernels/<abi>/vmlinux-<abi>``: the debug vmlinux, extracted with ``dpkg-deb --fsys-tarfile | tar``.
@@ -50,9 +51,12 @@ LISTS_MAX_AGE = 7 * 24 * 3600
 
 
 def cache_root() -> Path:
-    """The kdumplab download and build cache: ``$KDUMPLAB_CACHE`` or ``~/.cache/kdumplab``."""
+    """The kdumplab download and build cache: ``$KDUMPLAB_CACHE``, else ``$XDG_CACHE_HOME/kdumplab``, else
+    ``~/.cache/kdumplab`` (the same rule as the synthetic builder's cache)."""
     env = os.environ.get("KDUMPLAB_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "kdumplab"
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kdumplab"
 
 
 def _say(message: str) -> None:
