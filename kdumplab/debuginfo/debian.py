@@ -140,7 +140,7 @@ def system_mirrors() -> dict[str, str]:
         except OSError:
             continue
         if path.suffix == ".sources":
-            for stanza in _parse_stanzas(re.sub(r"^#.*$", "", text, flags=re.M)):
+            for stanza in _parse_stanzas(re.sub(r"^#.*(\n|$)", "", text, flags=re.M)):  # comments, not breaks
                 if "deb" not in stanza.get("Types", "").split():
                     continue
                 for uri in stanza.get("URIs", "").split():
