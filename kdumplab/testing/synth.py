@@ -54,7 +54,7 @@ from kdumplab.testing.synth_memory import (
 )  # fmt: skip
 from kdumplab.testing.synth_pages import (
     CLASSES, C_ABSENT, C_FREE, C_KERNEL, C_ZERO, K_FREE_HEAD, K_KERNEL, K_PGTABLE, K_RESERVED,
-    K_SLAB_HEAD, K_SLAB_TAIL, KIND_CLASS, KIND_GENERATED, KIND_ZEROABLE, ContentGenerator, GeneralMix,
+    K_HUGE_HEAD, K_SLAB_HEAD, K_SLAB_TAIL, KIND_CLASS, KIND_GENERATED, KIND_ZEROABLE, ContentGenerator, GeneralMix,
     PageExtras, PagePlan, mark_free, page_era, plan_general, struct_pages,
 )  # fmt: skip
 from kdumplab.testing.synth_printk import PANIC_MESSAGE, make_records, write_printk
@@ -91,8 +91,17 @@ class SynthParams:
 
     def key(self) -> str:
         text = json.dumps([self.memory, self.tasks, self.seed, self.era, self.cpus, BUILDER_VERSION,
-                           synth_kernel.source_hash(self.era)] + ([self.bug] if self.bug else []))
+                           synth_kernel.source_hash(self.era), _builder_hash()] + ([self.bug] if self.bug else []))
         return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _builder_hash() -> str:
+    """Hash of the builder's own modules: a cached dump is ground truth only for the code that made it (a dump
+    cached before a fix to what the builder writes, such as the slab counters' unit, kept the old values)."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("synth*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:20]
 
 
 def parse_size(text: str | int) -> int:
@@ -115,7 +124,8 @@ def build_synthetic(out_dir: str | os.PathLike, memory: int = 256 << 20, tasks: 
 
     ``memory`` is the machine's RAM in bytes (64 MiB to 64 GiB, a multiple of 2 MiB), ``tasks`` the number of
     tasks ``for_each_task`` lists, ``era`` "6.1" or "6.12", ``cpus`` the number of CPUs. With ``cache=True`` the
-    result is reused from ``~/.cache/kdumplab/synth/<key>`` when the same parameters were built before.
+    result is reused from ``~/.cache/kdumplab/synth/<key>`` when the same parameters were built before by the same
+    builder and mini kernel sources.
     Bad parameters raise :class:`KdumplabError`.
     """
     if era not in ERAS:
@@ -658,6 +668,13 @@ def _write_zones(kmem: KernelMemory, layout: PhysLayout, plan: PagePlan, cls: np
         "node_spanned_pages": layout.max_pfn, "node_id": 0,
     })  # fmt: skip
     kmem.write_u64(kmem.sym("_totalram_pages"), _totalram(present, kind))
+    # one 2 MiB pool holding every hugetlb page (all in use), so HugePages_Total agrees with the page classes
+    nr_huge = int(np.count_nonzero(kind[present] == K_HUGE_HEAD))
+    kmem.put(kmem.sym("hstates"), "hstate", {
+        "order": 9, "mask": ~((1 << 21) - 1) & (2**64 - 1), "max_huge_pages": nr_huge, "nr_huge_pages": nr_huge,
+        "name": b"hugepages-2048kB",
+    })  # fmt: skip
+    kmem.write(kmem.sym("hugetlb_max_hstate"), (1).to_bytes(4, "little"))
     if (kmem.heap_paddr + len(kmem.heap)) >> PAGE_SHIFT != heap_end:
         raise AssertionError("kernel heap grew after the page plan was made")
     if heads_all:

@@ -78,6 +78,8 @@ unsigned long totalcma_pages;
 long total_swap_pages;
 atomic_long_t vm_zone_stat[NR_VM_ZONE_STAT_ITEMS];
 atomic_long_t vm_node_stat[NR_VM_NODE_STAT_ITEMS];
+struct hstate hstates[HUGE_MAX_HSTATE];
+int hugetlb_max_hstate;
 struct list_head slab_caches;
 struct list_head modules;
 struct list_head vmap_area_list;

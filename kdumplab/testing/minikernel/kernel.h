@@ -461,6 +461,25 @@ typedef struct pglist_data {
 	atomic_long_t vm_stat[NR_VM_NODE_STAT_ITEMS];
 } pg_data_t;
 
+/* hugetlbfs page pools (mm/hugetlb.c): HugePages_Total/Free; per-node lists and the resize mutex left out */
+#define HUGE_MAX_HSTATE 2
+#define HSTATE_NAME_LEN 32
+struct hstate {
+	int next_nid_to_alloc;
+	int next_nid_to_free;
+	unsigned int order;
+	unsigned int demote_order;
+	unsigned long mask;
+	unsigned long max_huge_pages;
+	unsigned long nr_huge_pages;
+	unsigned long free_huge_pages;
+	unsigned long resv_huge_pages;
+	unsigned long surplus_huge_pages;
+	unsigned long nr_overcommit_huge_pages;
+	struct list_head hugepage_activelist;
+	char name[HSTATE_NAME_LEN];
+};
+
 /* -------------------------------------------------------------------------------------- slab caches */
 
 struct kmem_cache_order_objects { unsigned int x; };
