@@ -2,7 +2,8 @@
 
 The lockless ring buffer of Linux 5.10+ (``prb``: descriptor ring, info array, text data ring) is fully described
 by VMCOREINFO, so this table needs no vmlinux: :func:`kdumplab.memory.read_printk` walks it through the page
-tables. Record text is returned as the kernel stored it (hostile bytes included); renderers escape it.
+tables. Record text is returned as the kernel stored it, as drgn's ``PrintkRecord.text`` (hostile bytes included,
+and the real newline of a record printed as two lines); renderers escape it.
 
 >>> log = kdumplab.open("/var/crash/vmcore").dmesg()                 # doctest: +SKIP
 >>> log[log.level <= 3][["timestamp", "level_name", "text"]].tail(3)  # doctest: +SKIP
@@ -74,7 +75,9 @@ def _records_from_memory(dump: "Dump") -> list[dict[str, Any]]:
 
     rows = []
     for r in read_printk(dump.memory):
-        rows.append(_row(r.seq, r.ts_nsec, r.level, r.facility, getattr(r, "caller_id", None), r.text))
+        # the exact bytes: PrintkRecord.text has bad bytes as "\\xNN" escapes (for display), the table has U+FFFD
+        text = r.raw if getattr(r, "raw", b"") else r.text
+        rows.append(_row(r.seq, r.ts_nsec, r.level, r.facility, getattr(r, "caller_id", None), text))
     return rows
 
 

@@ -1,8 +1,8 @@
 """The analysis tables on synthetic vmcores of both kernel eras, compared with the builder's manifest exactly.
 
 Each synthetic dump comes with ``manifest.json``, the ground truth the builder laid into memory (tasks, page
-classes, printk records, the panic and its backtrace). Every figure the manifest has is checked here; the
-figures it does not have (meminfo, slabs, modules) are checked for shape and types and against drgn.
+classes, printk records, the panic and its backtrace, the memory counters). Every figure the manifest has is
+checked here; the figures it does not have (slabs, modules) are checked for shape and types and against drgn.
 """
 
 from __future__ import annotations
@@ -115,6 +115,44 @@ def test_dmesg_texts_equal_manifest(synth):
     assert str(log["timestamp"].dtype) == "timedelta64[ns]"
     assert log["timestamp"].is_monotonic_increasing
     assert any("<script>" in t for t in log["text"])
+
+
+def test_dmesg_keeps_a_multiline_record_whole(synth):
+    """A record printed as two lines is one row whose text holds a real newline, as drgn reads it (escaping such
+    text for display is the renderers' job, not the table's)."""
+    from drgn.helpers.linux.printk import get_printk_records
+
+    from kdumplab.testing.synth_printk import MULTILINE_TEXT
+
+    made, dump = synth
+    texts = dump.dmesg()["text"].tolist()
+    assert texts.count(MULTILINE_TEXT) == 1 and "\n" in MULTILINE_TEXT
+    assert not any("\\n" in t or "\\x" in t for t in texts)
+    assert texts == [r.text.decode("utf-8", "replace") for r in get_printk_records(dump.prog)]
+
+
+def test_meminfo_equals_manifest(synth):
+    """/proc/meminfo's figures against what the builder laid out. Slab is NR_SLAB_RECLAIMABLE_B +
+    NR_SLAB_UNRECLAIMABLE_B, which the node counters hold in pages although the names say bytes (Linux 5.9+)."""
+    made, dump = synth
+    manifest = _manifest(made)
+    classes = manifest["page_classes"]
+    mi = dump.meminfo().set_index("item")
+    pages = {item: (None if pd.isna(v) else int(v)) for item, v in mi["pages"].items()}
+    assert pages["total"] == manifest["totalram_pages"]
+    assert pages["free"] == manifest["nr_free_pages"] == classes["free"]
+    assert pages["used"] == pages["total"] - pages["free"]
+    assert pages["slab"] == manifest["slab_pages"] == classes["slab"]
+    assert pages["slab_reclaimable"] + pages["slab_unreclaimable"] == pages["slab"]
+    assert pages["slab"] < pages["total"]
+    assert pages["anon"] == classes["anon"]  # AnonPages counts whole THPs, as the anon class does
+    assert pages["file"] == classes["cache"] + classes["cache_private"]
+    assert (pages["huge_total"], pages["huge_free"]) == (classes["hugetlb"], 0)
+    # what the mini kernel does not have (no block devices, swap or overcommit accounting) is <NA>, not 0
+    assert {item for item, v in pages.items() if v is None} == {
+        "buffers", "cached", "swap_total", "swap_used", "swap_free", "commit_limit", "committed"}
+    known = mi["pages"].notna()
+    assert (mi.loc[known, "bytes"] == mi.loc[known, "pages"] * manifest["page_size"]).all()
 
 
 def test_panic_and_backtrace_equal_manifest(synth):

@@ -261,10 +261,12 @@ def test_dmesg_written_first_and_like_makedumpfile(synth61, tmp_path):
         theirs = tmp_path / "mdf.dmesg"
         subprocess.run([MAKEDUMPFILE, "--dump-dmesg", str(synth61.vmcore), str(theirs)], check=True,
                        capture_output=True)
-        # 1.7.2 predates the caller column ("[      T0] ", which current makedumpfile prints and dmesg.txt keeps)
+        # 1.7.2 predates the caller column ("[      T0] ", which current makedumpfile prints and dmesg.txt keeps),
+        # so it also indents a multi-line record's further lines by the timestamp's width alone (15, not 26)
         import re
 
-        assert theirs.read_text(errors="replace") == re.sub(r"(?m)^(\[[ 0-9.]+\] )\[ *[TC]\d+\] ", r"\1", text)
+        ours = re.sub(r"(?m)^(\[[ 0-9.]+\] )\[ *[TC]\d+\] ", r"\1", text)
+        assert theirs.read_text(errors="replace") == re.sub(r"(?m)^ {26}", " " * 15, ours)
 
 
 def test_mem_usage(synth61):

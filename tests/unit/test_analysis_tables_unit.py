@@ -57,6 +57,23 @@ def test_dmesg_rows_decode_level_facility_caller():
     assert frame["timestamp"].iloc[0] == pd.Timedelta(microseconds=1_234_000)
 
 
+def test_dmesg_from_memory_keeps_the_record_bytes(monkeypatch):
+    """The table's text is the record's bytes decoded (bad bytes as U+FFFD, a newline kept), as drgn's records
+    decode, not PrintkRecord.text's display form with "\\xNN" escapes."""
+    from types import SimpleNamespace
+
+    from kdumplab.analysis.dmesg import dmesg
+    from kdumplab.memory.printk import PrintkRecord, _record
+
+    raw = b"line one \xff\n  line two"
+    record = _record(7, 1_000, 4, 0, 42, raw, {})
+    assert isinstance(record, PrintkRecord) and "\\xff" in record.text  # the reader's display form
+    monkeypatch.setattr("kdumplab.memory.read_printk", lambda mem: [record])
+    frame = dmesg(SimpleNamespace(memory=None))
+    assert frame["text"].tolist() == [raw.decode("utf-8", "replace")] == ["line one \ufffd\n  line two"]
+    assert frame["caller"].tolist() == ["T42"]
+
+
 def test_panic_message_ranking_and_cpu_line():
     texts = ["Oops: 0002 [#1] PREEMPT SMP NOPTI", "BUG: kernel NULL pointer dereference, address: 0",
              "CPU: 1 PID: 1207 Comm: sh Not tainted 6.1.0-56-amd64 #1 Debian 6.1.192-2",
