@@ -1,7 +1,10 @@
 """The ``kdumplab`` command: thin wrappers over the library.
 
-Each area keeps its commands in ``kdumplab/commands/<area>.py`` with a ``register(group)`` function; heavy
-imports (drgn, pandas) happen inside the commands, so ``kdumplab save`` in the kdump kernel starts fast and small.
+Each area keeps its commands in ``kdumplab/commands/<area>.py``. The group knows every command by name and
+``module:attribute`` (:data:`COMMANDS`) and imports a command's module only when that command runs or ``--help``
+lists it, so ``kdumplab save`` in the kdump kernel imports the capture commands alone (every module is a few
+file lookups, slow over the test harness's 9p share), and heavy imports (drgn, pandas) happen inside the
+commands.
 
     $ kdumplab --help
 """
@@ -16,12 +19,37 @@ import click
 from kdumplab import __version__
 from kdumplab.errors import KdumplabError
 
-# Areas in the order their commands appear in --help.
-_AREAS = ("capture", "arm", "analysis", "report", "fleet", "synth", "vm", "demo")
+#: Every command, in the order of ``--help``: name -> ``module:attribute`` (the module under kdumplab.commands).
+COMMANDS = {
+    "save": "capture:save",
+    "reassemble": "capture:reassemble",
+    "dmesg": "capture:dmesg",
+    "mem-usage": "capture:mem_usage",
+    "arm": "arm:arm",
+    "disarm": "arm:disarm",
+    "status": "arm:status",
+    "test": "arm:test_crash",
+    "propagate": "arm:propagate",
+    "install": "arm:install",
+    "uninstall": "arm:uninstall",
+    "show": "analysis:show",
+    "debuginfo": "analysis:debuginfo",
+    "report": "report:report",
+    "lab": "report:lab",
+    "triage": "fleet:triage",
+    "synth": "synth:synth",
+    "vm": "vm:vm",
+    "demo": "demo:demo",
+}
 
 
 class _Group(click.Group):
-    """Turns a KdumplabError into one clear line and exit status 1 instead of a traceback."""
+    """A lazy group: commands are imported from :data:`COMMANDS` on first use. Turns a KdumplabError into one
+    clear line and exit status 1 instead of a traceback."""
+
+    def __init__(self, *args, lazy_commands: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands or {})
 
     def invoke(self, ctx):
         try:
@@ -31,10 +59,29 @@ class _Group(click.Group):
             sys.exit(getattr(error, "exit_code", 1))
 
     def list_commands(self, ctx):
-        return list(self.commands)  # keep registration order, not alphabetical
+        # registration order, not alphabetical; commands added with add_command come after the lazy ones
+        return list(self.lazy_commands) + [name for name in self.commands if name not in self.lazy_commands]
+
+    def get_command(self, ctx, name):
+        if name not in self.commands and name in self.lazy_commands:
+            module_name, _, attr = self.lazy_commands[name].partition(":")
+            try:
+                module = importlib.import_module(f"kdumplab.commands.{module_name}")
+            except ModuleNotFoundError as error:
+                if error.name != f"kdumplab.commands.{module_name}":
+                    raise
+                return None  # an area this checkout does not have
+            command = getattr(module, attr)
+            self.commands[name] = command
+        return self.commands.get(name)
+
+    def all_commands(self) -> dict[str, click.Command]:
+        """Every command, imported (what the harness and the tests inspect)."""
+        return {name: cmd for name in self.list_commands(None) if (cmd := self.get_command(None, name)) is not None}
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=_Group, lazy_commands=COMMANDS,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="kdumplab")
 def main() -> None:
     """Capture and analyse Linux kernel crash dumps.
@@ -45,16 +92,6 @@ def main() -> None:
     Analysis:       kdumplab show tasks DUMP | report DUMP -o report.html | triage DUMPS...
     Tests, demos:   kdumplab synth OUT | vm crash OUT | demo
     """
-
-
-for _area in _AREAS:
-    try:
-        _module = importlib.import_module(f"kdumplab.commands.{_area}")
-    except ModuleNotFoundError as _error:
-        if _error.name != f"kdumplab.commands.{_area}":
-            raise
-        continue
-    _module.register(main)
 
 
 if __name__ == "__main__":

@@ -138,13 +138,13 @@ class VmResult:
 def _command_exists(name: str) -> bool:
     from kdumplab.cli import main
 
-    return name in main.commands
+    return main.get_command(None, name) is not None  # the group imports its commands lazily
 
 
 def _save_supports_config() -> bool:
     from kdumplab.cli import main
 
-    save = main.commands.get("save")
+    save = main.get_command(None, "save")
     return save is not None and any("--from-config" in p.opts for p in save.params)
 
 
