@@ -1,5 +1,10 @@
 """Progress of a save: a bar on a terminal, one log line per phase otherwise (the kdump kernel's console).
 
+A bar is drawn only on a real terminal (:func:`draws_bars`): not on a pipe or a file, not with ``TERM`` unset,
+``dumb`` or ``linux`` (the kernel's console), not on ``/dev/console`` or a serial line. A serial console at
+115200 baud takes a long time to draw a bar, and importing the bar library costs more than the phase itself
+in a small kdump kernel.
+
 Each phase is a context manager; ``advance(n)`` moves it on. The elapsed time of every phase is kept in
 ``timings`` for meta.json. Without a terminal nothing is printed while a phase runs, and one line when it ends,
 so a serial console or the journal gets a short, greppable record:
@@ -17,11 +22,31 @@ True
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, TextIO
+
+
+#: ``TERM`` values of consoles that get log lines, not bars.
+PLAIN_TERMS = frozenset({"", "dumb", "linux", "unknown", "vt100", "vt102", "vt220"})
+
+
+def draws_bars(stream: TextIO | None) -> bool:
+    """True when ``stream`` is a terminal worth drawing a progress bar on (see the module docstring)."""
+    isatty = getattr(stream, "isatty", None)
+    try:
+        if not (isatty and isatty()):
+            return False
+        fd = stream.fileno()  # type: ignore[union-attr]
+        name = os.ttyname(fd)
+    except (OSError, ValueError, AttributeError):
+        return False
+    if os.environ.get("TERM", "") in PLAIN_TERMS:
+        return False
+    return not (name == "/dev/console" or name.startswith(("/dev/ttyS", "/dev/ttyAMA", "/dev/hvc", "/dev/ttyUSB")))
 
 
 @dataclass
@@ -45,7 +70,8 @@ class Phase:
 class Progress:
     """Reports phases of a save to ``stream`` (stderr by default).
 
-    ``bar=None`` draws a bar when ``stream`` is a terminal; ``quiet`` prints nothing but still records timings.
+    ``bar=None`` draws a bar when ``stream`` is a real terminal (:func:`draws_bars`); ``quiet`` prints nothing
+    but still records timings.
     ``prefix`` starts every line.
     """
 
@@ -59,8 +85,7 @@ class Progress:
         if self.stream is None:
             self.stream = sys.stderr
         if self.bar is None:
-            isatty = getattr(self.stream, "isatty", None)
-            self.bar = bool(isatty and isatty()) and not self.quiet
+            self.bar = not self.quiet and draws_bars(self.stream)
 
     def log(self, message: str) -> None:
         """One line (warnings, fallbacks, the final result)."""
