@@ -28,18 +28,20 @@ final name. A dump that failed keeps its ``.part`` name or, once flagged incompl
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import re
-import shlex
-import subprocess
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from kdumplab.capture.exitcodes import NoSpaceError, SaveError, TargetError
+
+if TYPE_CHECKING:
+    import subprocess
+
+# hashlib, shlex, subprocess and urllib.parse serve ssh targets only: imported there, so a local save in the
+# kdump kernel does not load them.
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -251,6 +253,8 @@ class RemoteStream:
 
     def __init__(self, target: "SshTarget", process: subprocess.Popen):
         self.target = target
+        import hashlib
+
         self.process = process
         self.size = 0
         self.sha256 = hashlib.sha256()
@@ -321,6 +325,8 @@ class SshTarget:
 
     @classmethod
     def from_url(cls, url: str, **kwargs) -> "SshTarget":
+        import urllib.parse
+
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme != "ssh" or not parsed.hostname:
             raise SaveError(f"{url}: not an ssh://[user@]host[:port]/path target")
@@ -386,9 +392,13 @@ class SshTarget:
             return "no message"
         return lines[-1] if lines else "no message"
 
-    def _popen(self, remote_command: str, stdin=subprocess.PIPE) -> subprocess.Popen:
+    def _popen(self, remote_command: str, stdin: int | None = None) -> subprocess.Popen:
+        """``ssh`` running ``remote_command``; ``stdin`` None is a pipe."""
+        import subprocess
         import tempfile
 
+        if stdin is None:
+            stdin = subprocess.PIPE
         err = tempfile.TemporaryFile()  # a file, not a pipe: ssh can never block on a full stderr pipe
         try:
             proc = subprocess.Popen(self.ssh_command(remote_command), stdin=stdin, stdout=subprocess.PIPE,
@@ -401,6 +411,8 @@ class SshTarget:
 
     def run(self, remote_command: str, data: bytes = b"") -> str:
         """Run a short remote command with ``data`` on stdin; its stdout, or :class:`TargetError`."""
+        import subprocess
+
         proc = self._popen(remote_command)
         try:
             out, _ = proc.communicate(data, timeout=self.timeout)
@@ -417,6 +429,8 @@ class SshTarget:
 
     def prepare(self, crash_time: int | None, hostname: str | None) -> None:
         """Check the connection (key, host key) and make the remote directory, 0700."""
+        import shlex
+
         if self.path.endswith("/"):
             self.directory = f"{self.path.rstrip('/') or ''}/{crash_dir_name(crash_time, hostname)}"
         q = shlex.quote(self.directory)
@@ -433,6 +447,8 @@ class SshTarget:
 
     def free_bytes(self) -> int | None:
         """Free bytes in the remote directory (``df -Pk``), or None if the remote cannot say."""
+        import shlex
+
         try:
             out = self.run(f"df -Pk -- {shlex.quote(self.directory)} 2>/dev/null | tail -n 1")
             return int(out.split()[3]) * 1024
@@ -440,6 +456,8 @@ class SshTarget:
             return None
 
     def write_side(self, name: str, data: bytes) -> str:
+        import shlex
+
         path = self.side_path(name)
         tmp = f"{path}.part"
         self.run(f"umask 077 && cat > {shlex.quote(tmp)} && mv -f -- {shlex.quote(tmp)} {shlex.quote(path)}", data)
@@ -450,11 +468,15 @@ class SshTarget:
 
     def open_stream(self) -> RemoteStream:
         """Start ``cat > PART`` on the remote; write the flattened stream to the returned object."""
+        import shlex
+
         proc = self._popen(f"umask 077 && cat > {shlex.quote(self.part_path)}")
         return RemoteStream(self, proc)
 
     def commit(self, stream: RemoteStream) -> str:
         """Check that PART holds exactly what was sent (size, and SHA-256 where ``sha256sum`` exists), then rename."""
+        import shlex
+
         part, final = shlex.quote(self.part_path), shlex.quote(self.final_path)
         script = (f"n=$(wc -c < {part}) && [ \"$n\" -eq {stream.size} ] || {{ echo size $n >&2; exit 3; }}; "
                   f"if command -v sha256sum >/dev/null 2>&1; then "

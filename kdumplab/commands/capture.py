@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 
 import click
@@ -32,6 +31,8 @@ def _raise_interrupt(signum, frame):  # SIGTERM (systemd stopping the unit) is h
 
 def _final_action(action: str, echo) -> None:
     """Run the configured action after a save from /proc/vmcore (the kdump kernel has nothing else to do)."""
+    import subprocess
+
     commands = {"reboot": ["reboot", "-f"], "halt": ["halt", "-f"], "poweroff": ["poweroff", "-f"]}
     if action == "shell":
         echo("kdumplab save: starting a shell on the console (exit it to leave the kdump kernel running)")

@@ -25,6 +25,9 @@ none      0       the page itself
 >>> [len(c) < 4096 for c in compress_many([page, page], CODECS["lzo"], threads=2)]
 [True, True]
 
+Each codec's library (zstandard, python-lzo, cramjam) is imported the first time that codec is used, so
+``kdumplab save`` in the kdump kernel loads only the one it writes with.
+
 A decompression failure raises :class:`~kdumplab.errors.CorruptDumpError`; pass ``path``, ``offset`` and
 ``pfn`` so that the message says where the bad page is.
 """
@@ -35,10 +38,7 @@ import threading
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-import cramjam
-import lzo
-import zstandard
+from typing import Any
 
 from kdumplab.errors import CorruptDumpError
 
@@ -106,18 +106,26 @@ def _zlib_decompress(data: bytes, size: int) -> bytes:
 
 
 def _lzo_compress(page: bytes) -> bytes:
+    import lzo
+
     return lzo.compress(page, 1, False)
 
 
 def _lzo_decompress(data: bytes, size: int) -> bytes:
+    import lzo
+
     return lzo.decompress(data, False, size)
 
 
 def _snappy_compress(page: bytes) -> bytes:
+    import cramjam
+
     return bytes(cramjam.snappy.compress_raw(page))
 
 
 def _snappy_decompress(data: bytes, size: int) -> bytes:
+    import cramjam
+
     return bytes(cramjam.snappy.decompress_raw(data))
 
 
@@ -128,9 +136,12 @@ _ZSTD_LEVEL = 1
 _zstd_local = threading.local()
 
 
-def _zstd_contexts() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+def _zstd_contexts() -> tuple[Any, Any]:
+    """This thread's ``(zstandard.ZstdCompressor, zstandard.ZstdDecompressor)``."""
     ctx = getattr(_zstd_local, "ctx", None)
     if ctx is None:
+        import zstandard
+
         ctx = _zstd_local.ctx = (zstandard.ZstdCompressor(level=_ZSTD_LEVEL), zstandard.ZstdDecompressor())
     return ctx
 
@@ -186,6 +197,8 @@ def compress_many(pages: Sequence[bytes], codec: str | Codec, threads: int = 1) 
     if not pages:
         return []
     if codec.name == "zstd" and threads > 1 and len(pages) > 1:
+        import zstandard
+
         cctx = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
         result = cctx.multi_compress_to_buffer([bytes(p) for p in pages], threads=threads)
         return [bytes(segment) for segment in result]

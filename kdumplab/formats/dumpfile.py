@@ -25,9 +25,7 @@ keyed by the stream's path, size and mtime, so a second open is immediate.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 from pathlib import Path
 from types import TracebackType
 
@@ -150,12 +148,16 @@ def cache_dir() -> Path:
 
 def reassembled_path(path: str | os.PathLike) -> Path:
     """Where :func:`open_dumpfile` keeps the reassembled copy of the flattened stream at ``path``."""
+    import hashlib
+
     st = os.stat(path)
     key = f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}".encode()
     return cache_dir() / "reassembled" / (hashlib.sha256(key).hexdigest()[:24] + ".dump")
 
 
 def _reassemble_cached(path: str) -> str:
+    import tempfile
+
     from kdumplab.formats.flat import reassemble
 
     target = reassembled_path(path)
@@ -181,9 +183,6 @@ def open_dumpfile(path: str | os.PathLike) -> DumpFile:
     (CorruptDumpError with its first bytes), is cut short (TruncatedDumpError) or is for another machine
     (UnsupportedDumpError).
     """
-    from kdumplab.formats.elfcore import ElfVmcore
-    from kdumplab.formats.kdump import KdumpFile
-
     path = os.fspath(path)
     kind = detect_format(path)
     source = path
@@ -192,7 +191,15 @@ def open_dumpfile(path: str | os.PathLike) -> DumpFile:
         kind = detect_format(path)
         if kind == "flat":
             raise CorruptDumpError(source, 0, "file signature", "a flattened stream that contains a flattened stream")
-    dump: DumpFile = ElfVmcore(path) if kind == "elf" else KdumpFile(path)
+    dump: DumpFile
+    if kind == "elf":
+        from kdumplab.formats.elfcore import ElfVmcore
+
+        dump = ElfVmcore(path)
+    else:
+        from kdumplab.formats.kdump import KdumpFile
+
+        dump = KdumpFile(path)
     dump.source_path = source
     return dump
 

@@ -1,7 +1,8 @@
 """Reader of ELF vmcores: /proc/vmcore copies, ``makedumpfile -E`` output, the synthetic builder's cores.
 
-The ELF and program headers are read with pyelftools; segment and note data are read with ``os.pread``, so a
-multi-GiB core is never read whole. A vmcore has one PT_NOTE (one ``CORE``/NT_PRSTATUS note per CPU and a
+The ELF and program headers are unpacked with :mod:`struct` (two reads; pyelftools would cost some fifty
+module imports in the kdump kernel, where ``kdumplab save`` opens /proc/vmcore with this reader); segment and
+note data are read with ``os.pread``, so a multi-GiB core is never read whole. A vmcore has one PT_NOTE (one ``CORE``/NT_PRSTATUS note per CPU and a
 ``VMCOREINFO`` note) and PT_LOADs: one per RAM range at the direct map, and one for the kernel image that
 overlaps one of them physically (any covering segment serves a read). Bytes past ``p_filesz`` but within
 ``p_memsz`` (pages ``makedumpfile -E`` excluded) read as zero, as drgn reads them.
@@ -24,10 +25,8 @@ from __future__ import annotations
 
 import bisect
 import os
+import struct
 from typing import NamedTuple
-
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
 
 from kdumplab.errors import CorruptDumpError, MemoryReadError, TruncatedDumpError, UnsupportedDumpError
 from kdumplab.formats.dumpfile import ELF_MAGIC, DumpFile
@@ -35,6 +34,16 @@ from kdumplab.formats.notes import find_note, parse_notes, prstatus_notes
 from kdumplab.formats.vmcoreinfo import VmcoreInfo
 
 _EHDR64_SIZE = 64
+#: e_type, e_machine, e_version, e_entry, e_phoff, e_shoff, e_flags, e_ehsize, e_phentsize, e_phnum, e_shentsize,
+#: e_shnum, e_shstrndx (after the 16 bytes of e_ident).
+_EHDR64 = struct.Struct("<HHIQQQIHHHHHH")
+#: p_type, p_flags, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align.
+_PHDR64 = struct.Struct("<IIQQQQQQ")
+_PN_XNUM = 0xFFFF
+_PT_LOAD, _PT_NOTE = 1, 4
+_ET_NAMES = {0: "ET_NONE", 1: "ET_REL", 2: "ET_EXEC", 3: "ET_DYN", 4: "ET_CORE"}
+_EM_NAMES = {3: "EM_386", 8: "EM_MIPS", 20: "EM_PPC", 21: "EM_PPC64", 22: "EM_S390", 40: "EM_ARM", 62: "EM_X86_64",
+             183: "EM_AARCH64", 243: "EM_RISCV", 258: "EM_LOONGARCH"}
 
 
 class LoadSegment(NamedTuple):
@@ -100,41 +109,43 @@ class ElfVmcore(DumpFile):
             raise UnsupportedDumpError(self.path, 5, "ELF header EI_DATA", "not little-endian; only x86_64 is read")
         if len(head) < _EHDR64_SIZE:
             raise TruncatedDumpError(self.path, 0, "ELF header", f"the file has {len(head)} of {_EHDR64_SIZE} bytes")
-        with open(self.path, "rb") as stream:
-            try:
-                self._read_headers(ELFFile(stream))
-            except (ELFError, ValueError, OSError, AssertionError, KeyError) as exc:  # pyelftools' own failures
-                raise CorruptDumpError(self.path, None, "ELF headers", f"pyelftools cannot parse them: {exc}") from None
-            except Exception as exc:  # construct's StreamError and friends on a cut file
-                if type(exc).__module__.startswith(("construct", "elftools")):
-                    raise TruncatedDumpError(self.path, None, "ELF headers", f"cannot be read: {exc}") from None
-                raise
+        self._read_headers(head)
         self._build_map()
 
-    def _read_headers(self, elf: ELFFile) -> None:
-        h = elf.header
-        if h["e_type"] != "ET_CORE":
-            raise UnsupportedDumpError(self.path, 16, "ELF header e_type", f"{h['e_type']}, a vmcore is ET_CORE")
-        if h["e_machine"] != "EM_X86_64":
-            raise UnsupportedDumpError(self.path, 18, "ELF header e_machine", f"{h['e_machine']}; only x86_64 is read")
-        self.e_flags = int(h["e_flags"])
+    def _read_headers(self, head: bytes) -> None:
+        (e_type, e_machine, _version, _entry, phoff, shoff, e_flags, _ehsize, phentsize, phnum, shentsize,
+         _shnum, _shstrndx) = _EHDR64.unpack_from(head, 16)
+        if e_type != 4:
+            name = _ET_NAMES.get(e_type, f"e_type {e_type}")
+            raise UnsupportedDumpError(self.path, 16, "ELF header e_type", f"{name}, a vmcore is ET_CORE")
+        if e_machine != 62:
+            name = _EM_NAMES.get(e_machine, f"e_machine {e_machine}")
+            raise UnsupportedDumpError(self.path, 18, "ELF header e_machine", f"{name}; only x86_64 is read")
+        self.e_flags = int(e_flags)
         self.incomplete = bool(self.e_flags & 1)
-        phoff, phentsize = h["e_phoff"], h["e_phentsize"]
-        if h["e_phnum"] and phentsize < 56:
+        if phnum and phentsize < 56:
             raise CorruptDumpError(self.path, 54, "ELF header e_phentsize", f"{phentsize}, an Elf64_Phdr has 56 bytes")
-        phnum = elf.num_segments()
+        if phnum == _PN_XNUM:  # more than 0xfffe program headers: the count is section 0's sh_info
+            sh0 = os.pread(self._fd, 64, shoff) if shoff and shentsize >= 64 else b""
+            if len(sh0) < 64:
+                raise TruncatedDumpError(self.path, shoff, "section header 0",
+                                         "e_phnum is PN_XNUM but section header 0 (the real count) cannot be read")
+            phnum, = struct.unpack_from("<I", sh0, 44)
         ph_end = phoff + phnum * phentsize
         if ph_end > self.file_size:
             raise TruncatedDumpError(
                 self.path, phoff, "program headers",
                 f"{phnum} headers of {phentsize} bytes end at {ph_end}, the file ends at {self.file_size}",
             )  # fmt: skip
+        table = os.pread(self._fd, phnum * phentsize, phoff) if phnum else b""
+        if len(table) < phnum * phentsize:
+            raise TruncatedDumpError(self.path, phoff, "program headers",
+                                     f"{len(table)} of {phnum * phentsize} bytes could be read")
         self.segments: list[LoadSegment] = []
         note_ranges: list[tuple[int, int, int]] = []
         for i in range(phnum):
-            ph = elf.get_segment(i).header
-            ptype, off, filesz, memsz = ph["p_type"], ph["p_offset"], ph["p_filesz"], ph["p_memsz"]
-            if ptype == "PT_LOAD":
+            ptype, _pflags, off, vaddr, paddr, filesz, memsz, _align = _PHDR64.unpack_from(table, i * phentsize)
+            if ptype == _PT_LOAD:
                 if filesz > memsz:
                     raise CorruptDumpError(
                         self.path, phoff + i * phentsize, f"program header {i} (PT_LOAD) p_filesz",
@@ -142,11 +153,11 @@ class ElfVmcore(DumpFile):
                     )  # fmt: skip
                 if filesz and off + filesz > self.file_size:
                     raise TruncatedDumpError(
-                        self.path, off, f"PT_LOAD segment {i} (paddr {ph['p_paddr']:#x})",
+                        self.path, off, f"PT_LOAD segment {i} (paddr {paddr:#x})",
                         f"its data runs from {off} to {off + filesz}, the file ends at {self.file_size}",
                     )  # fmt: skip
-                self.segments.append(LoadSegment(ph["p_paddr"], ph["p_vaddr"], off, filesz, memsz))
-            elif ptype == "PT_NOTE":
+                self.segments.append(LoadSegment(paddr, vaddr, off, filesz, memsz))
+            elif ptype == _PT_NOTE:
                 if off + filesz > self.file_size:
                     raise TruncatedDumpError(
                         self.path, off, f"PT_NOTE segment {i} p_filesz",

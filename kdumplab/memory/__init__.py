@@ -29,7 +29,15 @@ from kdumplab.memory.page_class import (
 )
 from kdumplab.memory.printk import PrintkRecord, format_dmesg, read_printk
 from kdumplab.memory.translate import KernelMemory
-from kdumplab.memory.usage import MemUsage, mem_usage
+
+
+def __getattr__(name):  # MemUsage, mem_usage: imported on first use (``kdumplab save`` never needs them)
+    if name in ("MemUsage", "mem_usage"):
+        from kdumplab.memory import usage
+
+        return getattr(usage, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "KernelMemory", "MemMap", "MemMapRange", "PAGE_DTYPE", "PageClass", "LABELS", "NOT_PRESENT", "ClassRules",
