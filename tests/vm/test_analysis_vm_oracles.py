@@ -70,14 +70,12 @@ def real(request):
     if not dump.has_debuginfo:
         pytest.skip(f"{label}: no vmlinux for build ID {dump.build_id}")
     if label.endswith(":makedumpfile_dump") and dump.release.startswith("6.12"):
-        # makedumpfile 1.7.2 does not know 6.12's page_type slab marker and may drop slab pages at -d 31 (struct
-        # pid among them); then neither drgn nor we can walk the tasks (test_makedumpfile_612_fails_clearly).
-        from kdumplab.errors import MemoryReadError
-
-        try:
-            dump.tasks()
-        except MemoryReadError as error:
-            pytest.skip(f"makedumpfile 1.7.2 dropped pages the task walk needs: {error}")
+        # makedumpfile 1.7.2 does not know 6.12's page_type slab marker and drops some slab pages at -d 31 as if
+        # free; which ones varies from crash to crash, so drgn itself (the oracle here) and crash fault on
+        # different objects from run to run. That file is the anchor's defect, checked on its own by
+        # test_makedumpfile_612_fails_clearly; the tables are compared on the raw and kdumplab dumps of the
+        # same crash instead.
+        pytest.skip("makedumpfile 1.7.2's -d 31 of a 6.12 kernel drops slab pages (its defect): not an oracle")
     return dump
 
 
@@ -282,7 +280,10 @@ def test_page_classes_match_kernel_counters(real):
     pc = real.page_classes().groupby("class", observed=True)["pages"].sum()
     m = real.meminfo().set_index("item")["pages"]
     free = int(pc.get("free", 0))
-    assert free <= m["free"] and m["free"] - free < 0.02 * m["total"] + 4096  # pcp lists: free, not buddy
+    # The global counter lags each CPU's unfolded vm_stat_diff, at most the stat threshold (125) per CPU: seen
+    # here as 6 more buddy pages than NR_FREE_PAGES on 6.12.
+    drift = 125 * int(real.system().iloc[0]["cpus_online"])
+    assert free <= m["free"] + drift and m["free"] - free < 0.02 * m["total"] + 4096  # pcp lists: free, not buddy
     assert int(pc.get("anon", 0)) == pytest.approx(m["anon"], rel=0.05, abs=256)
     cache = int(pc.get("cache", 0)) + int(pc.get("cache_private", 0))
     assert cache == pytest.approx(m["file"], rel=0.05, abs=256)
