@@ -56,9 +56,17 @@ class ReportError(KdumplabError):
 
 
 def notebook_dir() -> Path:
-    """Where the curated notebooks are: ``$KDUMPLAB_NOTEBOOKS``, else ``notebooks/`` of the source tree."""
+    """Where the curated notebooks are: ``$KDUMPLAB_NOTEBOOKS``, else ``notebooks/`` of the source tree, else
+    ``sys.prefix/share/kdumplab/notebooks`` where a wheel install puts them."""
     env = os.environ.get("KDUMPLAB_NOTEBOOKS")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "notebooks"
+    if env:
+        path = Path(env)
+    else:
+        import sys
+
+        source_tree = Path(__file__).resolve().parents[2] / "notebooks"
+        installed = Path(sys.prefix) / "share" / "kdumplab" / "notebooks"
+        path = source_tree if source_tree.is_dir() or not installed.is_dir() else installed
     if not path.is_dir():
         raise ReportError(f"{path}: the notebooks directory is missing: set KDUMPLAB_NOTEBOOKS to the "
                           "directory holding 01-triage.ipynb")
