@@ -24,27 +24,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
 from pathlib import Path
 
 import nbformat
 
+# The cell and notebook builders of the curated notebooks, so 04 is written exactly as 01-03 are.
+from kdumplab.report.make_notebooks import _code, _md, _notebook, render
+
 __all__ = ["build", "main", "NAME"]
 
 NAME = "04-fleet"
-KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
-
-
-def _md(text: str) -> nbformat.NotebookNode:
-    return nbformat.v4.new_markdown_cell(textwrap.dedent(text).strip())
-
-
-def _code(text: str, *tags: str) -> nbformat.NotebookNode:
-    cell = nbformat.v4.new_code_cell(textwrap.dedent(text).strip())
-    if tags:
-        cell.metadata["tags"] = list(tags)
-    return cell
-
 
 CELLS = [
     _md("""
@@ -194,17 +183,7 @@ CELLS = [
 
 def build() -> nbformat.NotebookNode:
     """The fleet notebook."""
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = dict(KERNELSPEC)
-    nb.metadata["language_info"] = {"name": "python"}
-    nb.cells = list(CELLS)
-    for i, cell in enumerate(nb.cells):
-        cell["id"] = f"04-{i:02d}"  # stable ids: no churn in diffs
-    return nb
-
-
-def render(nb: nbformat.NotebookNode) -> str:
-    return nbformat.writes(nb) + "\n"
+    return _notebook(NAME, list(CELLS))
 
 
 def main(argv: list[str] | None = None) -> int:
