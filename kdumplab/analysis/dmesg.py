@@ -13,7 +13,7 @@ and the real newline of a record printed as two lines); renderers escape it.
 
 Kernel objects read: ``prb`` (``SYMBOL(prb)``) and the ``printk_ringbuffer``, ``prb_desc_ring``, ``prb_desc``,
 ``printk_info``, ``prb_data_ring`` layouts from the VMCOREINFO ``SIZE``/``OFFSET`` keys. Where the memory reader
-is unavailable and the vmlinux is loaded, drgn's ``get_printk_records()`` reads the same objects.
+fails and the vmlinux is loaded, drgn's ``get_printk_records()`` reads the same objects.
 """
 
 from __future__ import annotations
@@ -103,11 +103,14 @@ def dmesg(dump: "Dump") -> "pd.DataFrame":
 
 {columns}
     """
+    from kdumplab.errors import KdumplabError
+
     try:
-        from kdumplab.memory import read_printk  # noqa: F401
-    except ImportError:
-        dump.require_debuginfo("dmesg() (kdumplab.memory is not installed)")
-        rows = _records_from_drgn(dump)
-    else:
         rows = _records_from_memory(dump)
+    except KdumplabError:
+        # VMCOREINFO without the printk keys (kernels before 5.10 lack some) or a ring the page tables cannot
+        # reach: drgn reads the same objects through the vmlinux's types, when there is one.
+        if not dump.has_debuginfo:
+            raise
+        rows = _records_from_drgn(dump)
     return SCHEMA.frame(rows)

@@ -34,7 +34,6 @@ import os
 import struct
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -61,7 +60,7 @@ from kdumplab.capture.pipeline import (
     _windows,
 )
 from kdumplab.capture.progress import Progress
-from kdumplab.capture.targets import LocalDirectory, LocalTarget, SshTarget, Target, parse_target, space_error
+from kdumplab.capture.targets import LocalDirectory, SshTarget, Target, parse_target, space_error
 from kdumplab.errors import DumpFormatError, KdumplabError
 from kdumplab.formats.flat import FLAT_HEADER_SIZE, FLAT_SIGNATURE, RECORD, FlatSink
 from kdumplab.formats.kdump import PAGE_DESC

@@ -606,7 +606,6 @@ def _write_zones(kmem: KernelMemory, layout: PhysLayout, plan: PagePlan, cls: np
     npfn = layout.map_pfns
     bounds = [("DMA", 0, 4096), ("DMA32", 4096, 1 << 20), ("Normal", 1 << 20, npfn)]
     heads_all, next_all, prev_all = [], [], []
-    zone_free = {}
     lru_off = kmem.offset("page", "lru")
     node_stats = np.zeros(kernel.enum("NR_VM_NODE_STAT_ITEMS"), dtype=np.int64)
     zone_stats_total = np.zeros(kernel.enum("NR_VM_ZONE_STAT_ITEMS"), dtype=np.int64)

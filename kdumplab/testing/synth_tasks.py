@@ -202,7 +202,6 @@ def write_tasks(kmem: KernelMemory, specs: list[TaskSpec], *, nr_cpus: int, pani
                 uptime_ns: int) -> TaskObjects:
     """Write every task, its pid, signal, mm and stack, the pid xarray, lists, runqueues and crash notes."""
     ts = "task_struct"
-    tsize = kmem.size(ts)
     caches = kmem.caches
     for name, struct_name in (("task_struct", "task_struct"), ("pid", "pid"), ("signal_cache", "signal_struct"),
                               ("mm_struct", "mm_struct"), ("radix_tree_node", "xa_node")):

@@ -27,7 +27,6 @@ from kdumplab.formats.kdump_writer import (
     FileSink,
     KdumpWriter,
     bitmap_from_pfns,
-    bitmap_from_runs,
     encode_pages,
 )
 from kdumplab.formats.notes import NT_PRSTATUS, build_note, build_prstatus

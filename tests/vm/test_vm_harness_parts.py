@@ -3,7 +3,6 @@ workload scaling, vm.json, KVM detection override."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
