@@ -174,5 +174,11 @@ def test_notebooks_run_on_real_kernel_dump(label, dump, vmlinux, tmp_path):
         if s["status"] == "failed":
             assert "not in the dump" in s["reason"] and "dump level" in s["reason"], s
     ok = {(s["notebook"], s["title"]) for s in run.sections() if s["status"] == "ok"}
-    assert {("01-triage", "Panic"), ("01-triage", "Backtrace"), ("01-triage", "Kernel log"),
-            ("03-memory", "Page classes"), ("03-memory", "Slab caches")} <= ok
+    needed = {("01-triage", "Panic"), ("01-triage", "Backtrace"), ("01-triage", "Kernel log"),
+              ("03-memory", "Page classes"), ("03-memory", "Slab caches")}
+    if label.endswith(":makedumpfile_dump") and "6.12" in label:
+        # makedumpfile 1.7.2 drops some slab pages of a 6.12 kernel as if free (it predates the page_type slab
+        # marker), different ones each crash: the sections reading slab objects may fail, saying so in place
+        # (checked above). The log and page classes need only VMCOREINFO and struct pages.
+        needed = {("01-triage", "Kernel log"), ("03-memory", "Page classes")}
+    assert needed <= ok
