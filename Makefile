@@ -6,7 +6,7 @@ CACHE  ?= $(HOME)/.cache/kdumplab
 DUMP   ?=
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv demo test test-unit test-synthetic test-vm bench clean
+.PHONY: all deps venv demo test test-matrix fuzz test-unit test-synthetic test-vm bench clean
 
 all: test
 
@@ -26,6 +26,14 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+# Every kernel, architecture, crash kind and capture way (hours under TCG; `make test` runs a representative set).
+test-matrix: venv
+	KDUMPLAB_MATRIX=1 $(PY) -m pytest -q -ra -m matrix tests/vm $(PYTEST_ARGS)
+
+# The long fuzz run (thousands of mutated dumps); `make test` runs a seeded few hundred.
+fuzz: venv
+	KDUMPLAB_FUZZ_LONG=1 $(PY) -m pytest -q -ra -m fuzz_long tests $(PYTEST_ARGS)
 
 test-unit: venv
 	$(PY) -m pytest -q -ra tests/unit
