@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from kdumplab.capture.pipeline import PagePlan, _unpack
+from kdumplab.formats.arch import E_MACHINE, dump_machine
 from kdumplab.formats.kdump_writer import Sink
 
 #: Excluded runs at least this long split a segment (makedumpfile's PFN_EXCLUDED).
@@ -138,6 +139,7 @@ class ElfOutput:
             offset += filesz
         self.file_size = offset
         self.e_flags = 0
+        self.e_machine = E_MACHINE[dump_machine(dump) or "x86_64"]  # the source's own machine, as it said it
         ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
         self._ehdr = dict(ident=ident, phoff=ph_off, shoff=sh_off, phnum=PN_XNUM if xnum else phnum,
                           shentsize=SHDR.size if xnum else 0, shnum=1 if xnum else 0)
@@ -163,7 +165,7 @@ class ElfOutput:
 
     def _pack_ehdr(self) -> bytes:
         h = self._ehdr
-        return EHDR.pack(h["ident"], 4, 62, 1, 0, h["phoff"], h["shoff"], self.e_flags, EHDR.size, PHDR.size,
+        return EHDR.pack(h["ident"], 4, self.e_machine, 1, 0, h["phoff"], h["shoff"], self.e_flags, EHDR.size, PHDR.size,
                          h["phnum"], h["shentsize"], h["shnum"], 0)
 
     @property

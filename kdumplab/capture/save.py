@@ -640,7 +640,8 @@ def _open_output(target: Target, dump: Any, plan: PagePlan, notes: bytes, option
         return _Output("elf", obj, file, stream)
     writer = KdumpWriter(sink, plan.page_size, plan.max_mapnr, plan.bitmap1, plan.bitmap2, notes,
                          utsname=uts, dump_level=level, codec=options.codec,
-                         phys_base=getattr(mem, "phys_base", 0) or 0, threads=1)
+                         phys_base=getattr(mem, "phys_base", 0) or 0, threads=1,
+                         machine=getattr(dump, "machine", None))
     return _Output("kdump", writer, file, stream)
 
 

@@ -46,7 +46,9 @@ class DumpFile:
         path: the file that is read (for a flattened stream, the reassembled cache file).
         source_path: the file the user named (differs from ``path`` only for flattened streams).
         format: ``"elf"`` or ``"kdump"``.
-        page_size: bytes per page (4096 on x86_64).
+        machine: ``"x86_64"`` or ``"aarch64"``: from the ELF header's ``e_machine``, a kdump-compressed header's
+            ``utsname.machine`` or, when the file names none, VMCOREINFO's architecture keys (None: unknown).
+        page_size: bytes per page (4096 on x86_64 and Debian's arm64 kernels).
         vmcoreinfo: the parsed VMCOREINFO note, or None when the dump has none.
         notes: every ELF note of the dump, in file order.
         prstatus: the decoded ``NT_PRSTATUS`` notes, one per CPU, in note order.
@@ -55,6 +57,7 @@ class DumpFile:
     """
 
     format: str = ""
+    machine: str | None = None
     page_size: int = 4096
     vmcoreinfo: VmcoreInfo | None = None
     notes: list[Note]

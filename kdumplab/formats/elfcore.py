@@ -17,7 +17,7 @@ overlaps one of them physically (any covering segment serves a read). Bytes past
 b'\\xf3\\x0f\\x1e\\xfa'
 
 Errors name the file and the header or segment: :class:`~kdumplab.errors.UnsupportedDumpError` for an ELF
-that is not an x86_64 ET_CORE, :class:`~kdumplab.errors.TruncatedDumpError` for program headers or a segment
+that is not an x86_64 or aarch64 ET_CORE, :class:`~kdumplab.errors.TruncatedDumpError` for program headers or a segment
 past the end of the file, :class:`~kdumplab.errors.CorruptDumpError` for bad note sizes.
 """
 
@@ -29,6 +29,7 @@ import struct
 from typing import NamedTuple
 
 from kdumplab.errors import CorruptDumpError, MemoryReadError, TruncatedDumpError, UnsupportedDumpError
+from kdumplab.formats.arch import machine_from_e_machine
 from kdumplab.formats.dumpfile import ELF_MAGIC, DumpFile
 from kdumplab.formats.notes import find_note, parse_notes, prstatus_notes
 from kdumplab.formats.vmcoreinfo import VmcoreInfo
@@ -81,9 +82,10 @@ def _merge(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 class ElfVmcore(DumpFile):
-    """An ELF64 x86_64 ET_CORE vmcore.
+    """An ELF64 x86_64 or aarch64 ET_CORE vmcore.
 
     Attributes (besides those of :class:`~kdumplab.formats.dumpfile.DumpFile`):
+        machine: ``"x86_64"`` or ``"aarch64"``, from ``e_machine``.
         segments: the PT_LOADs in program header order.
         e_flags: the ELF header flags (bit 0 set: makedumpfile marked the dump incomplete).
         incomplete: ``e_flags & 1``.
@@ -104,9 +106,9 @@ class ElfVmcore(DumpFile):
         if not head.startswith(ELF_MAGIC):
             raise UnsupportedDumpError(self.path, 0, "ELF header e_ident", f"{head[:8]!r} is not an ELF file")
         if len(head) < 6 or head[4] != 2:
-            raise UnsupportedDumpError(self.path, 4, "ELF header EI_CLASS", "not a 64-bit ELF; only x86_64 is read")
+            raise UnsupportedDumpError(self.path, 4, "ELF header EI_CLASS", "not a 64-bit ELF; only x86_64 and aarch64 are read")
         if head[5] != 1:
-            raise UnsupportedDumpError(self.path, 5, "ELF header EI_DATA", "not little-endian; only x86_64 is read")
+            raise UnsupportedDumpError(self.path, 5, "ELF header EI_DATA", "not little-endian; only x86_64 and aarch64 are read")
         if len(head) < _EHDR64_SIZE:
             raise TruncatedDumpError(self.path, 0, "ELF header", f"the file has {len(head)} of {_EHDR64_SIZE} bytes")
         self._read_headers(head)
@@ -118,9 +120,12 @@ class ElfVmcore(DumpFile):
         if e_type != 4:
             name = _ET_NAMES.get(e_type, f"e_type {e_type}")
             raise UnsupportedDumpError(self.path, 16, "ELF header e_type", f"{name}, a vmcore is ET_CORE")
-        if e_machine != 62:
+        machine = machine_from_e_machine(e_machine)
+        if machine is None:
             name = _EM_NAMES.get(e_machine, f"e_machine {e_machine}")
-            raise UnsupportedDumpError(self.path, 18, "ELF header e_machine", f"{name}; only x86_64 is read")
+            raise UnsupportedDumpError(self.path, 18, "ELF header e_machine",
+                                       f"{name}; only x86_64 (EM_X86_64) and aarch64 (EM_AARCH64) are read")
+        self.machine = machine
         self.e_flags = int(e_flags)
         self.incomplete = bool(self.e_flags & 1)
         if phnum and phentsize < 56:
@@ -167,7 +172,7 @@ class ElfVmcore(DumpFile):
         for _i, off, filesz in note_ranges:
             data = self._pread(off, filesz, "PT_NOTE data")
             self.notes.extend(parse_notes(data, path=self.path, base_offset=off))
-        self.prstatus = prstatus_notes(self.notes, path=self.path)
+        self.prstatus = prstatus_notes(self.notes, path=self.path, machine=self.machine)
         vmci = find_note(self.notes, "VMCOREINFO")
         self.vmcoreinfo = VmcoreInfo.parse(vmci.desc, source=self.path) if vmci else None
         page_size = 4096

@@ -1,6 +1,7 @@
 """Reader of makedumpfile's kdump-compressed files (``KDUMP   `` header versions 1 to 6, and ``DISKDUMP``).
 
-Layout (x86_64, little-endian, ``block_size`` = page size)::
+Layout (x86_64 and aarch64, little-endian, ``block_size`` = page size; the machine is the header's
+``utsname.machine``)::
 
     0                                   disk_dump_header (464 bytes)
     block_size                          kdump_sub_header (104 bytes), then the ELF note data (offset_note)
@@ -40,6 +41,7 @@ from typing import NamedTuple
 import numpy as np
 
 from kdumplab.errors import CorruptDumpError, MemoryReadError, TruncatedDumpError, UnsupportedDumpError
+from kdumplab.formats.arch import machine_from_vmcoreinfo, normalize_machine
 from kdumplab.formats.codecs import CODEC_FLAGS_MASK, codec_for_flag
 from kdumplab.formats.dumpfile import DISKDUMP_SIGNATURE, KDUMP_SIGNATURE, DumpFile
 from kdumplab.formats.notes import find_note, parse_notes, prstatus_notes
@@ -268,7 +270,7 @@ class KdumpFile(DumpFile):
         is_kdump = h.signature == KDUMP_SIGNATURE
         if self._looks_big_endian(raw):
             raise UnsupportedDumpError(
-                self.path, 428, "disk_dump_header.block_size", "a big-endian dump; only x86_64 (little-endian) is read"
+                self.path, 428, "disk_dump_header.block_size", "a big-endian dump; only little-endian x86_64 and aarch64 are read"
             )
         if is_kdump and not 1 <= h.header_version <= HEADER_VERSION:
             cls = UnsupportedDumpError if h.header_version > HEADER_VERSION else CorruptDumpError
@@ -383,6 +385,7 @@ class KdumpFile(DumpFile):
     def _load_notes(self) -> None:
         sub = self.sub_header
         if sub is None:
+            self._load_machine()
             return
         if sub.offset_note is not None and sub.size_note:
             off, size = sub.offset_note, sub.size_note
@@ -393,7 +396,6 @@ class KdumpFile(DumpFile):
                     f"({self.file_size})",
                 )  # fmt: skip
             self.notes = parse_notes(self._pread(off, size, "note data"), path=self.path, base_offset=off)
-            self.prstatus = prstatus_notes(self.notes, path=self.path)
         vmci = find_note(self.notes, "VMCOREINFO")
         text = vmci.desc if vmci else None
         if text is None and sub.offset_vmcoreinfo and sub.size_vmcoreinfo:
@@ -412,6 +414,18 @@ class KdumpFile(DumpFile):
                     428, "disk_dump_header.block_size",
                     f"block_size={self.block_size} differs from VMCOREINFO PAGESIZE={pagesize}",
                 )  # fmt: skip
+
+        self._load_machine()
+        self.prstatus = prstatus_notes(self.notes, path=self.path, machine=self.machine)
+
+    def _load_machine(self) -> None:
+        """The machine from the header's ``utsname.machine``, else from VMCOREINFO's architecture keys."""
+        named = self.header.utsname.machine
+        machine = normalize_machine(named)
+        if named and machine is None:
+            raise UnsupportedDumpError(self.path, 8 + 4 + 4 * UTSNAME_FIELD, "disk_dump_header.utsname.machine",
+                                       f"{named!r}; only x86_64 and aarch64 dumps are read")
+        self.machine = machine or machine_from_vmcoreinfo(self.vmcoreinfo)
 
     def _read_bitmap(self, offset: int, nbytes: int, what: str) -> np.ndarray:
         bm = np.frombuffer(self._pread(offset, nbytes, what), dtype=np.uint8).copy()

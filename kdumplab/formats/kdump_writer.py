@@ -35,6 +35,7 @@ from typing import BinaryIO, NamedTuple, Protocol
 import numpy as np
 
 from kdumplab.errors import DumpWriterError
+from kdumplab.formats.arch import machine_from_vmcoreinfo, normalize_machine
 from kdumplab.formats.codecs import Codec, compress_many, get_codec
 from kdumplab.formats.dumpfile import KDUMP_SIGNATURE
 from kdumplab.formats.kdump import (
@@ -195,7 +196,10 @@ class KdumpWriter:
         vmcoreinfo_offset: offset of the VMCOREINFO descriptor inside ``notes``; None finds it.
         vmcoreinfo_size: its size; None takes the note's n_descsz.
         utsname: the crashed kernel's uname (6 strings); empty fields default to ``Linux``, VMCOREINFO's
-            OSRELEASE, ``(unknown)`` and ``x86_64``, since libkdumpfile needs sysname, release, version, machine.
+            OSRELEASE, ``(unknown)`` and the machine, since libkdumpfile needs sysname, release, version, machine
+            (it picks the architecture by the machine).
+        machine: the machine written when ``utsname`` has none (``"x86_64"``, ``"aarch64"``: the source dump's
+            ``machine``); None takes what VMCOREINFO's architecture keys say, else ``x86_64``.
         crashtime: header timestamp (seconds); None takes VMCOREINFO's CRASHTIME, else 0.
         dump_level: the dump level recorded in the sub header; bit 1 turns on the shared zero page.
         codec: ``"zstd"``, ``"lzo"``, ``"zlib"``, ``"snappy"``, ``"none"`` or a Codec.
@@ -223,6 +227,7 @@ class KdumpWriter:
         nr_cpus: int | None = None,
         zero_page: bool | None = None,
         *,
+        machine: str | None = None,
         threads: int = 1,
         desc_cache: int = 64 << 10,
         data_cache: int = 1 << 20,
@@ -271,7 +276,8 @@ class KdumpWriter:
             raise DumpWriterError(f"utsname needs 6 fields (sysname ... domainname), got {len(utsname)}")
         # libkdumpfile (drgn) ignores a utsname whose sysname is not "Linux" or whose release, version or
         # machine is empty, and then cannot tell the architecture: fill what the caller left empty.
-        defaults = ("Linux", "", (vmci.osrelease if vmci else None) or "unknown", "(unknown)", "x86_64", "")
+        machine = normalize_machine(machine) or machine_from_vmcoreinfo(vmci) or "x86_64"
+        defaults = ("Linux", "", (vmci.osrelease if vmci else None) or "unknown", "(unknown)", machine, "")
         utsname = [u or d for u, d in zip(utsname, defaults)]
 
         self.incomplete = False

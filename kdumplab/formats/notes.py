@@ -14,6 +14,13 @@ padded to 4 bytes. The kernel leaves one ``"CORE"``/``NT_PRSTATUS`` note per CPU
 >>> st = parse_prstatus(notes[0].desc)
 >>> st.pid, hex(st.regs["rip"])
 (42, '0xffffffff81000000')
+
+arm64's ``elf_prstatus`` has the same 112-byte head and ``user_pt_regs`` (x0-x30, sp, pc, pstate) as its
+``pr_reg``; which one a note holds is the dump's machine (ELF ``e_machine``), passed as ``machine``:
+
+>>> raw = build_prstatus(7, {"pc": 0xffff800008010000, "sp": 0xffff80000a003e00, "x29": 5}, machine="aarch64")
+>>> len(raw), hex(parse_prstatus(raw, machine="aarch64").regs["pc"])
+(392, '0xffff800008010000')
 """
 
 from __future__ import annotations
@@ -33,11 +40,30 @@ X86_64_REGS: tuple[str, ...] = (
     "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs",
 )  # fmt: skip
 
-#: ``sizeof(struct elf_prstatus)`` on x86_64, and where its fields are.
+#: arm64 ``struct user_pt_regs`` in order: x0-x30, sp, pc, pstate (34 u64).
+AARCH64_REGS: tuple[str, ...] = tuple(f"x{i}" for i in range(31)) + ("sp", "pc", "pstate")
+
+#: ``sizeof(struct elf_prstatus)`` on x86_64, and where its fields are (the same offsets on arm64).
 PRSTATUS_SIZE = 336
 PRSTATUS_PID_OFFSET = 32
 PRSTATUS_REG_OFFSET = 112
 _REGS = struct.Struct("<27Q")
+
+#: Per machine: register names, the ``pr_reg`` layout and ``sizeof(struct elf_prstatus)`` (arm64: 112-byte
+#: head, 272 bytes of registers, ``pr_fpvalid`` and padding).
+REGSETS: dict[str, tuple[tuple[str, ...], struct.Struct, int]] = {
+    "x86_64": (X86_64_REGS, _REGS, PRSTATUS_SIZE),
+    "aarch64": (AARCH64_REGS, struct.Struct("<34Q"), 392),
+}
+
+
+def _regset(machine: str | None, desc_len: int | None = None) -> tuple[str, tuple[str, ...], struct.Struct, int]:
+    if machine is None and desc_len is not None:  # no machine given: the descriptor's size tells them apart
+        machine = next((m for m, (_, _, size) in REGSETS.items() if size == desc_len), "x86_64")
+    machine = machine or "x86_64"
+    if machine not in REGSETS:
+        raise ValueError(f"no NT_PRSTATUS layout for machine {machine!r}; known: {' '.join(REGSETS)}")
+    return (machine, *REGSETS[machine])
 
 
 class Note(NamedTuple):
@@ -58,11 +84,12 @@ class Note(NamedTuple):
 
 
 class PrStatus(NamedTuple):
-    """An x86_64 ``NT_PRSTATUS`` note: the registers of one CPU at the crash.
+    """An ``NT_PRSTATUS`` note: the registers of one CPU at the crash.
 
     Attributes:
         pid: ``pr_pid``, the task that was running on that CPU (0 for an idle CPU).
-        regs: ``{name: value}`` for the 27 ``user_regs_struct`` registers (:data:`X86_64_REGS`).
+        regs: ``{name: value}``: the 27 x86_64 ``user_regs_struct`` registers (:data:`X86_64_REGS`), or arm64's
+            x0-x30, sp, pc, pstate (:data:`AARCH64_REGS`).
         raw: the whole descriptor, for fields not decoded here.
     """
 
@@ -116,22 +143,26 @@ def parse_notes(data: bytes, *, path: str | None = None, base_offset: int = 0) -
     return notes
 
 
-def parse_prstatus(desc: bytes, *, path: str | None = None, offset: int | None = None) -> PrStatus:
-    """Decode an x86_64 ``elf_prstatus`` descriptor (336 bytes; at least the 328 up to the registers)."""
-    need = PRSTATUS_REG_OFFSET + _REGS.size
+def parse_prstatus(desc: bytes, *, path: str | None = None, offset: int | None = None,
+                   machine: str | None = None) -> PrStatus:
+    """Decode an ``elf_prstatus`` descriptor of ``machine`` (``"x86_64"``: 336 bytes, ``"aarch64"``: 392; at
+    least the bytes up to the end of the registers). ``machine`` None tells them apart by the size."""
+    machine, names, layout, size = _regset(machine, len(desc))
+    need = PRSTATUS_REG_OFFSET + layout.size
     if len(desc) < need:
         raise CorruptDumpError(
-            path, offset, "NT_PRSTATUS descriptor", f"{len(desc)} bytes, an x86_64 elf_prstatus has {PRSTATUS_SIZE}"
+            path, offset, "NT_PRSTATUS descriptor", f"{len(desc)} bytes, an {machine} elf_prstatus has {size}"
         )
     (pid,) = struct.unpack_from("<i", desc, PRSTATUS_PID_OFFSET)
-    regs = dict(zip(X86_64_REGS, _REGS.unpack_from(desc, PRSTATUS_REG_OFFSET)))
+    regs = dict(zip(names, layout.unpack_from(desc, PRSTATUS_REG_OFFSET)))
     return PrStatus(pid, regs, bytes(desc))
 
 
-def prstatus_notes(notes: Iterable[Note], *, path: str | None = None) -> list[PrStatus]:
-    """The decoded ``"CORE"``/``NT_PRSTATUS`` notes, one per CPU, in note order."""
+def prstatus_notes(notes: Iterable[Note], *, path: str | None = None, machine: str | None = None) -> list[PrStatus]:
+    """The decoded ``"CORE"``/``NT_PRSTATUS`` notes of ``machine``, one per CPU, in note order."""
     return [
-        parse_prstatus(n.desc, path=path, offset=n.offset) for n in notes if n.name == "CORE" and n.type == NT_PRSTATUS
+        parse_prstatus(n.desc, path=path, offset=n.offset, machine=machine)
+        for n in notes if n.name == "CORE" and n.type == NT_PRSTATUS
     ]
 
 
@@ -155,17 +186,20 @@ def build_note(name: str, type: int, desc: bytes) -> bytes:  # noqa: A002 - the 
     )
 
 
-def build_prstatus(pid: int, regs: Mapping[str, int]) -> bytes:
-    """Encode an x86_64 ``elf_prstatus`` (336 bytes) with ``pr_pid`` and ``pr_reg``; other fields are zero.
+def build_prstatus(pid: int, regs: Mapping[str, int], *, machine: str = "x86_64") -> bytes:
+    """Encode an ``elf_prstatus`` of ``machine`` (x86_64 336 bytes, aarch64 392) with ``pr_pid`` and ``pr_reg``;
+    other fields are zero.
 
-    ``regs`` maps :data:`X86_64_REGS` names to values; missing registers are 0, unknown names are an error.
+    ``regs`` maps the machine's register names (:data:`X86_64_REGS`, :data:`AARCH64_REGS`) to values; missing
+    registers are 0, unknown names are an error.
     """
-    unknown = set(regs) - set(X86_64_REGS)
+    machine, names, layout, size = _regset(machine)
+    unknown = set(regs) - set(names)
     if unknown:
-        raise ValueError(f"unknown x86_64 registers {sorted(unknown)}; known: {' '.join(X86_64_REGS)}")
-    out = bytearray(PRSTATUS_SIZE)
+        raise ValueError(f"unknown {machine} registers {sorted(unknown)}; known: {' '.join(names)}")
+    out = bytearray(size)
     struct.pack_into("<i", out, PRSTATUS_PID_OFFSET, pid)
-    _REGS.pack_into(out, PRSTATUS_REG_OFFSET, *((regs.get(r, 0) & (2**64 - 1)) for r in X86_64_REGS))
+    layout.pack_into(out, PRSTATUS_REG_OFFSET, *((regs.get(r, 0) & (2**64 - 1)) for r in names))
     return bytes(out)
 
 
@@ -174,6 +208,8 @@ __all__ = [
     "Note",
     "PrStatus",
     "X86_64_REGS",
+    "AARCH64_REGS",
+    "REGSETS",
     "build_note",
     "build_prstatus",
     "find_note",

@@ -49,6 +49,7 @@ class MemoryImage:
         present: list[tuple[int, int]] | None = None,
         segments: list[ImageSegment] | None = None,
         path: str = "<image>",
+        machine: str | None = None,
     ):
         if isinstance(vmcoreinfo, str):
             vmcoreinfo = VmcoreInfo.parse(vmcoreinfo)
@@ -56,6 +57,7 @@ class MemoryImage:
         self.page_size = vmcoreinfo.page_size if vmcoreinfo is not None and "PAGESIZE" in vmcoreinfo else 4096
         self.mem = bytearray(size)
         self.path = path
+        self.machine = machine  # None: KernelMemory reads it from VMCOREINFO's architecture keys
         npages = -(-size // self.page_size)
         self._present = sorted(present) if present is not None else [(0, npages)]
         self.max_pfn = max((end for _, end in self._present), default=0)
@@ -152,3 +154,65 @@ class PageTables:
         """Map ``length`` bytes with leaves of ``size``."""
         for off in range(0, length, size):
             self.map(vaddr + off, paddr + off, size)
+
+
+class Arm64PageTables:
+    """Builds arm64 kernel page tables inside a :class:`MemoryImage` (for tests and the synthetic builder).
+
+    ``layout`` is the :class:`~kdumplab.memory.arm64.Arm64Layout` of the image's VMCOREINFO (its levels,
+    shifts, granule and physical address format are used); ``root`` is swapper_pg_dir's physical address and
+    ``alloc()`` returns the physical address of a fresh zeroed table page. ``extra_bits`` are OR-ed into every
+    descriptor (e.g. UXN/PXN, bits 54/53) to check that readers mask them.
+
+    >>> from kdumplab.formats.vmcoreinfo import VmcoreInfo
+    >>> from kdumplab.memory.arm64 import Arm64Layout
+    >>> layout = Arm64Layout(VmcoreInfo.parse("PAGESIZE=4096\\nNUMBER(VA_BITS)=48\\nNUMBER(PHYS_OFFSET)=0\\n"
+    ...     "NUMBER(kimage_voffset)=0xffff800000000000\\nSYMBOL(swapper_pg_dir)=ffff800000001000\\n"))
+    >>> img = MemoryImage(1 << 20, "PAGESIZE=4096\\n")
+    >>> free = iter(range(0x2000, 0x100000, 0x1000))
+    >>> pt = Arm64PageTables(img, layout, alloc=lambda: next(free))
+    >>> pt.map(0xfffffc0000000000, 0x80000)
+    >>> layout.walk(0xfffffc0000000010, lambda paddr, va, level: bytes(img.mem[paddr:paddr + 4096]))
+    (524304, 4096)
+    """
+
+    def __init__(self, img: MemoryImage, layout, *, alloc, root: int | None = None, extra_bits: int = 0):
+        self.img, self.layout, self.alloc, self.extra = img, layout, alloc, extra_bits
+        self.root = layout.pgd if root is None else root
+        self.granule = 1 << layout.page_shift
+
+    def _encode(self, paddr: int) -> int:
+        fmt, out = self.layout.pa_format, paddr & ((1 << 48) - 1)
+        if fmt == "lpa":
+            out = (paddr & ((1 << 48) - 1)) | (((paddr >> 48) & 0xF) << 12)
+        elif fmt == "lpa2":
+            out = (paddr & ((1 << 50) - 1)) | (((paddr >> 50) & 0x3) << 8)
+        return out
+
+    def _get(self, paddr: int) -> int:
+        return int.from_bytes(self.img.mem[paddr : paddr + 8], "little")
+
+    def _set(self, paddr: int, value: int) -> None:
+        self.img.write(paddr, value.to_bytes(8, "little"))
+
+    def map(self, vaddr: int, paddr: int, size: int | None = None) -> None:
+        """Map ``[vaddr, vaddr+size)`` to ``paddr`` with one leaf of ``size`` (a page, or a block of one of the
+        walk's shifts: 2 MiB or 1 GiB with 4 KiB pages)."""
+        lay = self.layout
+        size = size or self.granule
+        table = self.root
+        for level, shift in enumerate(lay.shifts):
+            nbits = lay.top_bits if level == 0 else lay.page_shift - 3
+            slot = table + 8 * ((vaddr >> shift) & ((1 << nbits) - 1))
+            if size == 1 << shift:
+                page_or_block = 0x3 if level == len(lay.shifts) - 1 else 0x1
+                self._set(slot, self._encode(paddr) | page_or_block | 0x400 | self.extra)  # AF set, as the kernel
+                return
+            entry = self._get(slot)
+            if not entry & 1:
+                new = self.alloc()
+                self._set(slot, self._encode(new) | 0x3 | self.extra)
+                table = new
+            else:
+                table = lay._out_addr(entry)
+        raise ValueError(f"no level maps {size:#x}-byte leaves")

@@ -88,8 +88,10 @@ class MemMap:
             raise VmcoreinfoError(f"{mem.name}: cannot size mem_map: the dump gives no max_pfn")
         self.max_pfn = int(max_pfn)
         self.vmemmap = info.symbol("vmemmap", 0) or None
+        if self.vmemmap is None and hasattr(mem, "vmemmap_hint"):  # arm64 before SYMBOL(vmemmap): the layout's
+            self.vmemmap = mem.vmemmap_hint(self.page_struct_size)
         page_shift = mem.page_size.bit_length() - 1
-        self.section_size_bits = info.number("SECTION_SIZE_BITS", 27)
+        self.section_size_bits = info.number("SECTION_SIZE_BITS", getattr(mem, "default_section_size_bits", 27))
         self.pages_per_section = 1 << (self.section_size_bits - page_shift)
         self._fields = self._field_layout()
 
@@ -111,7 +113,7 @@ class MemMap:
     def _sparsemem(self) -> list[MemMapRange]:
         info, mem = self.info, self.mem
         sec_size = info.size("mem_section")
-        max_physmem_bits = info.number("MAX_PHYSMEM_BITS", 52 if mem.levels == 5 else 46)
+        max_physmem_bits = info.number("MAX_PHYSMEM_BITS", getattr(mem, "default_max_physmem_bits", 46))
         nr_mem_sections = 1 << (max_physmem_bits - self.section_size_bits)
         per_root = mem.page_size // sec_size
         extreme_roots = -(-nr_mem_sections // per_root)

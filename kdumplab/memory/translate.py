@@ -1,4 +1,9 @@
-"""x86_64 kernel virtual memory of a crash dump, from VMCOREINFO alone (no vmlinux).
+"""x86_64 and arm64 kernel virtual memory of a crash dump, from VMCOREINFO alone (no vmlinux).
+
+The machine is the dump's own (ELF ``e_machine``, a kdump header's ``utsname.machine``, else VMCOREINFO's
+architecture keys: :func:`kdumplab.formats.arch.dump_machine`). arm64's layout and walk are in
+:mod:`kdumplab.memory.arm64`; its linear map is a shortcut (``vaddr - PAGE_OFFSET + PHYS_OFFSET``) and every
+other address (image, vmemmap, vmalloc) is walked from ``swapper_pg_dir``. The rest of this docstring is x86_64.
 
 :class:`KernelMemory` turns kernel virtual addresses into physical ones the way makedumpfile does, with its two
 shortcuts:
@@ -42,7 +47,9 @@ from typing import Any
 import numpy as np
 
 from kdumplab.errors import MemoryReadError, VmcoreinfoError
+from kdumplab.formats.arch import dump_machine
 from kdumplab.formats.vmcoreinfo import VmcoreInfo
+from kdumplab.memory.arm64 import Arm64Layout
 
 __all__ = ["KernelMemory", "KERNEL_MAP_START"]
 
@@ -58,13 +65,16 @@ _unpack_u64 = struct.Struct("<Q").unpack_from
 
 
 class KernelMemory:
-    """Read a crashed x86_64 kernel's virtual memory from a dump file and its VMCOREINFO.
+    """Read a crashed x86_64 or arm64 kernel's virtual memory from a dump file and its VMCOREINFO.
 
-    ``dumpfile`` is any ``DumpFile`` (``read_phys``, ``page_size``, ``vmcoreinfo``, optionally ``segments``);
-    ``vmcoreinfo`` overrides the dump's own note. ``table_cache`` is how many page-table pages stay cached.
+    ``dumpfile`` is any ``DumpFile`` (``read_phys``, ``page_size``, ``vmcoreinfo``, optionally ``segments`` and
+    ``machine``); ``vmcoreinfo`` overrides the dump's own note. ``table_cache`` is how many page-table pages stay
+    cached.
 
-    Attributes: ``levels`` (4 or 5), ``phys_base``, ``page_offset`` (None without a direct-map PT_LOAD),
-    ``pgd`` (physical address of the top table), ``page_size``, ``info`` (the VmcoreInfo).
+    Attributes: ``machine`` ("x86_64" or "aarch64"), ``levels`` (x86_64 4 or 5; arm64 2 to 5), ``phys_base``
+    (arm64: PHYS_OFFSET), ``page_offset`` (``vaddr - paddr`` of the direct/linear map; x86_64: None without a
+    direct-map PT_LOAD), ``pgd`` (physical address of the top table), ``page_size``, ``info`` (the VmcoreInfo),
+    ``arm64`` (the :class:`~kdumplab.memory.arm64.Arm64Layout`, None on x86_64).
     """
 
     def __init__(self, dumpfile: Any, vmcoreinfo: VmcoreInfo | None = None, *, table_cache: int = 512):
@@ -77,6 +87,16 @@ class KernelMemory:
         self.info = info
         self.name = name
         self.page_size = info.page_size if "PAGESIZE" in info else getattr(dumpfile, "page_size", 4096)
+        self.machine = dump_machine(dumpfile, info)
+        self._tables: OrderedDict[int, bytes] = OrderedDict()
+        self._table_cache = table_cache
+        self.arm64: Arm64Layout | None = None
+        if self.machine == "aarch64":
+            self._init_arm64()
+            return
+        if self.machine is None:
+            raise VmcoreinfoError(f"{name}: cannot tell the dump's machine: the file names none and VMCOREINFO has "
+                                  "neither x86_64's SYMBOL(init_top_pgt) nor arm64's NUMBER(VA_BITS)")
         self.levels = 5 if info.number("pgtable_l5_enabled", 0) else 4
         self.sme_mask = info.number("sme_mask", 0) & _MASK64
         self._entry_mask = _PHYS_MASK & ~self.sme_mask
@@ -99,8 +119,42 @@ class KernelMemory:
                                   "cannot walk the kernel page tables")
         self.pgd_vaddr = root
         self.pgd = self._image_phys(root) if self._in_image(root) else root - (self.page_offset or 0)
-        self._tables: OrderedDict[int, bytes] = OrderedDict()
-        self._table_cache = table_cache
+
+    def _init_arm64(self) -> None:
+        """arm64: the layout from VMCOREINFO (:mod:`kdumplab.memory.arm64`); ``page_offset`` here is the linear
+        map's ``vaddr - paddr`` and ``phys_base`` is ``PHYS_OFFSET`` (what makedumpfile's header stores)."""
+        layout = self.arm64 = Arm64Layout(self.info, self.name)
+        self.levels = layout.levels
+        self.phys_base = layout.phys_offset
+        self.page_offset = layout.linear_offset
+        self.pgd_vaddr, self.pgd = layout.pgd_vaddr, layout.pgd
+        self.sme_mask = 0
+        self._names = tuple(f"level {4 - layout.levels + i}" for i in range(layout.levels))
+        self._va_bits = layout.walk_bits
+
+    def strip_pac(self, value: int) -> int:
+        """A kernel code address with arm64's pointer-authentication bits removed (unchanged on x86_64)."""
+        return self.arm64.strip_pac(value) if self.arm64 is not None else value
+
+    def vmemmap_hint(self, page_struct_size: int) -> int | None:
+        """Where ``struct page`` of pfn 0 would be by the layout alone (arm64: VMEMMAP_START or the era's
+        formula), for when VMCOREINFO has no ``SYMBOL(vmemmap)``; None on x86_64."""
+        return self.arm64.vmemmap_base(page_struct_size) if self.arm64 is not None else None
+
+    @property
+    def default_max_physmem_bits(self) -> int:
+        """MAX_PHYSMEM_BITS when VMCOREINFO does not export it (kernels before 5.x)."""
+        if self.arm64 is not None:
+            return 52 if self.arm64.va_bits == 52 else 48
+        return 52 if self.levels == 5 else 46
+
+    @property
+    def default_section_size_bits(self) -> int:
+        """SECTION_SIZE_BITS when VMCOREINFO does not export it (before 5.13): 27 on x86_64; on arm64 30 with
+        4 KiB pages until 5.11 (27 since, when the number is exported anyway), 28 with 64 KiB pages."""
+        if self.arm64 is not None:
+            return {12: 30, 14: 30, 16: 28}.get(self.arm64.page_shift, 30)
+        return 27
 
     # -- setup -----------------------------------------------------------------------------------------
     def _find_phys_base(self, segments: list) -> int:
@@ -139,7 +193,7 @@ class KernelMemory:
             self._tables.move_to_end(paddr)
             return page
         try:
-            page = self.dumpfile.read_phys(paddr, 4096)
+            page = self.dumpfile.read_phys(paddr, self.page_size if self.arm64 is not None else 4096)
         except MemoryReadError as e:
             raise MemoryReadError(f"{self.name}: virtual address {vaddr:#x}: the {self._names[level]} table at "
                                   f"physical {paddr:#x} is not in the dump ({e})") from e
@@ -153,6 +207,8 @@ class KernelMemory:
 
         No shortcut is taken, so this also checks what the shortcuts assume.
         """
+        if self.arm64 is not None:
+            return self.arm64.walk(vaddr, self._table)
         vaddr &= _MASK64
         top = vaddr >> (self._va_bits - 1)
         if top not in (0, (1 << (65 - self._va_bits)) - 1):
@@ -182,6 +238,13 @@ class KernelMemory:
 
     def _leaf(self, vaddr: int) -> tuple[int, int]:
         """``(paddr, bytes to the end of the physically contiguous piece starting at vaddr)``."""
+        if self.arm64 is not None:
+            a = self.arm64
+            vaddr = a.canonical(vaddr)
+            if a.is_linear(vaddr):  # the image is walked: its end is not in VMCOREINFO
+                return a.linear_phys(vaddr), a.page_end - vaddr
+            paddr, size = a.walk(vaddr, self._table)
+            return paddr, size - (vaddr & (size - 1))
         if self._in_image(vaddr):
             return self._image_phys(vaddr), KERNEL_MAP_START + self.kernel_image_size - vaddr
         if self.page_offset is not None and 0 <= vaddr - self.page_offset < self._direct_end:
@@ -288,6 +351,8 @@ class KernelMemory:
         return self.read(vaddr, maxlen).split(b"\0", 1)[0]
 
     def __repr__(self) -> str:
+        if self.arm64 is not None:
+            return f"KernelMemory({self.name!r}, aarch64, {self.arm64!r})"
         po = f"{self.page_offset:#x}" if self.page_offset is not None else "walk"
         return (f"KernelMemory({self.name!r}, levels={self.levels}, phys_base={self.phys_base:#x}, "
                 f"page_offset={po}, pgd={self.pgd:#x})")

@@ -152,7 +152,7 @@ def test_walk_agrees_with_direct_map_shortcut():
 
 def test_phys_base_from_the_text_segment_when_not_exported():
     segs = [ImageSegment(0x1000000, 0xFFFFFFFF81000000, 0, 1 << 20, 1 << 20)]
-    img = MemoryImage(1 << 20, "PAGESIZE=4096\nSYMBOL(swapper_pg_dir)=ffffffff81001000\n", segments=segs)
+    img = MemoryImage(1 << 20, "PAGESIZE=4096\nSYMBOL(swapper_pg_dir)=ffffffff81001000\n", segments=segs, machine="x86_64")
     mem = KernelMemory(img)
     assert mem.phys_base == 0 and mem.pgd == 0x1001000 and mem.levels == 4
 
