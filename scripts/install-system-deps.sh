@@ -4,12 +4,20 @@
 # sshd for the ssh target tests, chromium for the report test. Idempotent; skips what is installed.
 set -euo pipefail
 packages=(gcc make python3-venv python3-dev liblzo2-dev makedumpfile crash kexec-tools qemu-system-x86
-          qemu-utils busybox-static cpio zstd openssh-server openssh-client chromium rsync file)
+          qemu-utils busybox-static cpio zstd openssh-server openssh-client chromium rsync file
+          qemu-system-arm qemu-user-static binfmt-support mmdebstrap arch-test)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+# arm64 guests' userland is built with mmdebstrap, whose maintainer scripts run under qemu-user: binfmt_misc must
+# be mounted and the aarch64 handler enabled (a container may start without either).
+enable_binfmt() {
+  [ "$(id -u)" -eq 0 ] || return 0
+  [ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || true
+  [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
+}
+if [ ${#missing[@]} -eq 0 ]; then enable_binfmt; exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "kdumplab: need root to install: ${missing[*]} (or install them yourself)" >&2
   exit 1
@@ -18,3 +26,4 @@ echo "kdumplab: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+enable_binfmt

@@ -19,8 +19,12 @@ def vm() -> None:
 
 @vm.command()
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--kernel", type=click.Choice(["bookworm", "trixie"]), default="bookworm", show_default=True,
-              help="The Debian suite whose current kernel boots (bookworm: 6.1, trixie: 6.12).")
+@click.option("--kernel", type=click.Choice(["bullseye", "bookworm", "trixie", "sid"]), default="bookworm",
+              show_default=True,
+              help="The Debian suite whose current kernel boots (bullseye: 5.10, bookworm: 6.1, trixie: 6.12, "
+                   "sid: 7.2).")
+@click.option("--arch", type=click.Choice(["amd64", "arm64"]), default="amd64", show_default=True,
+              help="The kernel's architecture (arm64: qemu-system-aarch64 under TCG, in an arm64 userland).")
 @click.option("--memory", default="1G", show_default=True, help="Guest memory.")
 @click.option("--crashkernel", default="256M", show_default=True, help="crashkernel= reservation (96M at least).")
 @click.option("--workload", type=click.Choice(["idle", "realistic"]), default="idle", show_default=True,
@@ -33,12 +37,12 @@ def vm() -> None:
               show_default=True,
               help="In the kdump kernel: `kdumplab save --from-config`, a raw copy of /proc/vmcore plus "
                    "makedumpfile -l -d 31 (raw), or all of them.")
-def crash(out, kernel, memory, crashkernel, workload, crash_command, arm_mode, save_mode):
+def crash(out, kernel, arch, memory, crashkernel, workload, crash_command, arm_mode, save_mode):
     """Boot KERNEL's current Debian kernel, arm kdump, crash it, save the dump into OUT (with OUT/vm.json)."""
     from kdumplab.testing.vm.harness import crash_vm
 
     result = crash_vm(out, kernel=kernel, memory=memory, crashkernel=crashkernel, workload=workload,
-                      crash_command=crash_command, arm=arm_mode, save=save_mode)
+                      crash_command=crash_command, arm=arm_mode, save=save_mode, arch=arch)
     click.echo(json.dumps(result.to_json(), indent=2))
 
 

@@ -12,10 +12,13 @@ extracts only what is needed into the cache, ``~/.cache/kdumplab`` (``$KDUMPLAB_
 - ``debs/<suite>/``: the downloaded ``.deb`` files;
 - ``kernels/<abi>/vmlinux-<abi>``: the debug vmlinux, extracted with ``dpkg-deb --fsys-tarfile | tar``.
 
-The machine's own suite (``bookworm`` on Debian 12) uses the system's apt configuration as it is. Any other
-suite (``trixie``) gets a private apt state under ``apt/<suite>/`` in the cache: a ``sources.list`` naming the
-suite on the same mirrors the system uses, its own lists and package cache, passed to apt with ``-o`` options.
-The system's apt setup is never changed.
+The machine's own suite and architecture (``bookworm``, ``amd64`` on Debian 12) use the system's apt
+configuration as it is. Any other suite or architecture (``trixie``; ``bookworm`` for ``arm64``) gets a private
+apt state under ``apt/<suite>/`` (``apt/<suite>-<arch>/`` for another architecture) in the cache: a
+``sources.list`` naming the suite on the same mirrors the system uses, its own lists and package cache, passed
+to apt with ``-o`` options. The system's apt setup is never changed. sid has no -updates or -security suite, and
+its Release file on the mirrors is often past its Valid-Until date, so its lists are fetched with
+``Acquire::Check-Valid-Until=false``.
 
 Everything here is stdlib and runs subprocesses with argument lists, never shell strings.
 
@@ -31,6 +34,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import fnmatch
+import functools
 import os
 import re
 import shutil
@@ -61,6 +66,24 @@ def cache_root() -> Path:
 
 def _say(message: str) -> None:
     print(f"kdumplab: {message}", file=sys.stderr, flush=True)
+
+
+def host_arch() -> str:
+    """The machine's Debian architecture (``dpkg --print-architecture``: ``amd64``, ``arm64``)."""
+    return _dpkg_arch()
+
+
+@functools.cache
+def _dpkg_arch() -> str:
+    try:
+        return subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+
+
+#: Suites without -updates and -security suites (and whose Release files' Valid-Until is not checked).
+UNSTABLE_SUITES = ("sid", "unstable", "experimental")
 
 
 def host_codename() -> str:
@@ -158,26 +181,40 @@ def system_mirrors() -> dict[str, str]:
 
 @dataclass(frozen=True)
 class AptSuite:
-    """apt as it sees one Debian suite.
+    """apt as it sees one Debian suite, for one architecture (``arch``; None: the machine's).
 
-    The machine's own suite (``host_codename()``) uses the system's apt configuration; any other suite gets a
-    private sources list, lists directory and package cache under ``<cache>/apt/<suite>/``, handed to apt-get
-    and apt-cache as ``-o`` options, so the system's apt setup is never touched.
+    The machine's own suite and architecture (``host_codename()``, ``host_arch()``) use the system's apt
+    configuration; any other gets a private sources list, lists directory and package cache under
+    ``<cache>/apt/<suite>/`` (``<suite>-<arch>`` for another architecture), handed to apt-get and apt-cache as
+    ``-o`` options, so the system's apt setup is never touched.
 
     >>> AptSuite("trixie").options()[:2]                           # doctest: +SKIP
     ['-o', 'Dir::Etc::sourcelist=/root/.cache/kdumplab/apt/trixie/sources.list']
+    >>> AptSuite("sid", "arm64").state_dir.name                    # doctest: +SKIP
+    'sid-arm64'
     """
 
     name: str
+    arch: str | None = None
+
+    @property
+    def architecture(self) -> str:
+        """The Debian architecture whose packages this suite lists (``amd64``, ``arm64``)."""
+        return self.arch or host_arch()
+
+    @property
+    def foreign(self) -> bool:
+        """True when the packages are for another architecture than the machine's."""
+        return self.architecture != host_arch()
 
     @property
     def private(self) -> bool:
         """True when this suite is not the machine's own and so uses a private apt state."""
-        return self.name != host_codename()
+        return self.name != host_codename() or self.foreign
 
     @property
     def state_dir(self) -> Path:
-        return cache_root() / "apt" / self.name
+        return cache_root() / "apt" / (f"{self.name}-{self.architecture}" if self.foreign else self.name)
 
     def options(self) -> list[str]:
         """The ``-o`` options that point apt at this suite (empty for the machine's own suite)."""
@@ -190,11 +227,17 @@ class AptSuite:
             "-o", f"Dir::State::Lists={state / 'lists'}",
             "-o", f"Dir::Cache={state / 'cache'}",
             "-o", "APT::Get::List-Cleanup=0",
+            *(["-o", f"APT::Architecture={self.architecture}", "-o", f"APT::Architectures={self.architecture}"]
+              if self.foreign else []),
+            *(["-o", "Acquire::Check-Valid-Until=false"] if self.name in UNSTABLE_SUITES else []),
         ]
 
     def sources_list(self) -> str:
-        """The private sources list: the suite, its -updates and its -security on the system's mirrors."""
+        """The private sources list: the suite, its -updates and its -security on the system's mirrors (sid has
+        neither)."""
         mirrors = system_mirrors()
+        if self.name in UNSTABLE_SUITES:
+            return f"deb {mirrors['debian']} {self.name} main\n"
         return (
             f"deb {mirrors['debian']} {self.name} main\n"
             f"deb {mirrors['debian']} {self.name}-updates main\n"
@@ -239,7 +282,7 @@ class AptSuite:
                  report: Callable[[str], None] = _say) -> list[Path]:
         """Download ``packages`` (exact versions) with ``apt-get download`` into ``dest`` (default
         ``<cache>/debs/<suite>/``), saying first how much will be downloaded. Files already there are kept."""
-        dest = dest or cache_root() / "debs" / self.name
+        dest = dest or cache_root() / "debs" / self.state_dir.name
         dest.mkdir(parents=True, exist_ok=True)
         packages = list(packages)
         missing = [p for p in packages if not (dest / p.deb_name).exists()]
@@ -285,6 +328,15 @@ def extract_members(deb: Path, members: Iterable[str], dest: Path) -> list[Path]
     modules under ``usr/lib``). Returns the regular files now under ``dest``, sorted; ``dest`` should be a new
     directory. Raises :class:`~kdumplab.errors.DebugInfoError` if a member is not in the package.
     """
+    files, problem = _extract(deb, members, dest)
+    if problem:
+        raise DebugInfoError(problem)
+    return files
+
+
+def _extract(deb: Path, members: Iterable[str], dest: Path) -> tuple[list[Path], str | None]:
+    """``dpkg-deb --fsys-tarfile deb | tar -x members``: the regular files now under ``dest`` and what went wrong
+    (None when every member was found)."""
     members = [m if m.startswith("*") else "./" + m.lstrip("./") for m in members]
     dest.mkdir(parents=True, exist_ok=True)
     dpkg = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
@@ -295,16 +347,52 @@ def extract_members(deb: Path, members: Iterable[str], dest: Path) -> list[Path]
     dpkg.stdout.close()
     dpkg_err = dpkg.stderr.read().decode(errors="replace")
     dpkg.wait()
+    files = sorted(p for p in dest.rglob("*") if p.is_file() and not p.is_symlink())
     # tar closing the pipe early makes dpkg-deb die of SIGPIPE: not an error when tar found everything.
     if tar.returncode != 0 or dpkg.returncode not in (0, -13, 2):
-        raise DebugInfoError(f"{deb}: extracting {', '.join(members)} failed: "
-                             f"{dpkg_err.strip()} {tar.stderr.strip()}".strip())
-    return sorted(p for p in dest.rglob("*") if p.is_file() and not p.is_symlink())
+        return files, (f"{deb}: extracting {', '.join(members)} failed: "
+                       f"{dpkg_err.strip()} {tar.stderr.strip()}".strip())
+    return files, None
+
+
+def extract_first(debs: Iterable[Path], alternatives: Iterable[str], dest: Path) -> tuple[Path, Path]:
+    """``(deb, file)``: the first of ``alternatives`` (members or wildcards, as for :func:`extract_members`) found in any of
+    ``debs``, extracted into ``dest``: for files whose place moved between Debian releases (sid's split kernel
+    packages keep ``vmlinuz`` in ``linux-binary-<abi>`` at ``usr/lib/modules/<abi>/vmlinuz``, older ones in
+    ``linux-image-<abi>`` at ``boot/vmlinuz-<abi>``). Raises :class:`~kdumplab.errors.DebugInfoError` naming
+    every package and path tried when none has any."""
+    debs, alternatives = list(debs), list(alternatives)
+    for i, deb in enumerate(debs):
+        # One pass over each package with every alternative (a -dbg package takes minutes to decompress): tar
+        # extracts those it finds and complains of the others.
+        files, _ = _extract(deb, alternatives, dest / str(i))
+        names = {f.relative_to(dest / str(i)).as_posix(): f for f in files}
+        for member in alternatives:
+            found = [f for name, f in names.items() if fnmatch.fnmatchcase(name, member.lstrip("./"))]
+            if found:
+                return deb, found[0]
+    raise DebugInfoError(f"none of {', '.join(alternatives)} is in {', '.join(d.name for d in debs)}")
+
+
+def abi_arch(abi: str) -> str | None:
+    """The Debian architecture a kernel release is built for, from its flavour suffix, or None.
+
+    >>> abi_arch("6.1.0-57-arm64"), abi_arch("7.2.13+deb14-amd64"), abi_arch("6.1.0-57-cloud-amd64")
+    ('arm64', 'amd64', 'amd64')
+    """
+    arch = abi.rsplit("-", 1)[-1]
+    return arch if arch in ("amd64", "arm64", "i386", "armhf", "ppc64el", "s390x", "riscv64") else None
+
+
+def _suite(suite: str | AptSuite | None, abi: str) -> AptSuite:
+    if isinstance(suite, AptSuite):
+        return suite
+    return AptSuite(suite or host_codename(), abi_arch(abi))
 
 
 def kernel_packages(abi: str, suite: str | AptSuite) -> tuple[PackageInfo, PackageInfo]:
     """The image and -dbg packages of kernel release ``abi`` (``6.1.0-56-amd64``) in ``suite``."""
-    suite = suite if isinstance(suite, AptSuite) else AptSuite(suite)
+    suite = _suite(suite, abi)
     image = suite.package(f"linux-image-{abi}")
     dbg = suite.package(f"linux-image-{abi}-dbg", image.version)
     return image, dbg
@@ -333,9 +421,11 @@ def fetch_vmlinux(abi: str, suite: str | AptSuite | None = None, keep_deb: bool 
                   report: Callable[[str], None] = _say) -> Path:
     """The debug vmlinux of Debian kernel ``abi``: ``<cache>/kernels/<abi>/vmlinux-<abi>``.
 
-    Downloads the ``linux-image-<abi>-dbg`` package from ``suite`` (default: the machine's own) when the file
-    is not cached yet, extracts only ``usr/lib/debug/boot/vmlinux-<abi>`` and, unless ``keep_deb``, deletes the
-    0.9 GB package afterwards. Raises :class:`~kdumplab.errors.DebugInfoError` naming what failed.
+    Downloads the ``linux-image-<abi>-dbg`` package from ``suite`` (default: the machine's own, for the
+    architecture ``abi`` names) when the file is not cached yet, extracts only the vmlinux
+    (``usr/lib/debug/boot/vmlinux-<abi>``, or ``usr/lib/debug/lib/modules/<abi>/vmlinux`` in sid's packages) and,
+    unless ``keep_deb``, deletes the 0.9 GB package afterwards. Raises
+    :class:`~kdumplab.errors.DebugInfoError` naming what failed.
     """
     target = kernel_dir(abi) / f"vmlinux-{abi}"
     if target.exists():
@@ -343,14 +433,14 @@ def fetch_vmlinux(abi: str, suite: str | AptSuite | None = None, keep_deb: bool 
     with cache_lock(f"vmlinux-{abi}"):
         if target.exists():
             return target
-        suite = suite if isinstance(suite, AptSuite) else AptSuite(suite or host_codename())
+        suite = _suite(suite, abi)
         dbg = suite.package(f"linux-image-{abi}-dbg")
         [deb] = suite.download([dbg], report=report)
         scratch = kernel_dir(abi) / ".extract"
         shutil.rmtree(scratch, ignore_errors=True)
-        member = f"usr/lib/debug/boot/vmlinux-{abi}"
-        report(f"extracting {member} from {deb.name}")
-        [got] = extract_members(deb, [member], scratch)
+        report(f"extracting the vmlinux from {deb.name}")
+        _, got = extract_first([deb], [f"usr/lib/debug/boot/vmlinux-{abi}", f"usr/lib/debug/lib/modules/{abi}/vmlinux"],
+                            scratch)
         got.rename(target)
         shutil.rmtree(scratch, ignore_errors=True)
         if not keep_deb:
@@ -361,8 +451,17 @@ def fetch_vmlinux(abi: str, suite: str | AptSuite | None = None, keep_deb: bool 
 def fetch_image_deb(abi: str, suite: str | AptSuite | None = None,
                     report: Callable[[str], None] = _say) -> Path:
     """The ``linux-image-<abi>`` package file (vmlinuz and modules), downloaded into ``<cache>/debs/<suite>/``."""
-    suite = suite if isinstance(suite, AptSuite) else AptSuite(suite or host_codename())
+    return fetch_kernel_debs(abi, suite, report)[0]
+
+
+def fetch_kernel_debs(abi: str, suite: str | AptSuite | None = None,
+                      report: Callable[[str], None] = _say) -> list[Path]:
+    """The package files of kernel ``abi``: ``linux-image-<abi>`` and, where the kernel is split (sid), the
+    ``linux-binary-<abi>`` (vmlinuz) and ``linux-modules-<abi>`` it depends on; downloaded into
+    ``<cache>/debs/<suite>/``, the image first."""
+    suite = _suite(suite, abi)
     image = suite.package(f"linux-image-{abi}")
+    parts = re.findall(rf"\b(linux-(?:binary|modules)-{re.escape(abi)})\b", image.depends)
+    packages = [image] + [suite.package(name, image.version) for name in dict.fromkeys(parts)]
     with cache_lock(f"deb-{image.name}"):
-        [deb] = suite.download([image], report=report)
-    return deb
+        return suite.download(packages, report=report)

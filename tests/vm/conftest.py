@@ -40,7 +40,7 @@ def needs_qemu() -> None:
 
 @pytest.fixture(scope="session")
 def vm_dump() -> Callable[..., object]:
-    """``vm_dump(kernel="bookworm", workload="idle")``: a dump made in this session (or, with
+    """``vm_dump(kernel="bookworm", workload="idle", arch="amd64")``: a dump made in this session (or, with
     KDUMPLAB_VM_REUSE=1, the cached one). A failed boot is reported once and not retried for the session."""
     reason = vm_skip_reason()
     if reason:
@@ -50,11 +50,11 @@ def vm_dump() -> Callable[..., object]:
     made: dict[tuple[str, str], object] = {}
     reuse = os.environ.get("KDUMPLAB_VM_REUSE") == "1"
 
-    def get(kernel: str = "bookworm", workload: str = "idle"):
-        key = (kernel, workload)
+    def get(kernel: str = "bookworm", workload: str = "idle", arch: str = "amd64"):
+        key = (kernel, workload, arch)
         if key not in made:
             try:
-                made[key] = cached_dump(kernel, workload, rebuild=not reuse)
+                made[key] = cached_dump(kernel, workload, rebuild=not reuse, arch=arch)
             except Exception as error:  # noqa: BLE001 - remembered, re-raised for every test that asks
                 made[key] = error
         if isinstance(made[key], Exception):

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 import kdumplab
+from vm_oracles import assert_page_classes_match_counters, assert_tasks_match_drgn
 
 pytestmark = pytest.mark.vm
 
@@ -231,16 +232,7 @@ def drgn_command(dump, command: str) -> str:
 
 
 def test_tasks_match_drgn(real):
-    from drgn.helpers.linux.pid import for_each_task
-    from drgn.helpers.linux.sched import task_state_to_char
-
-    prog = real.prog
-    want = sorted((t.pid.value_(), t.comm.string_().decode(errors="replace"), task_state_to_char(t))
-                  for t in for_each_task(prog))
-    tasks = real.tasks()
-    got = sorted((int(p), c, str(s)) for p, c, s in zip(tasks.pid, tasks.comm, tasks.state) if p > 0)
-    assert got == want
-    assert (tasks["pid"] == 0).sum() == real.system().iloc[0]["cpus_online"]  # one idle task per online CPU
+    assert_tasks_match_drgn(real)
 
 
 def test_meminfo_matches_drgn_kmem_i(real):
@@ -271,21 +263,8 @@ def test_system_matches_drgn_sys(real):
 
 
 def test_page_classes_match_kernel_counters(real):
-    """Free, file and anon pages equal the kernel's own counters (NR_FREE_PAGES, NR_FILE_PAGES, NR_ANON_MAPPED),
-    as crash's did on 6.1; differences are bounded by what the counters count differently (per-CPU page lists
-    hold pages that are free to the counters but not buddy blocks; THP tails are anon)."""
-    if real.dump_level not in (0, None):
-        pytest.skip("a filtered dump no longer holds every struct page's page")
-    pc = real.page_classes().groupby("class", observed=True)["pages"].sum()
-    m = real.meminfo().set_index("item")["pages"]
-    free = int(pc.get("free", 0))
-    # The global counter lags each CPU's unfolded vm_stat_diff, at most the stat threshold (125) per CPU: seen
-    # here as 6 more buddy pages than NR_FREE_PAGES on 6.12.
-    drift = 125 * int(real.system().iloc[0]["cpus_online"])
-    assert free <= m["free"] + drift and m["free"] - free < 0.02 * m["total"] + 4096  # pcp lists: free, not buddy
-    assert int(pc.get("anon", 0)) == pytest.approx(m["anon"], rel=0.05, abs=256)
-    cache = int(pc.get("cache", 0)) + int(pc.get("cache_private", 0))
-    assert cache == pytest.approx(m["file"], rel=0.05, abs=256)
+    """Free, file, anon and slab pages equal the kernel's own counters (see vm_oracles), as crash's did on 6.1."""
+    assert_page_classes_match_counters(real)
 
 
 MAKEDUMPFILE_612 = [d for d in DUMPS if d[0].endswith(":makedumpfile_dump") and "6.12" in d[0]]

@@ -65,3 +65,44 @@ def test_extract_members(tmp_path):
     assert [p.name for p in got] == ["modules.order"]
     with pytest.raises(DebugInfoError, match="Not found in archive"):
         debian.extract_members(deb, ["usr/lib/debug/boot/vmlinux-0.0"], tmp_path / "x3")
+
+
+def test_sid_and_foreign_arch_options(tmp_path, monkeypatch):
+    """sid has no -updates or -security and needs Check-Valid-Until off; another architecture gets its own
+    private state and apt's architecture options, even for the host's own suite."""
+    monkeypatch.setenv("KDUMPLAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(debian, "host_codename", lambda: "bookworm")
+    monkeypatch.setattr(debian, "host_arch", lambda: "amd64")
+    sid = debian.AptSuite("sid")
+    assert sid.sources_list().count("deb ") == 1 and "Acquire::Check-Valid-Until=false" in sid.options()
+    arm = debian.AptSuite("bookworm", "arm64")
+    assert arm.private and arm.state_dir == tmp_path / "apt" / "bookworm-arm64"
+    assert "APT::Architectures=arm64" in arm.options() and "Acquire::Check-Valid-Until=false" not in arm.options()
+    assert debian.AptSuite("bookworm", "amd64").options() == []
+    assert debian.abi_arch("7.2.13+deb14-arm64") == "arm64" and debian.abi_arch("weird") is None
+
+
+def test_extract_first_finds_a_moved_file(tmp_path):
+    """sid's split packages: vmlinuz in linux-binary at usr/lib/modules/<abi>/vmlinuz, not boot/."""
+    if shutil.which("dpkg-deb") is None:
+        pytest.skip("dpkg-deb is not installed")
+    debs = []
+    for name, files in (("image", {"usr/share/doc/x/README": b"x"}),
+                        ("binary", {"usr/lib/modules/9.9/vmlinuz": b"MZ-kernel"})):
+        root = tmp_path / name
+        (root / "DEBIAN").mkdir(parents=True)
+        (root / "DEBIAN" / "control").write_text(f"Package: {name}\nVersion: 1\nArchitecture: all\n"
+                                                 "Maintainer: x <x@y>\nDescription: t\n")
+        for path, data in files.items():
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / path).write_bytes(data)
+        deb = tmp_path / f"{name}.deb"
+        subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(deb)], check=True,
+                       capture_output=True)
+        debs.append(deb)
+    deb, got = debian.extract_first(debs, ["boot/vmlinuz-9.9", "usr/lib/modules/9.9/vmlinuz"], tmp_path / "x")
+    assert deb == debs[1] and got.read_bytes() == b"MZ-kernel"
+    with pytest.raises(DebugInfoError, match="none of boot/vmlinuz-0.0"):
+        debian.extract_first(debs, ["boot/vmlinuz-0.0"], tmp_path / "y")
+    deb, got = debian.extract_first(debs, ["*lib/modules/9.9/vmlinuz"], tmp_path / "z")
+    assert deb == debs[1] and got.name == "vmlinuz"

@@ -131,6 +131,7 @@ def test_guest_config_is_valid_toml(tmp_path):
 
     class K:
         vmlinuz = Path("/cache/vmlinuz-6.1.0-56-amd64")
+        arch = "amd64"
 
     data = tomllib.loads(guest_config(tmp_path, K, tmp_path / "guest" / "initramfs.gz"))
     assert data["target"] == str(tmp_path / "kdumplab") and data["init"] == "/init"
@@ -143,3 +144,18 @@ def test_guest_config_is_valid_toml(tmp_path):
     path.write_text(guest_config(tmp_path, K, tmp_path / "guest" / "initramfs.gz"))
     cfg = load_config(path, root=Path("/"))
     assert cfg.kernel == str(K.vmlinuz)
+
+
+def test_arm64_guest_argv_and_binds(tmp_path):
+    """An arm64 guest: the aarch64 emulator on the virt board, the PL011 console; its init binds the host's paths
+    into its own userland and refuses relative or hostile ones."""
+    argv = qemu_argv(QemuConfig(kernel=Path("/k"), initrd=Path("/i"), append="console=ttyAMA0",
+                                console=tmp_path / "c", arch="arm64", accel="kvm"))
+    assert argv[:3] == ["qemu-system-aarch64", "-M", "virt"] and "kvm" not in argv
+    text = render_init(InitConfig(release="6.1.0-57-arm64", out_dir="/o", binds=["/work/checkout", "/c/k"]))
+    assert "BINDS='/work/checkout /c/k'" in text and "HOSTFS_TAG=hostfs" in text
+    (tmp_path / "init").write_text(text)
+    subprocess.run(["sh", "-n", str(tmp_path / "init")], check=True)
+    for bind in ("relative", "/a b", "/a/../etc"):
+        with pytest.raises(InitramfsError):
+            render_init(InitConfig(release="x", out_dir="/o", binds=[bind]))

@@ -1,7 +1,7 @@
 """Crash a real Debian kernel under QEMU and capture its dump: :func:`crash_vm` and :func:`cached_dump`.
 
-:func:`crash_vm` boots the current kernel of a Debian suite (``bookworm``: 6.1, ``trixie``: 6.12) with a
-``crashkernel=`` reservation, and in the guest:
+:func:`crash_vm` boots the current kernel of a Debian suite (``bullseye``: 5.10, ``bookworm``: 6.1, ``trixie``:
+6.12, ``sid``: 7.2) for ``amd64`` or ``arm64`` with a ``crashkernel=`` reservation, and in the guest:
 
 1. **arm**: ``kdumplab arm --config OUT/guest/kdumplab.toml`` run by the checkout's own Python, chrooted into
    the host's root shared over 9p (``arm="kdumplab"``), or a plain ``kexec -p`` with a command line built here
@@ -12,6 +12,11 @@
    (``save="kdumplab"``), and/or (``save="raw"``) a raw copy of /proc/vmcore to ``OUT/raw/vmcore`` plus
    ``makedumpfile -l -d 31`` of it to ``OUT/makedumpfile/vmcore`` (the oracle for comparisons);
    ``save="both"`` does all three, kdumplab first.
+
+An arm64 guest (``arch="arm64"``, under ``qemu-system-aarch64``) chroots into its own arm64 userland
+(:mod:`kdumplab.testing.vm.userland`) instead of the host's root, with the checkout and the kernel cache bound in
+from the host, and runs the checkout's kdumplab with that userland's Python; kexec and makedumpfile are the
+userland's too.
 
 ``OUT/vm.json`` then holds ``release``, ``vmlinux``, ``timings`` (seconds per phase), ``console`` (the serial
 log), ``arm_status`` and ``save_status`` (exit statuses), and the rest of :class:`VmResult`. A phase that fails
@@ -47,7 +52,8 @@ from kdumplab.debuginfo.debian import cache_lock, cache_root
 from kdumplab.testing.vm import workload as workload_mod
 from kdumplab.testing.vm.initramfs import HOST_ENV, InitConfig, Step, build_initramfs
 from kdumplab.testing.vm.kernels import KernelFiles, current_release, ensure_kernel
-from kdumplab.testing.vm.qemu import Guest, QemuConfig, Share, VmError, detect_accel, parse_size
+from kdumplab.testing.vm.qemu import Guest, QemuConfig, Share, VmError, console_device, detect_accel, parse_size
+from kdumplab.testing.vm.userland import ensure_userland, make_mountpoints
 
 #: Bumped when what a cached dump holds changes; older cached dumps are rebuilt.
 HARNESS_VERSION = 1
@@ -57,8 +63,11 @@ DEFAULT_CRASH = "echo c > /proc/sysrq-trigger"
 #: Guest memory used by :func:`cached_dump` for each workload (the realistic one needs room to be realistic).
 CACHED_MEMORY = {"idle": "1G", "realistic": "2G"}
 
-#: The kdump kernel's command line when the harness arms with plain ``kexec -p``.
-KDUMP_CMDLINE = "console=ttyS0 nr_cpus=1 irqpoll reset_devices panic=1 no_timer_check"
+#: The kdump kernel's command line when the harness arms with plain ``kexec -p`` (after ``console=``).
+KDUMP_CMDLINE = "nr_cpus=1 irqpoll reset_devices panic=1 no_timer_check"
+
+#: Python in an arm64 guest's own userland (Debian's), which runs the checkout's kdumplab.
+GUEST_PYTHON = "/usr/bin/python3"
 
 
 @dataclass
@@ -111,6 +120,7 @@ class VmResult:
     ok: bool = False
     error: str | None = None
     harness_version: int = HARNESS_VERSION
+    arch: str = "amd64"
 
     def to_json(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
@@ -171,7 +181,7 @@ def guest_config(out: Path, kernel: KernelFiles, initrd: Path) -> str:
         "threads": 1,
         "kernel": str(kernel.vmlinuz),
         "initrd": str(initrd),
-        "cmdline_append": ["console=ttyS0", "panic=1", "no_timer_check"],
+        "cmdline_append": [f"console={console_device(kernel.arch)}", "panic=1", "no_timer_check"],
         "init": "/init",
         "failure_action": "poweroff",
         "final_action": "poweroff",
@@ -193,7 +203,7 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
              workload: str = "idle", crash_command: str | None = None, arm: str = "auto", save: str = "auto",
              accel: str | None = None, timeouts: Timeouts | None = None, raw_via: str = "disk",
              report: Callable[[str], None] | None = None,
-             guest_out: str | os.PathLike | None = None) -> VmResult:
+             guest_out: str | os.PathLike | None = None, arch: str = "amd64") -> VmResult:
     """Boot ``kernel``'s current Debian kernel, arm, load, crash, save; see the module docstring.
 
     ``arm`` is ``"kdumplab"``, ``"kexec"`` or ``"auto"`` (kdumplab when ``kdumplab arm`` exists); ``save`` is
@@ -201,7 +211,9 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
     else raw). The raw copy of /proc/vmcore goes through a virtio-blk disk (``raw_via="disk"``, the faster) or
     the 9p share (``"9p"``). ``guest_out`` is the absolute path at which the guest sees OUT (default: OUT's
     own), so that a dump built in a staging directory names its final place in what the guest writes
-    (kdumplab's meta.json). Raises :class:`~kdumplab.testing.vm.qemu.VmError` naming the failed phase.
+    (kdumplab's meta.json). ``arch`` is ``amd64`` or ``arm64`` (TCG only, in its own userland; ``save="auto"``
+    saves raw there until kdumplab's memory layer reads arm64). Raises
+    :class:`~kdumplab.testing.vm.qemu.VmError` naming the failed phase.
     """
     say = report or (lambda message: print(f"kdumplab vm: {message}", file=sys.stderr, flush=True))
     if workload not in workload_mod.WORKLOADS:
@@ -209,7 +221,7 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
     if arm == "auto":
         arm = "kdumplab" if _command_exists("arm") else "kexec"
     if save == "auto":
-        save = "kdumplab" if _save_supports_config() else "raw"
+        save = "kdumplab" if _save_supports_config() and _kdumplab_saves(arch) else "raw"
     if arm not in ("kdumplab", "kexec") or save not in ("kdumplab", "raw", "both") or raw_via not in ("disk", "9p"):
         raise VmError("setup", f"arm={arm!r} save={save!r} raw_via={raw_via!r}: arm is kdumplab|kexec, save is "
                                "kdumplab|raw|both, raw_via is disk|9p")
@@ -230,9 +242,11 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
         (out / name).mkdir()
 
     t_prepare = time.monotonic()
-    files = ensure_kernel(kernel)
+    files = ensure_kernel(kernel, arch)
     checkout = Path(kdumplab.__file__).resolve().parents[1]
-    python = sys.executable
+    # A guest of another architecture chroots into its own userland, with the host's paths it needs bound in.
+    userland = ensure_userland(arch) if arch != "amd64" else None
+    python = sys.executable if userland is None else GUEST_PYTHON
     initrd = guest_dir / "initramfs.gz"
     config = guest_dir / "kdumplab.toml"
     # Paths the guest sees: OUT is mounted at ``guest_out`` inside the host root (OUT itself by default).
@@ -243,10 +257,14 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
 
     first: list[Step] = []
     if arm == "kexec":
-        argv = ["kexec", "-p", f"/host{files.vmlinuz}", "--initrd=/out/guest/initramfs.gz",
-                f"--append={KDUMP_CMDLINE}"]
+        append = f"--append=console={console_device(arch)} {KDUMP_CMDLINE}"
         loaded = ' && test "$(cat /sys/kernel/kexec_crash_loaded)" = 1'
-        first.append(Step("arm", "initramfs", shlex.join(argv) + loaded))
+        if userland is None:
+            argv = ["kexec", "-p", f"/host{files.vmlinuz}", "--initrd=/out/guest/initramfs.gz", append]
+            first.append(Step("arm", "initramfs", shlex.join(argv) + loaded))
+        else:  # the userland's kexec, with the kernel cache bound in at its host path
+            argv = ["kexec", "-p", str(files.vmlinuz), f"--initrd={gout / 'guest' / 'initramfs.gz'}", append]
+            first.append(Step("arm", "host", shlex.join(argv) + loaded))
     else:
         first.append(Step("arm", "host", shlex.join([*kdumplab_cli, "arm", "--config", str(gconfig)])))
     disk = None
@@ -290,19 +308,26 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
                                     Path(os.path.realpath(python)).parent)
                    if str(p).startswith("/tmp/")})
     keep = [p for p in keep if not any(p.startswith(q + "/") for q in keep)]  # nested ones come with their parent
+    shares = [Share("hostroot", Path("/"), readonly=True), Share("out", out)]
+    binds: list[str] = []
+    if userland is not None:
+        keep, binds = [], [str(checkout), str(files.directory)]
+        make_mountpoints(userland, [*binds, str(gout)])
+        shares = [Share("hostroot", userland, readonly=True), Share("out", out),
+                  Share("hostfs", Path("/"), readonly=True)]
     build_initramfs(files, InitConfig(release=files.release, out_dir=str(gout), first_steps=first,
-                                      kdump_steps=kdump, host_env=env, keep_tmp=keep), initrd)
-    accel = accel or detect_accel()
+                                      kdump_steps=kdump, host_env=env, keep_tmp=keep, binds=binds), initrd,
+                    userland=userland)
+    accel = "tcg" if userland is not None else accel or detect_accel()
     qcfg = QemuConfig(kernel=files.vmlinuz, initrd=initrd, console=out / "console.log", memory=memory,
-                      append=f"console=ttyS0 crashkernel={crashkernel} panic=1 no_timer_check",
-                      shares=[Share("hostroot", Path("/"), readonly=True), Share("out", out)],
-                      disks=disks, accel=accel)
+                      append=f"console={console_device(arch)} crashkernel={crashkernel} panic=1 no_timer_check",
+                      shares=shares, disks=disks, accel=accel, arch=arch)
     result = VmResult(out=out, suite=kernel, release=files.release, version=files.version, vmlinux=files.vmlinux,
                       vmlinuz=files.vmlinuz, console=qcfg.console, accel=accel, memory=memory,
                       crashkernel=crashkernel, workload=workload, crash_command=crash_command, arm_mode=arm,
-                      save_mode=save, config=config)
+                      save_mode=save, config=config, arch=arch)
     result.timings["prepare"] = round(time.monotonic() - t_prepare, 2)
-    say(f"booting {files.release} ({kernel}) under {accel}, {memory}, crashkernel={crashkernel}, "
+    say(f"booting {files.release} ({kernel}, {arch}) under {accel}, {memory}, crashkernel={crashkernel}, "
         f"workload {workload}, arm with {arm}, save {save}; console {qcfg.console}")
     try:
         with cache_lock("vm-guest"):  # one guest at a time on this machine
@@ -330,6 +355,15 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
     result.save()
     say(f"done in {result.timings['total']:.0f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
     return result
+
+
+def _kdumplab_saves(arch: str) -> bool:
+    """True when kdumplab's memory layer reads ``arch``'s dumps (so ``kdumplab save`` can filter them)."""
+    if arch == "amd64":
+        return True
+    from kdumplab.memory import translate
+
+    return arch in getattr(translate, "ARCHES", ())
 
 
 def _finish_raw_disk(raw: Path) -> None:
@@ -410,11 +444,12 @@ def _run_guest(qcfg: QemuConfig, result: VmResult, first: list[Step], kdump: lis
         timings["total"] = round(time.monotonic() - start, 2)
 
 
-def cached_dump_dir(kernel: str = "bookworm", workload: str = "idle", memory: str | None = None) -> Path:
-    """Where :func:`cached_dump` keeps the dump of ``kernel`` after ``workload``:
-    ``~/.cache/kdumplab/vm-dumps/<release>-<workload>[-<memory>]``."""
+def cached_dump_dir(kernel: str = "bookworm", workload: str = "idle", memory: str | None = None,
+                    arch: str = "amd64") -> Path:
+    """Where :func:`cached_dump` keeps the dump of ``kernel`` (for ``arch``) after ``workload``:
+    ``~/.cache/kdumplab/vm-dumps/<release>-<workload>[-<memory>]`` (the release names the architecture)."""
     memory = memory or CACHED_MEMORY.get(workload, "1G")
-    release = current_release(kernel).release
+    release = current_release(kernel, arch).release
     name = f"{release}-{workload}" + ("" if memory == CACHED_MEMORY.get(workload) else f"-{memory}")
     return cache_root() / "vm-dumps" / name
 
@@ -441,7 +476,7 @@ def _relocate(result: VmResult, old: Path, new: Path) -> VmResult:
 
 
 def cached_dump(kernel: str = "bookworm", workload: str = "idle", memory: str | None = None,
-                require_kdumplab: bool = False, rebuild: bool = False) -> VmResult:
+                require_kdumplab: bool = False, rebuild: bool = False, arch: str = "amd64") -> VmResult:
     """A real dump of ``kernel``'s current Debian kernel after ``workload``, built once and kept in
     :func:`cached_dump_dir` (``~/.cache/kdumplab/vm-dumps/<release>-<workload>/``; the guest has the memory of
     :data:`CACHED_MEMORY` unless ``memory`` says otherwise, and then the directory name ends in it).
@@ -457,13 +492,13 @@ def cached_dump(kernel: str = "bookworm", workload: str = "idle", memory: str | 
     ('vmcore', 'makedumpfile')
     """
     memory = memory or CACHED_MEMORY.get(workload, "1G")
-    out = cached_dump_dir(kernel, workload, memory)
+    out = cached_dump_dir(kernel, workload, memory, arch)
     with cache_lock(f"vm-dump-{out.name}"):
         if not rebuild:
             cached = _usable(out, require_kdumplab)
             if cached is not None:
                 return cached
-        save = "both" if _save_supports_config() else "raw"
+        save = "both" if _save_supports_config() and _kdumplab_saves(arch) else "raw"
         if require_kdumplab and save == "raw":
             raise VmError("setup", "a dump saved by kdumplab was asked for, but this checkout has no "
                                    "`kdumplab save --from-config` yet")
@@ -471,7 +506,8 @@ def cached_dump(kernel: str = "bookworm", workload: str = "idle", memory: str | 
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         out.mkdir(parents=True, exist_ok=True)  # the guest mounts the staging directory over it
-        result = crash_vm(staging, kernel=kernel, memory=memory, workload=workload, save=save, guest_out=out)
+        result = crash_vm(staging, kernel=kernel, memory=memory, workload=workload, save=save, guest_out=out,
+                          arch=arch)
         _relocate(result, staging, out)
         old = staging.with_name(staging.name + f".old-{os.getpid()}")  # outside vm-dumps: never looks like a dump
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -80,7 +80,10 @@ class InitConfig:
     ``out_dir`` is OUT's absolute path on the host (where it is also mounted inside ``/host``); ``host_tag`` and
     ``out_tag`` are the 9p mount tags QEMU exports; ``msize`` the 9p message size. The guest puts a tmpfs over
     the host root's /tmp; ``keep_tmp`` lists the host directories under /tmp that must stay visible there (a
-    checkout or a venv the steps run from).
+    checkout or a venv the steps run from). When the root the steps chroot into is not the host's (an arm64
+    guest's own userland, :mod:`kdumplab.testing.vm.userland`), the host's root is also exported as
+    ``hostfs_tag`` and each of ``binds`` (absolute host paths: the checkout, the kernel cache) is bound from it
+    onto the same path inside the chroot.
     """
 
     release: str
@@ -92,6 +95,8 @@ class InitConfig:
     msize: int = 262144
     host_env: dict[str, str] = field(default_factory=lambda: dict(HOST_ENV))
     keep_tmp: list[str] = field(default_factory=list)
+    binds: list[str] = field(default_factory=list)
+    hostfs_tag: str = "hostfs"
 
 
 def _steps(steps: list[Step]) -> str:
@@ -114,6 +119,9 @@ def render_init(cfg: InitConfig) -> str:
     for keep in cfg.keep_tmp:
         if not keep.startswith("/tmp/") or re.search(r"\s", keep) or "/../" in keep + "/":
             raise InitramfsError(f"keep_tmp {keep!r}: a path under /tmp without white space or '..'")
+    for bind in cfg.binds:
+        if not os.path.isabs(bind) or re.search(r"\s", bind) or "/../" in bind + "/":
+            raise InitramfsError(f"binds {bind!r}: an absolute path without white space or '..'")
     values = {
         "RELEASE": shlex.quote(cfg.release),
         "HOST_TAG": shlex.quote(cfg.host_tag),
@@ -122,6 +130,8 @@ def render_init(cfg: InitConfig) -> str:
         "MSIZE": shlex.quote(str(cfg.msize)),
         "HOST_ENV": shlex.quote(" ".join(f"{k}={v}" for k, v in cfg.host_env.items())),
         "KEEP_TMP": shlex.quote(" ".join(cfg.keep_tmp)),
+        "BINDS": shlex.quote(" ".join(cfg.binds)),
+        "HOSTFS_TAG": shlex.quote(cfg.hostfs_tag),
         "FIRST_STEPS": _steps(cfg.first_steps),
         "KDUMP_STEPS": _steps(cfg.kdump_steps),
     }
@@ -197,7 +207,12 @@ def shared_libraries(program: str) -> list[str]:
     return libs
 
 
-def _busybox() -> str:
+def _busybox(userland: Path | None = None) -> str:
+    if userland is not None:  # another architecture's static busybox, from the guest's own userland
+        for candidate in ("bin/busybox", "usr/bin/busybox"):
+            if (userland / candidate).exists():
+                return str(userland / candidate)
+        raise InitramfsError(f"no busybox in the guest userland {userland}: it needs busybox-static")
     for candidate in ("/bin/busybox", "/usr/bin/busybox"):
         if os.path.exists(candidate):
             done = subprocess.run(["ldd", candidate], capture_output=True, text=True)
@@ -206,10 +221,12 @@ def _busybox() -> str:
     raise InitramfsError("no static busybox on this machine: apt-get install busybox-static")
 
 
-def build_initramfs(kernel: KernelFiles, cfg: InitConfig, dest: Path) -> Path:
+def build_initramfs(kernel: KernelFiles, cfg: InitConfig, dest: Path, userland: Path | None = None) -> Path:
     """Write the gzip-compressed initramfs for ``kernel`` and ``cfg`` to ``dest``; returns ``dest``.
 
-    Also writes the generated script next to it (``dest`` with suffix ``.init.sh``) for reading.
+    Also writes the generated script next to it (``dest`` with suffix ``.init.sh``) for reading. ``userland``:
+    the root of another architecture's userland (an arm64 guest's), whose static busybox goes in instead of the
+    host's; the host's programs (kexec) are then left out, and the steps run them from that userland.
     """
     w = CpioWriter()
     for d in ("bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "host", "hosttmp", "out", "etc",
@@ -218,14 +235,15 @@ def build_initramfs(kernel: KernelFiles, cfg: InitConfig, dest: Path) -> Path:
         w.directory(d)
     w.char_device("dev/console", 5, 1)
     w.char_device("dev/null", 1, 3, 0o666)
-    busybox = _busybox()
+    busybox = _busybox(userland)
     w.file("bin/busybox", Path(busybox).read_bytes(), 0o755)
-    applets = subprocess.run([busybox, "--list-full"], capture_output=True, text=True, check=True).stdout.split()
+    # The applet list from the host's busybox (the same Debian version): the guest's may not run here.
+    applets = subprocess.run([_busybox(), "--list-full"], capture_output=True, text=True, check=True).stdout.split()
     for applet in applets:
         if applet.rsplit("/", 1)[-1] != "busybox" and "/" in applet.strip("/"):
             w.directory(os.path.dirname(applet.strip("/")))
             w.symlink(applet, "/bin/busybox")
-    for program in HOST_PROGRAMS:
+    for program in HOST_PROGRAMS if userland is None else ():
         real = os.path.realpath(program)
         if not os.path.exists(real):
             raise InitramfsError(f"{program} is missing on this machine: apt-get install kexec-tools")

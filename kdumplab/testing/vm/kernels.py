@@ -1,8 +1,10 @@
 """Debian kernels for the real-kernel tests: which release a suite ships now, and its files in the cache.
 
-A suite's current kernel is what its ``linux-image-amd64`` metapackage depends on: on bookworm
-``linux-image-6.1.0-56-amd64`` (version ``6.1.192-2``), on trixie ``linux-image-6.12.118+deb13-amd64``. The
-answer comes from the package lists apt already has (the system's for the machine's own suite, the private ones
+A suite's current kernel for an architecture is what its ``linux-image-<arch>`` metapackage depends on: on
+bookworm ``linux-image-6.1.0-56-amd64`` (version ``6.1.192-2``), on trixie ``linux-image-6.12.118+deb13-amd64``,
+on bullseye a 5.10, on sid ``linux-image-7.2.13+deb14-amd64``, which is split further into
+``linux-binary-<abi>`` (``usr/lib/modules/<abi>/vmlinuz``) and ``linux-modules-<abi>``. The answer comes from
+the package lists apt already has (the system's for the machine's own suite and architecture, the private ones
 of :class:`kdumplab.debuginfo.debian.AptSuite` for the others), so it does not change between two test runs
 unless the lists are refreshed.
 
@@ -29,12 +31,15 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kdumplab.debuginfo.debian import (AptSuite, cache_lock, extract_members, fetch_image_deb, fetch_vmlinux,
-                                       kernel_dir)
+from kdumplab.debuginfo.debian import (AptSuite, cache_lock, extract_first, extract_members, fetch_kernel_debs,
+                                       fetch_vmlinux, kernel_dir)
 from kdumplab.errors import DebugInfoError
 
 #: The suites the harness knows by name.
-SUITES = ("bookworm", "trixie")
+SUITES = ("bullseye", "bookworm", "trixie", "sid")
+
+#: The architectures the harness boots (QEMU's x86_64 and aarch64 system emulators).
+ARCHES = ("amd64", "arm64")
 
 #: Modules the test initramfs loads (with their dependencies): virtio PCI devices, 9p shares over virtio,
 #: virtio-blk disks, and ext4 (with the crc32c it asks the crypto API for) for the workload's page cache.
@@ -52,6 +57,7 @@ class KernelRelease:
     suite: str
     release: str
     version: str
+    arch: str = "amd64"
 
 
 @dataclass(frozen=True)
@@ -64,20 +70,30 @@ class KernelFiles:
     vmlinuz: Path
     vmlinux: Path
     modules: Path  #: directory with the decompressed .ko files the initramfs needs and their load-order
+    arch: str = "amd64"
 
     @property
     def directory(self) -> Path:
         return self.vmlinuz.parent
 
 
-def current_release(suite: str) -> KernelRelease:
-    """The kernel ``suite`` ships now: the dependency of its ``linux-image-amd64`` candidate."""
-    apt = AptSuite(suite)
-    meta = apt.package("linux-image-amd64")
-    match = re.search(r"linux-image-(\S+)", meta.depends)
+def _check(suite: str, arch: str) -> None:
+    if suite not in SUITES:
+        raise DebugInfoError(f"unknown suite {suite!r}: choose one of {', '.join(SUITES)}")
+    if arch not in ARCHES:
+        raise DebugInfoError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHES)}")
+
+
+def current_release(suite: str, arch: str = "amd64") -> KernelRelease:
+    """The kernel ``suite`` ships now for ``arch``: the ``linux-image-<abi>`` its ``linux-image-<arch>``
+    candidate depends on (sid's also depends on ``linux-base-<arch>``, which is not a kernel)."""
+    _check(suite, arch)
+    apt = AptSuite(suite, arch)
+    meta = apt.package(f"linux-image-{arch}")
+    match = re.search(rf"\blinux-image-(\S+-{arch})\b", meta.depends)
     if not match:
-        raise DebugInfoError(f"{suite}: linux-image-amd64 {meta.version} depends on no kernel ({meta.depends!r})")
-    return KernelRelease(suite=suite, release=match.group(1), version=meta.version)
+        raise DebugInfoError(f"{suite}: linux-image-{arch} {meta.version} depends on no kernel ({meta.depends!r})")
+    return KernelRelease(suite=suite, release=match.group(1), version=meta.version, arch=arch)
 
 
 def module_name(path: str | Path) -> str:
@@ -129,14 +145,14 @@ def _decompress(path: Path) -> bytes:
     return data
 
 
-def _unpack_modules(image_deb: Path, release: str, target: Path) -> None:
+def _unpack_modules(debs: list[Path], release: str, target: Path) -> None:
     """Put the modules of :data:`GUEST_MODULES` and their dependencies, decompressed, into ``target`` with a
     ``load-order`` file. Debian's packages carry modules.order but no modules.dep (depmod makes it at install),
     so dependencies come from each module's own ``depends=``; each round extracts what is still missing."""
     base = f"*lib/modules/{release}"
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch_name:
         scratch = Path(scratch_name)
-        [order_file] = extract_members(image_deb, [f"{base}/modules.order"], scratch / "order")
+        image_deb, order_file = extract_first(debs, [f"{base}/modules.order"], scratch / "order")
         paths = {module_name(line): line.strip() for line in order_file.read_text().splitlines() if line.strip()}
         staged = scratch / "modules"
         staged.mkdir()
@@ -160,29 +176,29 @@ def _unpack_modules(image_deb: Path, release: str, target: Path) -> None:
         staged.rename(target)
 
 
-def ensure_kernel(suite: str = "bookworm") -> KernelFiles:
-    """Download (once) and unpack the current kernel of ``suite`` into the cache; see the module docstring."""
-    if suite not in SUITES:
-        raise DebugInfoError(f"unknown suite {suite!r}: choose one of {', '.join(SUITES)}")
-    rel = current_release(suite)
+def ensure_kernel(suite: str = "bookworm", arch: str = "amd64") -> KernelFiles:
+    """Download (once) and unpack the current kernel of ``suite`` for ``arch`` into the cache; see the module
+    docstring."""
+    rel = current_release(suite, arch)
     directory = kernel_dir(rel.release)
     directory.mkdir(parents=True, exist_ok=True)
     vmlinuz = directory / f"vmlinuz-{rel.release}"
     modules = directory / "modules"
-    vmlinux = fetch_vmlinux(rel.release, suite)
+    vmlinux = fetch_vmlinux(rel.release, AptSuite(suite, arch))
     with cache_lock(f"kernel-{rel.release}"):
         wanted = modules / "wanted"
         current = wanted.exists() and wanted.read_text().split() == list(GUEST_MODULES)
         if not vmlinuz.exists() or not current:
-            deb = fetch_image_deb(rel.release, suite)
+            debs = fetch_kernel_debs(rel.release, AptSuite(suite, arch))
             if not current:
-                _unpack_modules(deb, rel.release, modules)
+                _unpack_modules(debs, rel.release, modules)
             if not vmlinuz.exists():
                 with tempfile.TemporaryDirectory(dir=directory) as scratch:
-                    [got] = extract_members(deb, [f"boot/vmlinuz-{rel.release}"], Path(scratch))
+                    _, got = extract_first(debs, [f"boot/vmlinuz-{rel.release}",
+                                               f"usr/lib/modules/{rel.release}/vmlinuz"], Path(scratch))
                     got.rename(vmlinuz)
         files = KernelFiles(suite=suite, release=rel.release, version=rel.version, vmlinuz=vmlinuz,
-                            vmlinux=vmlinux, modules=modules)
+                            vmlinux=vmlinux, modules=modules, arch=arch)
         meta = {k: str(v) for k, v in asdict(files).items()}
         (directory / "kernel.json").write_text(json.dumps(meta, indent=2) + "\n")
     return files

@@ -6,6 +6,11 @@ and ``-no-reboot``, so that the guest's reboot or power-off ends QEMU. KVM is us
 where ``/dev/kvm`` is a nested or para-virtual device that aborts or hangs, :func:`detect_accel` notices it in a
 few seconds with a 512-byte boot sector and TCG (``-accel tcg,thread=multi -cpu max``) is used instead.
 
+An arm64 guest (``QemuConfig(arch="arm64")``) runs under ``qemu-system-aarch64`` (Debian's qemu-system-arm) as
+``-M virt -cpu max,pauth-impdef=on`` under TCG (``pauth-impdef``: QEMU's own pointer-authentication hash,
+several times faster to emulate than the architected QARMA), booted directly with ``-kernel``; its console is
+the PL011 UART (``ttyAMA0``), its 9p shares and disks virtio-pci devices on the virt board's PCIe bus.
+
 :class:`Guest` runs QEMU and :meth:`Guest.expect` waits for console lines, with a timeout per phase; a timeout,
 an unexpected line or QEMU exiting raises :class:`VmError` naming the phase and showing the console's last
 lines.
@@ -35,6 +40,15 @@ from kdumplab.errors import KdumplabError
 
 QEMU = "qemu-system-x86_64"
 
+#: The system emulator, the Debian package that has it and the kernel's console device, per architecture.
+QEMU_BY_ARCH = {"amd64": ("qemu-system-x86_64", "qemu-system-x86", "ttyS0"),
+                "arm64": ("qemu-system-aarch64", "qemu-system-arm", "ttyAMA0")}
+
+
+def console_device(arch: str = "amd64") -> str:
+    """The serial console's name on the guest kernel's command line (``ttyS0``, arm64's PL011 ``ttyAMA0``)."""
+    return QEMU_BY_ARCH[arch][2]
+
 
 class VmError(KdumplabError):
     """A phase of a test guest failed: ``phase`` names it, ``console`` is the serial log, ``tail`` its end."""
@@ -53,10 +67,11 @@ class VmUnavailableError(VmError):
     """QEMU is not installed or cannot start a guest on this machine."""
 
 
-def qemu_available() -> str | None:
-    """None when QEMU can run here, else the reason it cannot (for a test's skip message)."""
-    if shutil.which(QEMU) is None:
-        return f"{QEMU} is not installed (apt-get install qemu-system-x86)"
+def qemu_available(arch: str = "amd64") -> str | None:
+    """None when QEMU can run ``arch`` guests here, else the reason it cannot (for a test's skip message)."""
+    binary, package, _ = QEMU_BY_ARCH[arch]
+    if shutil.which(binary) is None:
+        return f"{binary} is not installed (apt-get install {package})"
     return None
 
 
@@ -124,16 +139,24 @@ class QemuConfig:
     disks: list[Path] = field(default_factory=list)
     accel: str | None = None
     extra: list[str] = field(default_factory=list)
+    arch: str = "amd64"
 
 
 def qemu_argv(cfg: QemuConfig) -> list[str]:
-    """QEMU's argument list for ``cfg``."""
-    accel = cfg.accel or detect_accel()
-    if accel == "kvm":
+    """QEMU's argument list for ``cfg``.
+
+    >>> cfg = QemuConfig(kernel=Path("/k"), initrd=Path("/i"), append="console=ttyAMA0", console=Path("/c.log"),
+    ...                  arch="arm64")
+    >>> qemu_argv(cfg)[:7]
+    ['qemu-system-aarch64', '-M', 'virt', '-accel', 'tcg,thread=multi', '-cpu', 'max,pauth-impdef=on']
+    """
+    if cfg.arch == "arm64":  # no KVM for arm64 guests on an x86_64 host
+        accel_args = ["-M", "virt", "-accel", "tcg,thread=multi", "-cpu", "max,pauth-impdef=on"]
+    elif (cfg.accel or detect_accel()) == "kvm":
         accel_args = ["-accel", "kvm", "-cpu", "host"]
     else:
         accel_args = ["-accel", "tcg,thread=multi", "-cpu", "max"]
-    argv = [QEMU, *accel_args, "-smp", str(cfg.smp), "-m", cfg.memory,
+    argv = [QEMU_BY_ARCH[cfg.arch][0], *accel_args, "-smp", str(cfg.smp), "-m", cfg.memory,
             "-nodefaults", "-display", "none", "-no-reboot", "-no-user-config",
             "-kernel", str(cfg.kernel), "-initrd", str(cfg.initrd), "-append", cfg.append,
             "-chardev", f"file,id=console,path={cfg.console}", "-serial", "chardev:console"]
@@ -187,7 +210,7 @@ class Guest:
                 self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
                                              start_new_session=True)
             except OSError as error:
-                raise VmUnavailableError("start", f"cannot run {QEMU}: {error}") from None
+                raise VmUnavailableError("start", f"cannot run {argv[0]}: {error}") from None
         self.started = time.monotonic()
 
     def kill(self) -> None:
@@ -296,5 +319,5 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) << {"K": 10, "M": 20, "G": 30, "T": 40}[unit]
 
 
-__all__: Iterable[str] = ["Guest", "QemuConfig", "Share", "VmError", "VmUnavailableError", "detect_accel",
-                          "qemu_argv", "qemu_available", "parse_size"]
+__all__: Iterable[str] = ["Guest", "QemuConfig", "Share", "VmError", "VmUnavailableError", "console_device",
+                          "detect_accel", "qemu_argv", "qemu_available", "parse_size"]

@@ -1,0 +1,56 @@
+"""The real-kernel oracle checks shared by the vm tests: kdumplab's tables against drgn and the kernel's own
+counters on one opened dump (:func:`kdumplab.open`). Each function asserts; the tests call them on the dumps they
+have (the cached guests of :mod:`test_analysis_vm_oracles`, every suite and architecture of
+:mod:`test_vm_kernels`)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def assert_tasks_match_drgn(dump) -> None:
+    """``tasks()`` lists what drgn's ``for_each_task`` lists (pid, comm, state), plus one idle task (pid 0) per
+    online CPU, which for_each_task leaves out."""
+    from drgn.helpers.linux.pid import for_each_task
+    from drgn.helpers.linux.sched import task_state_to_char
+
+    want = sorted((t.pid.value_(), t.comm.string_().decode(errors="replace"), task_state_to_char(t))
+                  for t in for_each_task(dump.prog))
+    tasks = dump.tasks()
+    got = sorted((int(p), c, str(s)) for p, c, s in zip(tasks.pid, tasks.comm, tasks.state) if p > 0)
+    assert got == want
+    assert (tasks["pid"] == 0).sum() == dump.system().iloc[0]["cpus_online"]
+
+
+def assert_stack_matches_drgn(dump) -> None:
+    """``backtrace()`` of the crashed thread is drgn's ``crashed_thread().stack_trace()``, frame by frame (name,
+    inline, pc), and it reaches the panic. drgn may go on past the syscall entry to the user-space pc the syscall
+    came from (a frame without a name); the kernel stack is what both show."""
+    trace = dump.prog.crashed_thread().stack_trace()
+    want = [(frame.name, bool(frame.is_inline), frame.pc) for frame in trace]
+    bt = dump.backtrace()
+    got = [(f if isinstance(f, str) else None, bool(i), int(pc))
+           for f, i, pc in zip(bt["function"], bt["inline"], bt["pc"])]
+    assert got == want[:len(got)]
+    assert all(pc < 1 << 63 for _, _, pc in want[len(got):]), want[len(got):]
+    assert "panic" in [name for name, _, _ in got]
+
+
+def assert_page_classes_match_counters(dump) -> None:
+    """Free, file, anon and slab pages of ``page_classes()`` equal the kernel's own counters as drgn reads them
+    (``meminfo()``: NR_FREE_PAGES, NR_FILE_PAGES, NR_ANON_MAPPED, NR_SLAB_RECLAIMABLE_B +
+    NR_SLAB_UNRECLAIMABLE_B), up to what the counters count differently: each CPU's unfolded vm_stat_diff (the
+    stat threshold, at most 125 per CPU) and the per-CPU page lists, free to the counters but not buddy blocks;
+    THP tails are anon."""
+    if dump.dump_level not in (0, None):
+        pytest.skip("a filtered dump no longer holds every struct page's page")
+    pc = dump.page_classes().groupby("class", observed=True)["pages"].sum()
+    m = dump.meminfo().set_index("item")["pages"]
+    free = int(pc.get("free", 0))
+    drift = 125 * int(dump.system().iloc[0]["cpus_online"])
+    assert free <= m["free"] + drift and m["free"] - free < 0.02 * m["total"] + 4096  # pcp lists: free, not buddy
+    assert int(pc.get("anon", 0)) == pytest.approx(m["anon"], rel=0.05, abs=256)
+    cache = int(pc.get("cache", 0)) + int(pc.get("cache_private", 0))
+    assert cache == pytest.approx(m["file"], rel=0.05, abs=256)
+    # A slab's pages are counted when the slab is allocated or freed, with the same per-CPU lag.
+    assert abs(int(pc.get("slab", 0)) - int(m["slab"])) <= drift + 0.01 * int(m["slab"])
