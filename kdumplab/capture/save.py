@@ -6,8 +6,9 @@ The steps, each a phase of the log (:mod:`kdumplab.capture.progress`):
    (VMCOREINFO alone), make the target directory (``DEST/<crash time>-<hostname>/``; 0700).
 2. **dmesg**: the kernel log goes to ``dmesg.txt`` first, so it survives whatever happens to the dump.
 3. **classify** (pass 1, :func:`kdumplab.capture.pipeline.plan_pages`): the 2nd bitmap for the dump level.
-   Fallbacks, each recorded in meta.json and the log: a window whose struct pages are unusable keeps all its
-   pages; if the memory layout cannot be found at all the dump level drops to ``level & 1`` (zero pages only,
+   Fallbacks, each recorded in meta.json and the log: struct pages that cannot be a kernel's keep their own
+   pages, one by one (``per_page`` entry with their ``ranges``); a window whose struct pages cannot be read at
+   all keeps all its pages; if the memory layout cannot be found at all the dump level drops to ``level & 1`` (zero pages only,
    decided from the contents), and if even that fails, to 0 (an unfiltered copy).
 4. **space**: the exact size of the metadata and the uncompressed size of the kept pages against the free space.
 5. **write** (pass 2) under ``.vmcore.part`` (0600), then fsync. A full disk, a read error, a dead ssh target or a
@@ -130,7 +131,9 @@ def fallback_chain(dump_level: int) -> list[tuple[int, bool]]:
 # -- reading the source ----------------------------------------------------------------------------------------
 class MemoryClassifier:
     """The :class:`~kdumplab.capture.pipeline.WindowClassifier` over :mod:`kdumplab.memory`: struct pages read
-    window by window, classified with the rules of the kernel's era, kept per the dump level."""
+    window by window, classified with the rules of the kernel's era, kept per the dump level. Struct pages that
+    cannot be a kernel's (:func:`kdumplab.memory.page_class.distrusted_pages`) are kept one by one and listed
+    in :attr:`distrusted`, never their whole window."""
 
     def __init__(self, dump: Any, mem: Any) -> None:
         from kdumplab.memory.mem_map import MemMap
@@ -141,40 +144,43 @@ class MemoryClassifier:
         self.state = ClassifyState()
         self.class_names = list(LABELS)
         self._state_cls = ClassifyState
+        #: ``(start_pfn, count, reason bits)`` runs of struct pages the trust check refused (kept whole).
+        self.distrusted: list[tuple[int, int, int]] = []
 
     def window(self, start: int, count: int, dump_level: int) -> tuple[np.ndarray, np.ndarray]:
-        from kdumplab.memory.page_class import classify, excluded_mask
+        from kdumplab.memory.page_class import classify, distrust_runs, distrusted_pages, excluded_mask
 
         try:
             pages = self.mem_map.read_pages(start, count)
-            self.check(pages, start)
-            classes = classify(pages, self.rules, start, self.state)
+            reasons = distrusted_pages(pages, start, self.rules)
+            bad = reasons != 0
+            classes = classify(pages, self.rules, start, self.state, distrust=bad if bad.any() else None)
         except BaseException:
             self.state = self._state_cls()  # ranges carried from a bad window must not leak into the next
             raise
+        if bad.any():
+            self.distrusted.extend(distrust_runs(reasons, start))
         return classes, ~excluded_mask(classes, dump_level)
 
-    def check(self, pages: np.ndarray, start: int) -> None:
-        """Refuse a window whose struct pages cannot be a kernel's: a tail page pointing outside mem_map or
-        ahead of itself, a buddy block of an impossible order. Garbage there would otherwise classify as
-        anything (hwpoison, free...) and silently drop pages; refused, the window is kept whole."""
-        from kdumplab.errors import CorruptDumpError
-        from kdumplab.memory.page_class import type_match
+    def fallback_json(self, dump_level: int, limit: int = 4096) -> dict[str, Any] | None:
+        """The meta.json ``fallbacks`` entry naming the distrusted pages (None when there are none): the level
+        applied to them (``dump_level & 1``: kept unless all zero), why, how many, and their ``[start_pfn, count]``
+        ranges (the first ``limit``; ``ranges_truncated`` says when there were more)."""
+        from kdumplab.memory.page_class import DISTRUST_REASONS
 
-        valid = pages["valid"]
-        pfn = np.arange(start, start + len(pages), dtype=np.int64)
-        tail = valid & ((pages["compound_head"] & np.uint64(1)) != 0)
-        head = pages["head_pfn"]
-        bad_tail = tail & ((head < 0) | (head >= pfn) | (pfn - head >= (1 << 20)))
-        buddy = valid & ~tail & type_match(np.ascontiguousarray(pages["mapcount"], np.int32), self.rules.buddy_value)
-        bad_buddy = buddy & (pages["private"] >= np.uint64(self.rules.max_order))
-        n_tail, n_buddy = int(bad_tail.sum()), int(bad_buddy.sum())
-        if n_tail or n_buddy:
-            first = int(pfn[np.flatnonzero(bad_tail | bad_buddy)[0]])
-            raise CorruptDumpError(getattr(self.mem_map, "name", None), None,
-                                   f"struct pages of pfns {start:#x}..{start + len(pages) - 1:#x}",
-                                   f"corrupted mem_map: {n_tail} tail pages point outside mem_map, {n_buddy} buddy "
-                                   f"blocks of impossible order (first at pfn {first:#x})")
+        if not self.distrusted:
+            return None
+        bits = 0
+        for _, _, b in self.distrusted:
+            bits |= b
+        why = "; ".join(text for bit, text in DISTRUST_REASONS.items() if bits & bit)
+        out: dict[str, Any] = {"dump_level": dump_level & 1, "per_page": True,
+                               "reason": f"struct pages that cannot be a kernel's ({why}): those pages kept",
+                               "pages": sum(c for _, c, _ in self.distrusted),
+                               "ranges": [[s, c] for s, c, _ in self.distrusted[:limit]]}
+        if len(self.distrusted) > limit:
+            out["ranges_truncated"] = len(self.distrusted)
+        return out
 
 
 def read_utsname(mem: Any) -> tuple[str, ...] | None:
@@ -538,6 +544,11 @@ def _save(dump: Any, source: str, dest: str, options: SaveOptions, progress: Pro
                                           "reason": reason})
                 progress.log(f"warning: cannot filter at dump level {level} ({reason}); falling back")
     assert plan is not None
+    page_fallback = classifier.fallback_json(level) if classifier is not None else None
+    if page_fallback is not None:
+        progress.log(f"warning: {page_fallback['pages']} pages with damaged struct pages kept: "
+                     f"{page_fallback['reason']}")
+        meta["fallbacks"].append(page_fallback)
     if plan.fallbacks:
         reasons = sorted({f.reason for f in plan.fallbacks})
         pages = sum(f.count or 0 for f in plan.fallbacks)

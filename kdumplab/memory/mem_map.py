@@ -33,7 +33,7 @@ import numpy as np
 
 from kdumplab.errors import MemoryReadError, VmcoreinfoError
 
-__all__ = ["MemMap", "MemMapRange", "PAGE_DTYPE"]
+__all__ = ["MemMap", "MemMapRange", "PAGE_DTYPE", "tail_head_addrs"]
 
 #: One struct page as :meth:`MemMap.read_pages` returns it.
 #:
@@ -45,8 +45,8 @@ __all__ = ["MemMap", "MemMapRange", "PAGE_DTYPE"]
 #:   ``OFFSET(page.compound_dtor)`` (or ``folio._folio_order``/``_folio_dtor`` minus ``SIZE(page)``) in the next
 #:   struct page, 0 when VMCOREINFO does not export them;
 #: - ``valid``: the pfn has a struct page (its section is present);
-#: - ``head_pfn``: for a tail page, the pfn of the head its ``compound_head`` points to; -1 otherwise (also when
-#:   the pointer is not a struct page address).
+#: - ``head_pfn``: for a tail page, the pfn of the head its ``compound_head`` names (a pointer, or 7.x's mask:
+#:   :func:`tail_head_addrs`); -1 otherwise (also when that is not a struct page address).
 PAGE_DTYPE = np.dtype([
     ("flags", "<u8"), ("compound_head", "<u8"), ("mapping", "<u8"), ("private", "<u8"),
     ("mapcount", "<i4"), ("refcount", "<i4"), ("next_flags", "<u8"), ("next_order", "u1"), ("next_dtor", "u1"),
@@ -59,6 +59,27 @@ _SECTION_PRESENT = 0x1
 # aligned allocation minus a multiple of 32768 * SIZE(page)), so clearing 6 bits is safe on every kernel.
 _SECTION_FLAGS_MASK = 0x3F
 _KERNEL_HALF = 0xFF00000000000000  # the lowest kernel address with 5-level paging (4-level: 0xffff8...)
+
+
+def tail_head_addrs(info: np.ndarray, page_addrs: np.ndarray) -> np.ndarray:
+    """The head struct page address of tail pages from their ``compound_head``/``compound_info`` word (bit 0
+    set) and their own struct page addresses.
+
+    Two encodings exist, told apart per page by the word itself: the head's address plus 1 (every kernel before
+    7.x, and 7.x without HugeTLB vmemmap optimisation), or, in 7.x with ``CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP``
+    and a power-of-two ``struct page``, a mask with bit 0 set that gives the head as ``tail_address & mask``
+    (all ones above some bit, zeros below it but bit 0). A vmemmap pointer has zero bits between its top and its
+    low bits, so it never looks like such a mask.
+
+    >>> tail_head_addrs(np.array([0xffffea0000040001, 0xffffffffffff8001], np.uint64),
+    ...                 np.array([0xffffea0000040040, 0xffffea0000048040], np.uint64)).tolist() == [
+    ...     0xffffea0000040000, 0xffffea0000048000]
+    True
+    """
+    info = np.asarray(info, dtype=np.uint64)
+    low = ~(info & ~np.uint64(1))  # for a mask: 2**k - 1
+    is_mask = (low & (low + np.uint64(1))) == 0
+    return np.where(is_mask, np.asarray(page_addrs, dtype=np.uint64) & info & ~np.uint64(1), info - np.uint64(1))
 
 
 class MemMapRange(NamedTuple):
@@ -284,7 +305,20 @@ class MemMap:
         out["head_pfn"] = -1
         tail = (out["compound_head"] & np.uint64(1)).astype(bool) & out["valid"]
         if tail.any():
-            out["head_pfn"][tail] = self.page_to_pfn(out["compound_head"][tail] - np.uint64(1))
+            pos = np.flatnonzero(tail)
+            heads = tail_head_addrs(out["compound_head"][pos], self.pfn_to_page_addr(pos + start_pfn))
+            out["head_pfn"][pos] = self.page_to_pfn(heads)
+        return out
+
+    def pfn_to_page_addr(self, pfns) -> np.ndarray:
+        """Struct page addresses of ``pfns`` (an array); 0 where a pfn has no struct page."""
+        p = np.asarray(pfns, dtype=np.int64)
+        out = np.zeros(p.shape, dtype=np.uint64)
+        size = np.uint64(self.page_struct_size)
+        for r in self.ranges:
+            inside = (p >= r.start_pfn) & (p < r.end_pfn)
+            if inside.any():
+                out[inside] = np.uint64(r.page_addr) + (p[inside] - r.start_pfn).astype(np.uint64) * size
         return out
 
     def __repr__(self) -> str:

@@ -70,7 +70,8 @@ from kdumplab.formats.vmcoreinfo import VmcoreInfo
 
 __all__ = [
     "PageClass", "LABELS", "NOT_PRESENT", "ClassRules", "ClassifyState", "classify", "zero_mask", "excluded_mask",
-    "exclusion_table", "EXCLUDED_AT", "classify_dump", "scan_dump", "present_runs", "type_match", "classify_all", "class_runs", "ClassWindow",
+    "exclusion_table", "EXCLUDED_AT", "classify_dump", "scan_dump", "distrusted_pages", "distrust_runs",
+    "DISTRUST_REASONS", "present_runs", "type_match", "classify_all", "class_runs", "ClassWindow",
 ]
 
 
@@ -224,16 +225,21 @@ def _fill_ranges(cls: np.ndarray, starts: np.ndarray, ends: np.ndarray, values: 
 
 
 def classify(pages: np.ndarray, info: VmcoreInfo | ClassRules, start_pfn: int = 0,
-             state: ClassifyState | None = None) -> np.ndarray:
+             state: ClassifyState | None = None, distrust: np.ndarray | None = None) -> np.ndarray:
     """Classes (uint8 :class:`PageClass` values) of the struct pages ``pages`` (a :data:`PAGE_DTYPE` window
     whose first record is pfn ``start_pfn``). Pass the same ``state`` to consecutive windows so that blocks
     crossing a window boundary are handled; without it each window stands alone. Zero pages are not detected
-    here (see :func:`zero_mask`): such pages come out as ``kernel``."""
+    here (see :func:`zero_mask`): such pages come out as ``kernel``. ``distrust`` (bool per page, e.g.
+    :func:`distrusted_pages`) marks struct pages that cannot be a kernel's: those pages are ``kernel`` (kept at
+    every level, even inside a block a trusted head claims), start no range, and a compound head whose
+    ``page[1]`` is distrusted gets no order."""
     rules = info if isinstance(info, ClassRules) else ClassRules.from_vmcoreinfo(info)
     n = len(pages)
     flags = pages["flags"]
     mapcount = np.ascontiguousarray(pages["mapcount"], dtype=np.int32)
     valid = pages["valid"] if "valid" in pages.dtype.names else np.ones(n, dtype=bool)
+    if distrust is not None and distrust.any():
+        valid = valid & ~distrust  # nothing below reads them: they stay kernel
     tail = ((pages["compound_head"] & np.uint64(1)) != 0) & valid
     nontail = valid & ~tail
     zeros = np.zeros(n, dtype=bool)
@@ -284,6 +290,8 @@ def classify(pages: np.ndarray, info: VmcoreInfo | ClassRules, start_pfn: int = 
         # tails follow their head anyway; only a head that is dropped at some level needs its range
         ch = head & (order > 0) & (order < 64) & (cls != PageClass.KERNEL)
         ch &= (pfn & ((np.int64(1) << np.minimum(order, 62)) - 1)) == 0  # makedumpfile: a misaligned order is 0
+        if distrust is not None:  # page[1] (where the order is) cannot be believed
+            ch &= ~np.concatenate([distrust[1:], [False]])
         r_start.append(idx[ch])
         r_len.append(np.left_shift(np.int64(1), order[ch]))
         r_cls.append(cls[ch])
@@ -304,6 +312,8 @@ def classify(pages: np.ndarray, info: VmcoreInfo | ClassRules, start_pfn: int = 
     # A page inside a buddy block is examined on its own by makedumpfile at levels without bit 16.
     cls[offline] = PageClass.OFFLINE
     cls[hwpoison] = PageClass.HWPOISON
+    if distrust is not None:  # kept even inside a block another (trusted) head claims
+        cls[distrust] = PageClass.KERNEL
 
     # Tails take their head's class.
     if tail.any():
@@ -325,6 +335,58 @@ def classify(pages: np.ndarray, info: VmcoreInfo | ClassRules, start_pfn: int = 
             last = int(heads[-1])
             state.last_head = (start_pfn + last, int(cls[last]))
     return cls
+
+
+#: Why :func:`distrusted_pages` refuses a struct page, by bit of its ``reasons`` array.
+DISTRUST_REASONS = {1: "tail page whose head is outside mem_map, ahead of it or over 2**20 pages behind",
+                    2: "buddy block of impossible order", 4: "buddy block not aligned to its order"}
+
+
+def distrusted_pages(pages: np.ndarray, start_pfn: int, rules: ClassRules) -> np.ndarray:
+    """Reasons (uint8 bits of :data:`DISTRUST_REASONS`, 0 = trusted) per struct page of a :data:`PAGE_DTYPE`
+    window starting at ``start_pfn``: what no kernel's struct page can be. A tail must name a head behind it
+    within the largest folio (``head_pfn`` -1: its word names no struct page); a buddy head's order must be
+    below ``LENGTH(zone.free_area)`` and its pfn aligned to it (the buddy allocator only merges aligned blocks).
+    Garbage there would classify as anything (free, anon...) and drop pages; distrusted, each such page is kept
+    by :func:`classify`'s ``distrust``, and its neighbours are classified as usual.
+
+    >>> from kdumplab.memory.mem_map import PAGE_DTYPE
+    >>> pages = np.zeros(4, PAGE_DTYPE); pages["valid"] = True; pages["head_pfn"] = [-1, 100, -1, -1]
+    >>> pages["compound_head"][1] = 0xffffea0000000001                            # a tail of pfn 100
+    >>> pages["mapcount"][3] = -128; pages["private"][3] = 1                       # order-1 buddy at pfn 103
+    >>> rules = ClassRules.from_vmcoreinfo(VmcoreInfo.parse("NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE)=-128\\n"
+    ...                                                     "OFFSET(page.private)=40\\n"))
+    >>> distrusted_pages(pages, 100, rules).tolist()                          # pfn 101 ok; 103 misaligned
+    [0, 0, 0, 4]
+    """
+    valid = pages["valid"]
+    n = len(pages)
+    pfn = np.arange(start_pfn, start_pfn + n, dtype=np.int64)
+    out = np.zeros(n, dtype=np.uint8)
+    tail = valid & ((pages["compound_head"] & np.uint64(1)) != 0)
+    head = pages["head_pfn"]
+    out[tail & ((head < 0) | (head >= pfn) | (pfn - head >= (1 << 20)))] |= 1
+    if rules.buddy_value is not None:
+        buddy = valid & ~tail & _type_match(np.ascontiguousarray(pages["mapcount"], np.int32), rules.buddy_value)
+        if rules.pg_slab is not None:  # makedumpfile: a slab page is never buddy
+            buddy &= ((pages["flags"] >> np.uint64(rules.pg_slab)) & np.uint64(1)) == 0
+        order = pages["private"]
+        impossible = buddy & (order >= np.uint64(rules.max_order))
+        out[impossible] |= 2
+        ok = buddy & ~impossible
+        mask = (np.int64(1) << np.minimum(order, np.uint64(62)).astype(np.int64)) - 1
+        out[ok & ((pfn & mask) != 0)] |= 4
+    return out
+
+
+def distrust_runs(reasons: np.ndarray, start_pfn: int) -> list[tuple[int, int, int]]:
+    """``(start_pfn, count, reason bits)`` runs of distrusted pages (reasons != 0) of one window."""
+    bad = reasons != 0
+    if not bad.any():
+        return []
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], bad, [False]]).astype(np.int8)))
+    return [(start_pfn + int(a), int(b - a), int(np.bitwise_or.reduce(reasons[a:b])))
+            for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist())]
 
 
 # -- whole dumps ----------------------------------------------------------------------------------------------

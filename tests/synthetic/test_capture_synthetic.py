@@ -6,7 +6,7 @@
 - 6.12 era (too new for 1.7.2): the kept set at each level equals what the manifest's page_map implies.
 - Every kept page of our kdump, ELF and reassembled flat outputs reads identical to the source, with our reader
   and with drgn (``prog.read(addr, n, physical=True)``).
-- A corrupted struct page window: recorded as a fallback in meta.json, those pages kept, the dump saved.
+- Corrupted struct pages: those pages (not their window) kept and named in meta.json, the dump saved.
 - dmesg.txt is the log makedumpfile --dump-dmesg prints.
 """
 
@@ -211,7 +211,7 @@ def _file_offset(dump, paddr: int) -> int:
     raise AssertionError(f"paddr {paddr:#x} not in the file")
 
 
-def test_corrupted_struct_page_window(synth61, tmp_path):
+def test_corrupted_struct_pages_kept_page_by_page(synth61, tmp_path):
     from kdumplab.memory.mem_map import MemMap
     from kdumplab.memory.translate import KernelMemory
 
@@ -233,18 +233,22 @@ def test_corrupted_struct_page_window(synth61, tmp_path):
     r = subprocess.run([sys.executable, "-m", "kdumplab.cli", "save", "-d", "31", str(vmcore), str(tmp_path / "out") + "/"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "kept unfiltered" in r.stderr and "corrupted mem_map" in r.stderr
+    assert "2048 pages with damaged struct pages kept" in r.stderr
     (d,) = (tmp_path / "out").iterdir()
     meta = json.loads((d / "meta.json").read_text())
     assert meta["status"] == "complete" and meta["dump_level"] == 31
-    (fb,) = meta["fallbacks"]
-    assert fb["start_pfn"] <= first and first + count <= fb["start_pfn"] + fb["count"]
-    assert "corrupted mem_map" in fb["reason"]
-    with KdumpFile(d / "vmcore") as k:
+    (fb,) = meta["fallbacks"]  # per page: exactly the damaged pages, not their 32,768-page window
+    assert fb["per_page"] and fb["ranges"] == [[first, count]] and fb["pages"] == count and fb["dump_level"] == 1
+    assert "tail page whose head" in fb["reason"]
+    clean = save(str(synth61.vmcore), str(tmp_path / "clean") + "/", SaveOptions(dump_level=31), quiet())
+    with KdumpFile(d / "vmcore") as k, KdumpFile(Path(clean.directory) / "vmcore") as c:
         n = k.max_pfn
-        window = slice(fb["start_pfn"], fb["start_pfn"] + fb["count"])
-        assert bits(k.bitmap2, n)[window].all() == bits(k.bitmap1, n)[window].all()
-        assert bits(k.bitmap2, n)[window].sum() == bits(k.bitmap1, n)[window].sum()
+        kept, present, kept_clean = bits(k.bitmap2, n), bits(k.bitmap1, n), bits(c.bitmap2, n)
+        damaged = np.zeros(n, bool)
+        damaged[first : first + count] = True
+        assert (kept[damaged] == present[damaged]).all()  # every damaged page kept
+        assert (kept[~damaged] == kept_clean[~damaged]).all()  # every other page decided as in a clean dump
+        assert kept_clean[damaged].sum() < count  # (the damage did hide pages that -d 31 drops)
         assert not k.incomplete
 
 

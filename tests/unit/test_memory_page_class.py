@@ -342,3 +342,49 @@ def test_zero_mask():
     pages[3 * 4096] = 0x80
     assert zero_mask(bytes(pages)).tolist() == [True, False, True, False]
     assert zero_mask(np.zeros(2 * 8192, np.uint8), 8192).tolist() == [True, True]
+
+
+# -- the trust check and the per-page fallback ---------------------------------------------------------------
+def test_trust_check_accepts_healthy_pages_and_names_each_damaged_one(info):
+    from kdumplab.memory.page_class import DISTRUST_REASONS, distrust_runs, distrusted_pages
+
+    rules = ClassRules.from_vmcoreinfo(info)
+    p = Pages(info, 64, start_pfn=4096).buddy(0, 4).compound(16, 3).anon(16).lru(24).buddy(32, 5)
+    assert not distrusted_pages(p.a, 4096, rules).any()  # a healthy window: nothing distrusted
+    p.a["compound_head"][40] = 0xDEADBEEF01  # a tail whose head is no struct page
+    p.a["head_pfn"][41] = 4096 + 50  # a tail "pointing" ahead of itself
+    p.a["compound_head"][41] = 1
+    p.buddy(46, 2)  # an order-2 buddy at a pfn not aligned to 4
+    p.buddy(48, rules.max_order + 3)  # an impossible order
+    reasons = distrusted_pages(p.a, 4096, rules)
+    assert distrust_runs(reasons, 4096) == [(4096 + 40, 2, 1), (4096 + 46, 1, 4), (4096 + 48, 1, 2)]
+    assert set(DISTRUST_REASONS) == {1, 2, 4}
+    # classify keeps exactly those pages, even inside the trusted buddy block at 32 (order 5: 32..63),
+    # and everything else is classified as without them
+    bad = reasons != 0
+    got = classify(p.a, info, 4096, None, distrust=bad)
+    assert (got[bad] == P.KERNEL).all()
+    assert got[0] == got[15] == P.FREE and got[16] == got[23] == P.ANON and got[24] == P.CACHE
+    assert (got[32:64][~bad[32:64]] == P.FREE).all()
+
+
+def test_distrusted_page1_gives_its_head_no_order(info):
+    p = Pages(info, 16).compound(0, 3, tails=[]).anon(0)
+    assert p.labels()[:8] == ["anon"] * 8  # the order from page[1] covers 8 pages
+    bad = np.zeros(16, bool)
+    bad[1] = True
+    got = classify(p.a, info, 0, None, distrust=bad)
+    assert LABELS[got[0]] == "anon" and got[1] == P.KERNEL and (got[2:8] == P.KERNEL).all()
+
+
+def test_tail_heads_from_pointers_and_from_7x_masks():
+    from kdumplab.memory.mem_map import tail_head_addrs
+
+    size = 64
+    heads = np.array([VMEMMAP + 512 * size, VMEMMAP + 1024 * size], np.uint64)
+    tails = heads + np.uint64(7 * size)
+    pointer = heads + np.uint64(1)
+    mask = np.array([~np.uint64(512 * size - 1) | np.uint64(1), ~np.uint64(2 * size - 1) | np.uint64(1)], np.uint64)
+    assert (tail_head_addrs(pointer, tails) == heads).all()
+    assert tail_head_addrs(mask[:1], tails[:1])[0] == heads[0]  # the 2 MiB folio: tail & mask
+    assert tail_head_addrs(mask[1:], heads[1:] + np.uint64(size))[0] == heads[1]  # an order-1 folio
