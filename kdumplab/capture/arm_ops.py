@@ -34,9 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdumplab.capture.arm_root import is_real_root, read_text, under
+from kdumplab.capture.arm_root import is_real_root, machine, read_text, under
 from kdumplab.capture.arm_ssh import remote_command, ssh_argv
-from kdumplab.capture.cmdline import MAX_CMDLINE, KdumpCmdline, build_kdump_cmdline
+from kdumplab.capture.cmdline import MAX_CMDLINE, KdumpCmdline, build_kdump_cmdline, serial_consoles
 from kdumplab.capture.config import Config
 from kdumplab.capture.kexec import (LoadResult, RecordingRunner, Runner, crash_loaded, load_crash_kernel,
                                     unload_crash_kernel)
@@ -136,9 +136,10 @@ def arm(config: Config, root: Path = Path("/"), runner: Runner | None = None, dr
             problem("; ".join(reservation.problems + hint), ReservationError(reservation.problems + hint))
 
     proc_cmdline = read_text(root, "/proc/cmdline") or ""
+    consoles = serial_consoles(read_text(root, "/proc/consoles")) if machine(root) in ("aarch64", "arm64") else []
     plan = build_kdump_cmdline(proc_cmdline.strip(), blacklist=config.blacklist, append=config.cmdline_append,
                                remove=config.cmdline_remove, unit=config.capture_unit, init=config.init,
-                               source=config.path)
+                               source=config.path, consoles=consoles)
     echo(f"kdump kernel command line: {plan.text}")
     if plan.dropped:
         echo(f"  dropped from /proc/cmdline: {' '.join(plan.dropped)}")

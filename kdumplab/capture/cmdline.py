@@ -131,16 +131,38 @@ class KdumpCmdline:
         return " ".join(self.params + self.init_args)
 
 
+def serial_consoles(proc_consoles: str | None) -> list[str]:
+    """``console=`` parameters for the enabled serial consoles of /proc/consoles (``ttyAMA0 -W- (EC p a)
+    204:64``), the preferred one (flag ``C``) last, since the kernel makes the last ``console=`` /dev/console.
+    Virtual terminals (``tty0``..) are left out.
+
+    >>> serial_consoles("tty0 -WU (E  p  ) 4:1\\nttyAMA0 -W- (EC p a) 204:64\\n")
+    ['console=ttyAMA0']
+    """
+    found: list[tuple[bool, str]] = []
+    for line in (proc_consoles or "").splitlines():
+        parts = line.split()
+        if not parts or not parts[0].startswith("tty") or parts[0][3:].isdigit():
+            continue
+        flags = line[line.find("(") + 1 : line.find(")")] if "(" in line else ""
+        if "E" in flags:
+            found.append(("C" in flags, f"console={parts[0]}"))
+    return [name for _, name in sorted(found, key=lambda f: f[0])]
+
+
 def build_kdump_cmdline(proc_cmdline: str, *, blacklist: list[str] | tuple[str, ...] = (),
                         append: list[str] | tuple[str, ...] = (), remove: list[str] | tuple[str, ...] = (),
                         unit: str = "kdumplab-save.service", init: str | None = None,
-                        source: str | None = None) -> KdumpCmdline:
+                        source: str | None = None, consoles: list[str] | tuple[str, ...] = ()) -> KdumpCmdline:
     """The kdump kernel's command line from the first kernel's.
 
     ``blacklist`` are module names for ``modprobe.blacklist=``; ``append`` the user's parameters (each one
     parameter, possibly with a quoted value; a parameter whose name we also set replaces ours); ``remove``
     more names to drop; ``unit`` the systemd unit to boot into, or ``init`` a program to run as init instead
     (then the root-assembly parameters are dropped too). ``source`` names the configuration file in errors.
+    ``consoles`` (``console=`` parameters, e.g. :func:`serial_consoles` on arm64, whose first kernel often got
+    its console from the device tree or ACPI SPCR) are added when neither /proc/cmdline nor ``append`` has a
+    ``console=``, so that the kdump kernel's messages go where the first kernel's went.
     """
     for param in append:
         check_user_param(param, "cmdline_append", source)
@@ -157,6 +179,9 @@ def build_kdump_cmdline(proc_cmdline: str, *, blacklist: list[str] | tuple[str, 
         (dropped if _matches(param_key(param), drop) else kept).append(param)
 
     ours = list(ADD)
+    has_console = any(param_key(p) == "console" for p in kept + list(append))
+    if consoles and not has_console:
+        ours[:0] = list(consoles)
     if blacklist:
         ours.append("modprobe.blacklist=" + ",".join(blacklist))
     ours.append(f"init={init}" if init else f"systemd.unit={unit}")

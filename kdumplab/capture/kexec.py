@@ -160,6 +160,50 @@ def _said(result: RunResult) -> str:
     return text or f"exit status {result.returncode}"
 
 
+def kernel_image_format(path: str | os.PathLike) -> str:
+    """What a kernel file is, from its first bytes: ``"arm64-image"`` (``ARM\\x64`` at offset 56: what arm64's
+    kexec_file_load takes), ``"gzip"`` (a gzip-compressed arm64 Image, as Debian's arm64 vmlinuz was before
+    bookworm), ``"zboot"`` (an EFI zboot image: PE with ``zimg`` at offset 4), ``"bzimage"`` (x86 ``HdrS`` at
+    0x202) or ``"unknown"`` (also when unreadable).
+
+    >>> import tempfile
+    >>> f = tempfile.NamedTemporaryFile(); _ = f.write(bytes(56) + b"ARM\\x64" + bytes(8)); f.flush()
+    >>> kernel_image_format(f.name)
+    'arm64-image'
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(0x210)
+    except OSError:
+        return "unknown"
+    if head[56:60] == b"ARM\x64":
+        return "arm64-image"
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if head[:2] == b"MZ" and head[4:8] == b"zimg":
+        return "zboot"
+    if head[0x202:0x206] == b"HdrS":
+        return "bzimage"
+    return "unknown"
+
+
+def arm64_file_load_hint(kernel: str | os.PathLike, root: Path) -> str:
+    """Why kexec_file_load cannot take ``kernel`` on an arm64 machine ('' when it can, or not arm64): the
+    arm64 kernel's loader reads only an uncompressed Image (its ``ARM\\x64`` header)."""
+    from kdumplab.capture.arm_root import machine
+
+    if machine(root) not in ("aarch64", "arm64"):
+        return ""
+    kind = kernel_image_format(kernel)
+    if kind == "gzip":
+        return (f" {os.fspath(kernel)} is a gzip-compressed Image and arm64's kexec_file_load takes only an "
+                f"uncompressed one: unpack it (zcat {os.fspath(kernel)} > /boot/Image-RELEASE) and set kernel = to it.")
+    if kind == "zboot":
+        return (f" {os.fspath(kernel)} is an EFI zboot image: arm64's kexec_file_load takes only an uncompressed "
+                f"Image; kexec-tools 2.0.27 or later unpacks it itself.")
+    return ""
+
+
 def load_crash_kernel(kernel: str | os.PathLike, initrd: str | os.PathLike | None, cmdline: str, runner: Runner,
                       root: Path = Path("/"), verify: bool = True, kexec: str = "kexec") -> LoadResult:
     """Load the crash kernel: ``kexec -s -p`` first, ``kexec -p`` if that fails; then check it is loaded.
@@ -183,6 +227,7 @@ def load_crash_kernel(kernel: str | os.PathLike, initrd: str | os.PathLike | Non
                         f"kernel image signed by a key the kernel trusts.")
             elif first.returncode == 127:
                 hint = " Install kexec-tools (apt install kexec-tools)."
+            hint += arm64_file_load_hint(kernel, root)
             raise KexecError(
                 f"could not load the crash kernel {os.fspath(kernel)}: kexec -s -p (kexec_file_load) said: "
                 f"{_said(first)}; kexec -p (kexec_load) said: {_said(second)}.{hint}",

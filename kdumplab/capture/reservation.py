@@ -12,8 +12,10 @@ in the cases people actually hit, and each gets its own message saying what to d
 
 The size needed is the usual table by RAM (more than 2 GiB: 256M, 12 GiB: 512M, 48 GiB: 768M, 128 GiB: 1G),
 raised when the estimate (the kernel image and initrd, each unpacked in the reserved memory, the capture's
-own bounded memory and a base for the kernel, udev and Python) says more. On arm64 the line to add is the
-``,high`` form, which puts the reservation above 4 GiB where large blocks are free.
+own bounded memory and a base for the kernel, udev and Python) says more. On arm64 the line to add is
+``crashkernel=X,high crashkernel=128M,low`` when the machine has RAM above 4 GiB and its kernel reads those
+suffixes (5.19+): the large block from above 4 GiB, where it is free, and the low part arm64 needs for DMA
+written out (:func:`recommend`); older arm64 kernels ignore suffixed values, so they get plain ``crashkernel=X``.
 
 >>> import tempfile, pathlib
 >>> root = pathlib.Path(tempfile.mkdtemp())
@@ -33,7 +35,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kdumplab.capture.arm_root import machine, meminfo, read_int, read_text
+from kdumplab.capture.arm_root import machine, meminfo, osrelease, read_int, read_text
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -229,14 +231,63 @@ def format_size(nbytes: int) -> str:
     return f"{-(-nbytes // MiB)}M"
 
 
-def recommend(mem_total: int, needed: int, arch: str) -> tuple[int, str]:
-    """The size to reserve (bytes, a multiple of 64 MiB) and the ``crashkernel=`` parameter for ``arch``."""
+#: arm64 reserves a low part beside a ``,high`` reservation (DEFAULT_CRASH_KERNEL_LOW_SIZE): DMA buffers and
+#: swiotlb of the kdump kernel's devices must sit below the DMA limit (4 GiB on most machines, 1 GiB on RPi4).
+ARM64_LOW_BYTES = 128 * MiB
+#: The first arm64 kernel that reads ``crashkernel=X,high`` / ``crashkernel=Y,low`` (5.19: Zhen Lei's "support
+#: reserving crashkernel above 4G on arm64 kdump"). Older arm64 kernels skip suffixed values and reserve nothing;
+#: they take only ``crashkernel=X[@offset]``, below 4 GiB.
+ARM64_HIGH_SINCE = (5, 19)
+
+
+def ram_above_4g(iomem: str) -> int:
+    """Bytes of top-level ``System RAM`` above 4 GiB in /proc/iomem text.
+
+    >>> ram_above_4g("40000000-13fffffff : System RAM\\n  40210000-41ffffff : Kernel code\\n") >> 30
+    1
+    """
+    total = 0
+    for line in iomem.splitlines():
+        if line[:1].isspace() or not line.rstrip().endswith(": System RAM"):
+            continue
+        span = line.split(":", 1)[0].strip()
+        try:
+            start, end = (int(x, 16) for x in span.split("-", 1))
+        except ValueError:
+            continue
+        if end >= 4 * GiB:
+            total += end + 1 - max(start, 4 * GiB)
+    return total
+
+
+def _release_tuple(release: str) -> tuple[int, int] | None:
+    m = re.match(r"(\d+)\.(\d+)", release or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def recommend(mem_total: int, needed: int, arch: str, *, release: str | None = None,
+              high_ram: int | None = None) -> tuple[int, str]:
+    """The size to reserve (bytes, a multiple of 64 MiB) and the ``crashkernel=`` parameter(s) for ``arch``.
+
+    x86_64: ``crashkernel=X`` (the kernel takes it below 4 GiB if it can, else above with a low part by
+    itself). arm64 (``release`` its running kernel, ``high_ram`` its RAM above 4 GiB): where the kernel reads
+    the suffixes (5.19+) and there is RAM above 4 GiB, ``crashkernel=X,high crashkernel=128M,low``: the large
+    block comes from above 4 GiB, where it is free, and the low part that arm64 would add by itself for DMA is
+    written out so that it shows and can be tuned. With all RAM below 4 GiB, or an older kernel (which ignores
+    suffixed values and would reserve nothing), plain ``crashkernel=X``.
+
+    >>> recommend(64 << 30, 300 << 20, "aarch64", release="6.1.0-28-arm64", high_ram=60 << 30)[1]
+    'crashkernel=768M,high crashkernel=128M,low'
+    >>> recommend(64 << 30, 300 << 20, "aarch64", release="5.10.0-30-arm64", high_ram=60 << 30)[1]
+    'crashkernel=768M'
+    """
     size = max(size_from_table(mem_total), -(-needed // (64 * MiB)) * 64 * MiB)
     line = f"crashkernel={format_size(size)}"
     if arch in ("aarch64", "arm64"):
-        # arm64 reserves below 4 GiB only from the small DMA zones; ",high" takes the block above 4 GiB and the
-        # kernel adds a default low part for DMA.
-        line += ",high"
+        version = _release_tuple(release or "")
+        suffixes = version is None or version >= ARM64_HIGH_SINCE
+        if suffixes and (high_ram is None or high_ram >= size):
+            line += f",high crashkernel={format_size(ARM64_LOW_BYTES)},low"
     return size, line
 
 
@@ -256,7 +307,9 @@ def check_reservation(root: Path = Path("/"), kernel: Path | None = None, initrd
     mem_total = meminfo(root).get("MemTotal", 0)
     arch = machine(root)
     needed = estimate_needed(kernel, initrd, capture_in_initrd)
-    size, line = recommend(mem_total, needed, arch)
+    release = osrelease(root)
+    high_ram = ram_above_4g(iomem_text) if iomem_text else None
+    size, line = recommend(mem_total, needed, arch, release=release, high_ram=high_ram)
 
     iomem_bytes = sum(r.size for r in ranges) if ranges and not any(r.hidden for r in ranges) else None
     reserved = crash_size if crash_size is not None else iomem_bytes
@@ -285,7 +338,12 @@ def check_reservation(root: Path = Path("/"), kernel: Path | None = None, initrd
         else:
             asked = requested_bytes(requested[-1], mem_total)
             why = ""
-            if asked is None and ":" in requested[-1]:
+            version = _release_tuple(release)
+            if arch in ("aarch64", "arm64") and version is not None and version < ARM64_HIGH_SINCE and any(
+                    v.endswith((",high", ",low")) for v in requested):
+                why = (f" (arm64 kernels before {ARM64_HIGH_SINCE[0]}.{ARM64_HIGH_SINCE[1]} ignore ,high and ,low "
+                       f"values; {release} takes only crashkernel=X, below 4 GiB)")
+            elif asked is None and ":" in requested[-1]:
                 why = f" (no range in crashkernel={requested[-1]} matches this machine's {format_mib(mem_total)})"
             elif asked is not None and mem_total and asked >= mem_total // 2:
                 why = f" ({format_mib(asked)} is too much for {format_mib(mem_total)} of RAM)"

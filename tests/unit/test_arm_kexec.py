@@ -173,3 +173,50 @@ def test_trigger_crash_needs_yes_and_a_loaded_kernel(tmp_path):
     trigger_crash(tmp_path, yes=True)
     assert (tmp_path / "proc/sys/kernel/sysrq").read_text() == "1\n"
     assert (tmp_path / "proc/sysrq-trigger").read_text() == "c"
+
+
+def _arm64_tree(root, cmdline="root=/dev/vda2 ro quiet crashkernel=256M"):
+    """An arm64 guest like QEMU virt's: PL011 serial console chosen by the device tree, no console= given."""
+    make_tree(root, cmdline=cmdline, arch="aarch64", crash_size=256 * MiB, config=CONFIG)
+    (root / "proc/consoles").write_text("ttyAMA0              -W- (EC p a)  204:64\n")
+    return root
+
+
+def test_arm64_kdump_cmdline_keeps_the_serial_console(tmp_path):
+    _arm64_tree(tmp_path)
+    runner = RecordingRunner(effects={("kexec", "-s", "-p"): kexec_sets_loaded(tmp_path)})
+    result = arm(load_config(None, tmp_path), tmp_path, runner=runner)
+    cmdline = runner.calls[0][-1].removeprefix("--command-line=")
+    assert cmdline.split()[:4] == ["root=/dev/vda2", "ro", "console=ttyAMA0", "nr_cpus=1"]
+    assert "crashkernel=256M" not in cmdline and "quiet" not in cmdline
+    assert result.cmdline.added[0] == "console=ttyAMA0"
+    # a console= of the first kernel's is kept as it is, and none is added
+    _arm64_tree(tmp_path, cmdline="root=/dev/vda2 console=ttyAMA0,115200 crashkernel=256M")
+    runner = RecordingRunner(effects={("kexec", "-s", "-p"): kexec_sets_loaded(tmp_path)})
+    arm(load_config(None, tmp_path), tmp_path, runner=runner)
+    params = runner.calls[0][-1].removeprefix("--command-line=").split()
+    assert [p for p in params if p.startswith("console=")] == ["console=ttyAMA0,115200"]
+    # an x86_64 machine gets nothing added (its first kernel's console settings are on its command line)
+    make_tree(tmp_path / "x86", config=CONFIG)
+    (tmp_path / "x86/proc/consoles").write_text("ttyS0                -W- (EC p a)    4:64\n")
+    runner = RecordingRunner(effects={("kexec", "-s", "-p"): kexec_sets_loaded(tmp_path / "x86")})
+    arm(load_config(None, tmp_path / "x86"), tmp_path / "x86", runner=runner)
+    assert "console=" not in runner.calls[0][-1]
+
+
+def test_arm64_gzip_kernel_hint_when_kexec_fails(tmp_path):
+    import gzip
+
+    _arm64_tree(tmp_path)
+    image = bytes(56) + b"ARM\x64" + bytes(64)
+    (tmp_path / f"boot/vmlinuz-{RELEASE}").write_bytes(gzip.compress(image))
+    runner = RecordingRunner(results={("kexec", "-s"): (1, "kexec_file_load failed: Exec format error"),
+                                      ("kexec", "-p"): (1, "Cannot determine the file type")})
+    with pytest.raises(KexecError) as info:
+        arm(load_config(None, tmp_path), tmp_path, runner=runner)
+    assert "is a gzip-compressed Image and arm64's kexec_file_load takes only an uncompressed one" in str(info.value)
+    # an uncompressed Image gets no such hint
+    (tmp_path / f"boot/vmlinuz-{RELEASE}").write_bytes(image)
+    with pytest.raises(KexecError) as info:
+        arm(load_config(None, tmp_path), tmp_path, runner=runner)
+    assert "gzip-compressed" not in str(info.value)

@@ -101,11 +101,36 @@ def test_nested_iomem_and_two_ranges():
     assert [(r.start, r.size) for r in ranges] == [(0x05000000, 128 * MiB), (0x43F000000, 16 * MiB)]
 
 
-def test_arm64_gets_the_high_form(tmp_path):
+def _arm64(root, release="6.1.0-28-arm64", ram=((0x40000000, 0xBFFFFFFF), (0x880000000, 0xFFFFFFFFF))):
+    """An arm64 machine's /proc: RAM from 1 GiB (QEMU virt, most servers), by default also above 4 GiB."""
+    (root / "proc/sys/kernel/osrelease").write_text(release + "\n")
+    (root / "proc/iomem").write_text("".join(f"{a:08x}-{b:08x} : System RAM\n" for a, b in ram)
+                                     + "  40210000-41ffffff : Kernel code\n")
+
+
+def test_arm64_gets_the_high_and_low_form(tmp_path):
     make_tree(tmp_path, cmdline="root=/dev/vda2", crash_size=0, arch="aarch64", mem_total=64 * GiB)
+    _arm64(tmp_path)
     r = check_reservation(tmp_path, *_files(tmp_path))
-    assert r.recommended_line == "crashkernel=768M,high"
-    assert "add crashkernel=768M,high to the kernel command line" in r.problems[0]
+    assert r.recommended_line == "crashkernel=768M,high crashkernel=128M,low"
+    assert "add crashkernel=768M,high crashkernel=128M,low to the kernel command line" in r.problems[0]
+
+
+def test_arm64_without_ram_above_4g_gets_the_plain_form(tmp_path):
+    make_tree(tmp_path, cmdline="root=/dev/vda2", crash_size=0, arch="aarch64", mem_total=2 * GiB)
+    _arm64(tmp_path, ram=[(0x40000000, 0xBFFFFFFF)])  # a 2 GiB QEMU virt guest: nothing above 4 GiB
+    r = check_reservation(tmp_path, *_files(tmp_path))
+    assert r.recommended_line == "crashkernel=192M"
+
+
+def test_arm64_before_5_19_ignores_suffixes(tmp_path):
+    make_tree(tmp_path, cmdline="root=/dev/vda2 crashkernel=512M,high", crash_size=0, arch="aarch64",
+              mem_total=16 * GiB)
+    _arm64(tmp_path, release="5.10.0-35-arm64")
+    r = check_reservation(tmp_path, *_files(tmp_path))
+    assert r.recommended_line == "crashkernel=512M"
+    assert ("arm64 kernels before 5.19 ignore ,high and ,low values; 5.10.0-35-arm64 takes only crashkernel=X"
+            in r.problems[0]) and "replace it with crashkernel=512M on" in r.problems[0]
 
 
 def test_no_kexec_support(tmp_path):
