@@ -10,7 +10,11 @@ between tables except the drgn Program that ``open`` loads), the equivalent cras
 stamps) and a naive drgn loop (objects one by one through helpers: ``for_each_page`` with ``PageLRU``,
 ``PageSlab``, ``PageReserved``, ``PageCompound`` for page classes, extrapolated from a sample of pages when the
 dump is large), with the ratios. Targets (issue 6): ``page_classes()`` on 16 GiB under 2 s; the whole set at least 2x
-faster than crash's equivalents.
+faster than crash's equivalents. ``diagnosis()`` (issue 12) is also compared with the crash session a person
+types to reach the same answer: ``bt -a``, ``ps -m``, ``foreach UN bt``, ``kmem -i``.
+
+    .venv/bin/python benchmarks/analysis.py --no-synthetic ~/.cache/kdumplab/vm-dumps/6.1.0-57-amd64-realistic/raw/vmcore \
+        --vmlinux ~/.cache/kdumplab/kernels/6.1.0-57-amd64/vmlinux-6.1.0-57-amd64      # the 2 GiB realistic guest
 """
 
 from __future__ import annotations
@@ -30,11 +34,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import kdumplab  # noqa: E402
 
 TABLES = ("system", "dmesg", "page_classes", "tasks", "panic", "backtrace", "stacks", "meminfo", "slabs",
-          "modules", "cpus")
-#: crash's equivalent of each table (one command, or several whose times add up).
+          "modules", "cpus", "registers", "locks", "hung_tasks", "runqueues", "lockups", "oom", "diagnosis")
+#: crash's equivalent of each table (one command, or several whose times add up). diagnosis(): the commands a
+#: person types in one crash session to learn why the machine died (every CPU's stack, what ran last, the
+#: blocked tasks' stacks, memory), after which the reading and reasoning are still theirs to do.
 CRASH = {"system": ["sys"], "dmesg": ["log"], "tasks": ["ps"], "panic": ["sys"], "backtrace": ["bt"],
          "stacks": ["foreach bt"], "meminfo": ["kmem -i"], "slabs": ["kmem -s"], "modules": ["mod"],
-         "cpus": ["runq"], "page_classes": ["kmem -i"]}
+         "cpus": ["runq"], "page_classes": ["kmem -i"], "registers": ["bt -a"], "locks": ["foreach UN bt"],
+         "hung_tasks": ["foreach UN bt"], "runqueues": ["runq"], "lockups": ["bt -a"], "oom": ["ps"],
+         "diagnosis": ["bt -a", "ps -m", "foreach UN bt", "kmem -i"]}
+#: Tables left out of the "all (vs crash)" total (issue 6's set): not crash equivalents, or crash commands
+#: another table already counts.
+NOT_IN_TOTAL = ("page_classes", "panic", "registers", "locks", "hung_tasks", "runqueues", "lockups", "oom",
+                "diagnosis")
 
 
 def timed(fn, *args, **kwargs):
@@ -122,7 +134,7 @@ def bench(label: str, path: Path, vmlinux: Path | None, with_crash: bool) -> dic
         c = None
         if crash is not None:
             c = crash["open"] if table == "open" else sum(crash.get(cmd, float("nan")) for cmd in CRASH[table])
-            if table not in ("page_classes", "panic"):  # not crash equivalents (kmem -i; sys counted once)
+            if table not in NOT_IN_TOTAL:  # not crash equivalents (kmem -i; sys counted once), or counted
                 total_ours += ours[table]
                 total_crash += c
         n = naive.get(table)
@@ -134,6 +146,11 @@ def bench(label: str, path: Path, vmlinux: Path | None, with_crash: bool) -> dic
         print(f"  {table:<13} {ours[table]:9.3f} {c_txt} {r_txt} {n_txt} {nr_txt}")
     if crash is not None and total_ours:
         print(f"  {'all (vs crash)':<13} {total_ours:9.3f} {total_crash:9.3f} {total_crash / total_ours:6.1f}x")
+    if crash is not None and "diagnosis" in ours:
+        person = sum(crash.get(cmd, float("nan")) for cmd in CRASH["diagnosis"])
+        print(f"\n  diagnosis() {ours['diagnosis']:.3f} s from a fresh Dump (open {ours['open']:.3f} s more) vs crash "
+              f"{person:.3f} s for {', '.join(CRASH['diagnosis'])} (start-up {crash['open']:.3f} s more): "
+              f"{person / ours['diagnosis']:.1f}x; end to end {(crash['open'] + person) / (ours['open'] + ours['diagnosis']):.1f}x")
     if naive.get("page_classes_sampled"):
         print("  * naive page loop extrapolated from a sample of 200,000 pages")
     return {"label": label, "ours": ours, "crash": crash, "naive": naive}

@@ -2,14 +2,15 @@
 
 :func:`kdumplab.open` returns a :class:`~kdumplab.analysis.dump.Dump`; each table is a method of it, backed by
 one small module here (``system``, ``tasks``, ``panic`` (``panic``, ``backtrace``), ``stacks``, ``dmesg``,
-``meminfo``, ``slabs``, ``page_classes``, ``modules``, ``cpus``). Every table documents its typed columns and the
+``meminfo``, ``slabs``, ``page_classes``, ``modules``, ``cpus``, and for hangs and lockups ``registers``,
+``locks``, ``hung_tasks``, ``runqueues``, ``lockups``, ``oom``); ``diagnosis`` turns them into findings. Every table documents its typed columns and the
 kernel objects it reads. ``system()``, ``dmesg()`` and ``page_classes()`` need only the dump (VMCOREINFO);
 the others need the kernel's vmlinux, found by build ID (:mod:`kdumplab.analysis.find_vmlinux`).
 
 >>> import kdumplab
 >>> dump = kdumplab.open("/var/crash/202611260800-web1/")     # doctest: +SKIP
 >>> sorted(TABLES)
-['backtrace', 'cpus', 'dmesg', 'meminfo', 'modules', 'page_classes', 'panic', 'slabs', 'stacks', 'system', 'tasks']
+['backtrace', 'cpus', 'diagnosis', 'dmesg', 'hung_tasks', 'lockups', 'locks', 'meminfo', 'modules', 'oom', 'page_classes', 'panic', 'registers', 'runqueues', 'slabs', 'stacks', 'system', 'tasks']
 >>> TABLES["dmesg"].needs_vmlinux, TABLES["tasks"].needs_vmlinux
 (False, True)
 """
@@ -43,6 +44,13 @@ TABLES: dict[str, TableInfo] = {
         TableInfo("page_classes", "kdumplab.analysis.page_classes", False, "every page by class, zone, node"),
         TableInfo("modules", "kdumplab.analysis.modules", True, "loaded modules (mod)"),
         TableInfo("cpus", "kdumplab.analysis.cpus", True, "per CPU: current task, run queue, idle"),
+        TableInfo("registers", "kdumplab.analysis.registers", False, "each CPU's saved registers, exception pt_regs"),
+        TableInfo("locks", "kdumplab.analysis.locks", True, "mutexes and semaphores waited on: owner, waiters"),
+        TableInfo("hung_tasks", "kdumplab.analysis.hung_tasks", True, "D-state tasks, blocked time, threshold"),
+        TableInfo("runqueues", "kdumplab.analysis.runqueues", True, "per CPU: running and queued tasks (runq)"),
+        TableInfo("lockups", "kdumplab.analysis.lockups", True, "per CPU: watchdog touch time, what it runs"),
+        TableInfo("oom", "kdumplab.analysis.oom", True, "processes the OOM killer weighs, with their scores"),
+        TableInfo("diagnosis", "kdumplab.analysis.diagnosis", False, "the cause of the crash, most likely first"),
     )
 }
 

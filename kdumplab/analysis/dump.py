@@ -280,6 +280,7 @@ class Dump:
                 pass
             finally:
                 logger.setLevel(level)
+        _add_module_kallsyms(prog)
         return prog
 
     def _module_debug_dirs(self) -> list[Path]:
@@ -405,6 +406,85 @@ class Dump:
         from kdumplab.analysis.cpus import cpus
 
         return self.cached("cpus", lambda: cpus(self))
+
+    def registers(self) -> "pd.DataFrame":
+        """Each CPU's saved registers and the exceptions' pt_regs; see :func:`kdumplab.analysis.registers.registers`."""
+        from kdumplab.analysis.registers import registers
+
+        return self.cached("registers", lambda: registers(self))
+
+    def locks(self) -> "pd.DataFrame":
+        """Sleeping locks tasks wait on, with owners and waiters; see :func:`kdumplab.analysis.locks.locks`."""
+        from kdumplab.analysis.locks import locks
+
+        return self.cached("locks", lambda: locks(self))
+
+    def hung_tasks(self) -> "pd.DataFrame":
+        """D-state tasks and how long they are blocked; see :func:`kdumplab.analysis.hung_tasks.hung_tasks`."""
+        from kdumplab.analysis.hung_tasks import hung_tasks
+
+        return self.cached("hung_tasks", lambda: hung_tasks(self))
+
+    def runqueues(self) -> "pd.DataFrame":
+        """Running and queued tasks per CPU (runq); see :func:`kdumplab.analysis.runqueues.runqueues`."""
+        from kdumplab.analysis.runqueues import runqueues
+
+        return self.cached("runqueues", lambda: runqueues(self))
+
+    def lockups(self) -> "pd.DataFrame":
+        """Per CPU watchdog state and what it ran; see :func:`kdumplab.analysis.lockups.lockups`."""
+        from kdumplab.analysis.lockups import lockups
+
+        return self.cached("lockups", lambda: lockups(self))
+
+    def oom(self) -> "pd.DataFrame":
+        """Processes the OOM killer weighs; see :func:`kdumplab.analysis.oom.oom`."""
+        from kdumplab.analysis.oom import oom
+
+        return self.cached("oom", lambda: oom(self))
+
+    def diagnosis(self) -> "pd.DataFrame":
+        """Why the machine died, most likely cause first; see :func:`kdumplab.analysis.diagnosis.diagnosis`."""
+        from kdumplab.analysis.diagnosis import diagnosis
+
+        return self.cached("diagnosis", lambda: diagnosis(self))
+
+
+def _add_module_kallsyms(prog: "drgn.Program") -> None:
+    """Name the functions of modules without debug info from their symbol tables in memory (struct module's
+    kallsyms ``symtab``/``strtab``, read with vmlinux's types), as the kernel's own oops does
+    (``RIP: 0010:fn+0x9/0x20 [mod]``). The index is built on the first lookup the debug info cannot answer."""
+    import logging
+
+    import drgn
+
+    logger = logging.getLogger("drgn")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        prog.create_loaded_modules()  # module address ranges, so frames and addresses name their module
+    except (drgn.FaultError, LookupError, ValueError, NotImplementedError):
+        pass
+    finally:
+        logger.setLevel(level)
+    state: dict[str, Any] = {}
+
+    def find(prog_: "drgn.Program", name: str | None, address: int | None, one: bool) -> list:
+        index = state.get("index")
+        if index is None:
+            from drgn.helpers.linux.kallsyms import load_module_kallsyms
+
+            try:
+                index = load_module_kallsyms(prog_)
+            except (drgn.FaultError, LookupError, AttributeError, ValueError, TypeError, IndexError):
+                index = lambda *args: []  # noqa: E731 - no modules, or a kernel without CONFIG_KALLSYMS
+            state["index"] = index
+        return index(prog_, name, address, one)
+
+    try:
+        prog.register_symbol_finder("kdumplab_module_kallsyms", find, enable_index=-1)
+    except ValueError:
+        pass
 
 
 def debian_suite(release: str) -> str | None:

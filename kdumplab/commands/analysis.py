@@ -133,6 +133,13 @@ TEXT_COLUMNS = {
     "dmesg": ["timestamp", "level_name", "caller", "text"],
     "slabs": ["name", "object_size", "active_objs", "total_objs", "slabs", "memory_bytes"],
     "modules": ["name", "size", "state", "refcount", "taints", "debuginfo"],
+    "registers": ["cpu", "pid", "context", "crashed", "rip_text", "rsp", "cr2"],
+    "locks": ["kind", "name", "owner_pid", "owner_comm", "owner_state", "waiter_pids"],
+    "hung_tasks": ["pid", "comm", "blocked_for", "threshold", "hung", "waiting_in", "lock_name", "lock_owner_pid"],
+    "runqueues": ["cpu", "current", "sched_class", "pid", "comm", "prio", "queued_for"],
+    "lockups": ["cpu", "comm", "function", "module", "stuck_for", "threshold", "soft_lockup", "panic"],
+    "oom": ["pid", "comm", "rss_bytes", "swap_bytes", "pgtables_bytes", "oom_score_adj", "points", "cgroup"],
+    "diagnosis": ["kind", "title", "culprit", "text"],
     "cpus": ["cpu", "pid", "comm", "idle", "nr_running", "panic"],
     "meminfo": ["item", "pages", "bytes", "percent_of_total", "source"],
 }
@@ -163,7 +170,8 @@ def show(table, dump, vmlinux, debug_dirs, fmt, task, with_locals, limit, all_co
 
     \b
     TABLE is one of: system panic backtrace tasks stacks dmesg meminfo slabs
-    page_classes modules cpus. system, panic, dmesg and page_classes work
+    page_classes modules cpus registers locks hung_tasks runqueues lockups oom
+    diagnosis. system, panic, dmesg, page_classes, registers and diagnosis work
     without vmlinux; the others need the kernel's vmlinux (debug info).
     DUMP is a vmcore (ELF, kdump-compressed, flattened) or a `kdumplab save` directory.
     """

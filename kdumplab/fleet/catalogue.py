@@ -58,7 +58,7 @@ def _typed(rows: list[dict]) -> pd.DataFrame:
     frame["mtime"] = frame["mtime"].astype("float64")
     frame["crash_time"] = pd.to_datetime(frame["crash_time"], errors="coerce", utc=True)
     for column in ("path", "hostname", "release", "signature", "panic_kind", "panic_message", "comm", "frames",
-                   "module", "signature_source", "dump_format", "error"):
+                   "module", "signature_source", "dump_format", "title", "diagnosis_kind", "culprit", "error"):
         frame[column] = frame[column].astype("string")
     return frame
 

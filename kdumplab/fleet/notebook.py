@@ -67,8 +67,12 @@ CELLS = [
 
 
         def label(signature: str) -> str:
-            \"\"\"A short name for a bucket: kind, innermost distinctive frame [module], series.\"\"\"
-            kind, module, frames, series = (signature.split("|") + ["", "", "", ""])[:4]
+            \"\"\"A short name for a bucket: the diagnosis' title [module] (kind|module|title), or for an older
+            stack signature (kind|module|frames|series) kind: innermost distinctive frame [module] (series).\"\"\"
+            parts = signature.split("|")
+            if len(parts) == 3:
+                return parts[2] + (f" [{parts[1]}]" if parts[1] else "")
+            kind, module, frames, series = (parts + ["", "", "", ""])[:4]
             top = frames.split("<")[0] or "(no frames)"
             return f"{kind}: {top}" + (f" [{module}]" if module else "") + f" ({series})"
 
@@ -139,10 +143,11 @@ CELLS = [
             plt.tight_layout()
             plt.show()
         display(by_release)
-        # the same bug (kind, module, frames) in more than one kernel series
-        parts = buckets["signature"].str.rsplit("|", n=1, expand=True) if len(buckets) else None
-        facts["cross_series"] = (sorted(set(parts[0][parts[0].duplicated(keep=False)]))
-                                 if parts is not None and parts.shape[1] == 2 else [])
+        # the same bug (one bucket) seen on more than one kernel series (major.minor of its releases)
+        def series(releases: str) -> set[str]:
+            return {".".join(r.strip().split(".")[:2]) for r in str(releases).split(",") if r.strip()}
+
+        facts["cross_series"] = sorted(b for b, r in zip(buckets["bucket"], buckets["releases"]) if len(series(r)) > 1)
         facts["releases"] = good["release"].nunique()
         """),
     _md("""

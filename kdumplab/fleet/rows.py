@@ -4,7 +4,10 @@
 a plain dict of picklable values, and turns every failure into the row's ``error`` column: one bad dump must
 never stop a run over thousands.
 
-The signature's frames come from the crashed thread's stack when the vmlinux is found (``signature_source``
+The signature is the diagnosis' first finding (:meth:`kdumplab.analysis.dump.Dump.diagnosis`): its kind, module
+and title, so one bug is one bucket across kernels, runs and KASLR offsets. The stack signature's parts
+(``panic_kind``, ``frames``, ``module``) stay as columns, and stand in when the diagnosis finds nothing.
+Its frames come from the crashed thread's stack when the vmlinux is found (``signature_source``
 ``stack``), else from the call trace in the kernel log (``log``): a fleet rarely has every kernel's debug info,
 and a dump whose log says what crashed is still worth bucketing.
 
@@ -20,12 +23,13 @@ from typing import Any
 
 from kdumplab.errors import DebugInfoError, KdumplabError
 
-from kdumplab.fleet.signature import crash_signature, log_frames
+from kdumplab.fleet.signature import crash_signature, diagnosis_signature, log_frames
 
 #: Catalogue columns, in order. ``error`` is None when the dump was read.
 COLUMNS = (
     "path", "size", "mtime", "crash_time", "hostname", "release", "signature", "panic_kind", "panic_message",
-    "comm", "pid", "cpu", "frames", "module", "signature_source", "dump_format", "error",
+    "comm", "pid", "cpu", "frames", "module", "signature_source", "dump_format", "title", "diagnosis_kind",
+    "culprit", "error",
 )
 
 #: How many of the last kernel messages may explain a bare "Fatal exception" panic.
@@ -129,6 +133,11 @@ def read_dump_row(path: str, vmlinux: str | None = None, debug_dirs: list[str] |
         log_tail = texts[::-1][:LOG_TAIL]
         sig = crash_signature(row["panic_message"], functions, modules, row["release"], log_tail)
         row.update(signature=sig.key, panic_kind=sig.kind, frames="<".join(sig.frames), module=sig.module)
+        found = dump.diagnosis()
+        if len(found):  # the bucket is the bug the diagnosis names, whatever the kernel build
+            first = {k: _clean(v) for k, v in found.iloc[0].to_dict().items()}
+            row.update(title=first["title"], diagnosis_kind=first["kind"], culprit=first["culprit"],
+                       signature=diagnosis_signature(first["kind"], first["title"], first["module"]))
     except Exception as error:  # noqa: BLE001 - a row with its error, never a crash of the run
         row["error"] = f"{type(error).__name__}: {error}" if not str(error).startswith(path) else str(error)
         if path not in row["error"]:

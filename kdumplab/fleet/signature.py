@@ -173,6 +173,18 @@ def crash_signature(
     return Signature(panic_kind(message, log_tail), frames, module, kernel_series(release))
 
 
+def diagnosis_signature(kind: str, title: str, module: str | None = None) -> str:
+    """The bucket key from a diagnosis' first finding: ``kind|module|title``.
+
+    The title names the bug (``BUG: soft lockup in mydrv_reset``) without offsets, addresses, tasks or the
+    kernel build, so the same bug on 6.1 and 6.12 shares a bucket and different kinds never do.
+
+    >>> diagnosis_signature("soft-lockup", "BUG: soft lockup in mydrv_reset", "mydrv")
+    'soft-lockup|mydrv|BUG: soft lockup in mydrv_reset'
+    """
+    return "|".join((kind, module or "", title))
+
+
 # "RIP: 0010:mydrv_ioctl+0x2a/0x90 [mydrv]" and call trace lines " ? __die+0x23/0x70", " vfs_write+0xb8/0x2a0"
 _RIP_LINE = re.compile(r"^\s*RIP: [0-9a-f]{4}:(?P<name>[^\s+]+)\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[(?P<module>[^\]]+)\])?")
 _TRACE_LINE = re.compile(

@@ -71,6 +71,11 @@ class Bug:
         """The expected signature parts, as the manifest records them."""
         return {"kind": self.kind, "frames": list(self.frames), "module": self.module}
 
+    @property
+    def diagnosis(self) -> dict[str, Any]:
+        """What ``dump.diagnosis()``'s first row must say (kind, title, culprit), as the manifest records it."""
+        return dict(DIAGNOSES[self.name])
+
 
 BUGS: dict[str, Bug] = {
     b.name: b
@@ -100,6 +105,16 @@ BUGS: dict[str, Bug] = {
             ("stress-ng", "java", "chrome", "python3"), oops=False),
     )
 }  # fmt: skip
+
+#: The diagnosis each bug must get: syzbot-style titles, the same on every machine that hits the bug.
+DIAGNOSES: dict[str, dict[str, Any]] = {
+    "null-deref": {"kind": "null-deref", "title": "BUG: kernel NULL pointer dereference in mydrv_ioctl",
+                   "culprit": "mydrv_ioctl [mydrv]"},
+    "ext4-bug-on": {"kind": "bug", "title": "kernel BUG in ext4_writepages", "culprit": "ext4_writepages"},
+    "soft-lockup": {"kind": "soft-lockup", "title": "BUG: soft lockup in mydrv_reset",
+                    "culprit": "mydrv_reset [mydrv]"},
+    "oom-panic": {"kind": "oom", "title": "out of memory", "culprit": None},
+}
 
 # The unwinder and the task manifest look chains up by key; a bug's chain is one more situation to model.
 CHAINS.update({bug.chain_key: list(bug.chain) for bug in BUGS.values()})

@@ -42,8 +42,14 @@ class FleetMember(NamedTuple):
 
     @property
     def group(self) -> tuple[str, str]:
-        """What a correct triage puts together: the same bug on the same kernel series."""
+        """The same bug on the same kernel series."""
         return (self.bug or "sysrq", self.era)
+
+    @property
+    def bucket(self) -> str:
+        """What a correct triage puts together: the same bug, on whichever kernel series (the diagnosis' title
+        names the bug, not the build)."""
+        return self.bug or "sysrq"
 
 
 def default_fleet() -> list[FleetMember]:
@@ -85,7 +91,7 @@ def build_fleet(share: str | os.PathLike, members: Sequence[FleetMember] | None 
 
 def expected_groups(members: Sequence[FleetMember], dirs: Sequence[Path]) -> set[frozenset[str]]:
     """The partition of ``dirs`` (paths as strings) that correct buckets make."""
-    groups: dict[tuple[str, str], set[str]] = {}
+    groups: dict[str, set[str]] = {}
     for member, path in zip(members, dirs):
-        groups.setdefault(member.group, set()).add(str(path))
+        groups.setdefault(member.bucket, set()).add(str(path))
     return {frozenset(g) for g in groups.values()}

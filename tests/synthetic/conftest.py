@@ -55,3 +55,18 @@ def open_drgn():
 def synth_prog(synth_dump):
     """drgn on ``synth_dump`` (both eras)."""
     return drgn_program(synth_dump)
+
+
+@pytest.fixture(scope="session")
+def bug_dumps(tmp_path_factory):
+    """``{(bug, era, seed): SynthResult}``: every known bug (``kdumplab synth --bug``) on both eras, seeds 3 and 4
+    (two machines: KASLR offset, task, CPU and stable update differ), 64 MiB and 12 tasks, cached."""
+    if shutil.which("gcc") is None:
+        pytest.skip("building synthetic vmcores needs gcc")
+    from kdumplab.testing.synth import build_synthetic
+    from kdumplab.testing.synth_bugs import BUGS
+
+    out = tmp_path_factory.mktemp("bugs")
+    return {(bug, era, seed): build_synthetic(out / f"{bug}-{era}-{seed}", memory=64 << 20, tasks=12, seed=seed,
+                                              era=era, bug=bug, cache=True)
+            for bug in BUGS for era in ("6.1", "6.12") for seed in (3, 4)}

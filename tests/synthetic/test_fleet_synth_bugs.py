@@ -4,7 +4,6 @@ and two seeds are two machines hitting the same bug (``kdumplab synth --bug``, `
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 
@@ -24,15 +23,8 @@ WORDING = {
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    if shutil.which("gcc") is None:
-        pytest.skip("building synthetic vmcores needs gcc")
-    from kdumplab.testing.synth import build_synthetic
-
-    out = tmp_path_factory.mktemp("bugs")
-    return {(bug, era, seed): build_synthetic(out / f"{bug}-{era}-{seed}", memory=64 << 20, tasks=12, seed=seed,
-                                              era=era, bug=bug, cache=True)
-            for bug in BUGS for era in ("6.1", "6.12") for seed in (3, 4)}
+def built(bug_dumps):
+    return bug_dumps
 
 
 def test_list_bugs_and_unknown_bug():

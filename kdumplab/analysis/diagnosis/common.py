@@ -1,0 +1,84 @@
+"""Helpers the crash-kind modules share: the culprit of a report, evidence strings, a finding for an oops.
+
+>>> title_for("BUG: kernel NULL pointer dereference in {}", None)
+'BUG: kernel NULL pointer dereference'
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from kdumplab.analysis.diagnosis.context import Context, Finding, Frame, label, pick
+
+
+def title_for(template: str, function: str | None) -> str:
+    """``template`` with the function, or without its ``in {}`` part when there is none."""
+    from kdumplab.analysis.frames import normalise
+
+    name = normalise(function) if function else None
+    if name is None:
+        return template.replace(" in {}", "").replace("{}", "").strip()
+    return template.format(name)
+
+
+def report_culprit(ctx: Context, start: int | None, hang: bool = False,
+                   after: Sequence[str] = (), crashed: bool = True) -> tuple[Frame | None, str]:
+    """The culprit frame of the report at line ``start`` and where it was read: from the crashed thread's
+    stack as drgn unwinds it (``crashed``, with the vmlinux), else from the call trace the kernel printed."""
+    if crashed and ctx.crashed:
+        frame = pick(ctx.crashed, hang=hang, after=after)
+        if frame is not None:
+            return frame, "backtrace"
+    if start is not None:
+        frames = ctx.log_trace(start)
+        frame = pick(frames, hang=hang, after=after)
+        if frame is not None:
+            if not frame.module:
+                frame.module = ctx.module_of(frame.function, frames)
+            return frame, "dmesg"
+    return None, ""
+
+
+def evidence_line(ctx: Context, index: int | None) -> list[str]:
+    return [] if index is None else [f"dmesg line {index}: {ctx.lines[index].strip()}"]
+
+
+def oops_finding(ctx: Context, kind: str, header: str, template: str, score: int = 200,
+                 after: Sequence[str] = (), what: str = "") -> Finding | None:
+    """A finding for a report whose culprit is the code that faulted: the first line matching ``header``
+    (the last one when several: the one that killed the machine), its culprit, the registers."""
+    start = ctx.find(header, last=True)
+    if start is None:
+        return None
+    frame, source = report_culprit(ctx, start, after=after)
+    function = frame.function if frame else None
+    title = title_for(template, function)
+    culprit = label(frame)
+    evidence = evidence_line(ctx, start)
+    if frame is not None:
+        evidence.append(f"{source}: {culprit} is the first frame below the {what or kind} machinery")
+    regs = ctx.table("registers")
+    rip = None
+    if regs is not None and len(regs):
+        crashed = regs[regs["crashed"].fillna(False).astype(bool)]
+        for _, r in crashed.iterrows():
+            if function and str(r.get("function")) == function:
+                rip = r.get("rip_text")
+                cr2 = r.get("cr2")
+                evidence.append(f"registers: {r['context']} rip={rip}" + ("" if cr2 is None or str(cr2) == "<NA>"
+                                                                          else f" cr2={int(cr2):#x}"))
+                break
+    header_line = ctx.lines[start].strip()
+    text = f"{header_line}. The faulting code is {culprit or 'unknown'}"
+    if rip:
+        text += f" (RIP {rip})"
+    text += "."
+    return Finding(kind, title, culprit, score, text, evidence, function=function,
+                   module=frame.module if frame else None, report="\n".join(ctx.report(_report_start(ctx, start))))
+
+
+def _report_start(ctx: Context, start: int) -> int:
+    """Include the ``cut here`` line and a preceding ``list_add corruption`` line in the report shown."""
+    if start > 0 and ("cut here" in ctx.lines[start - 1] or "corruption" in ctx.lines[start - 1]):
+        return start - 1
+    return start
