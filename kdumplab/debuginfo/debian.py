@@ -334,6 +334,15 @@ def extract_members(deb: Path, members: Iterable[str], dest: Path) -> list[Path]
     return files
 
 
+def extract_found(debs: Iterable[Path], members: Iterable[str], dest: Path) -> list[Path]:
+    """Those of ``members`` (paths or wildcards) that any of ``debs`` holds, extracted into ``dest`` (one pass
+    over each package); the others are not an error here."""
+    files: list[Path] = []
+    for i, deb in enumerate(debs):
+        files += _extract(deb, members, dest / str(i))[0]
+    return files
+
+
 def _extract(deb: Path, members: Iterable[str], dest: Path) -> tuple[list[Path], str | None]:
     """``dpkg-deb --fsys-tarfile deb | tar -x members``: the regular files now under ``dest`` and what went wrong
     (None when every member was found)."""
@@ -457,11 +466,12 @@ def fetch_image_deb(abi: str, suite: str | AptSuite | None = None,
 def fetch_kernel_debs(abi: str, suite: str | AptSuite | None = None,
                       report: Callable[[str], None] = _say) -> list[Path]:
     """The package files of kernel ``abi``: ``linux-image-<abi>`` and, where the kernel is split (sid), the
-    ``linux-binary-<abi>`` (vmlinuz) and ``linux-modules-<abi>`` it depends on; downloaded into
+    ``linux-binary-<abi>`` (vmlinuz), ``linux-modules-<abi>`` (the modules) and ``linux-base-<abi>``
+    (modules.order and the other lists) it depends on; downloaded into
     ``<cache>/debs/<suite>/``, the image first."""
     suite = _suite(suite, abi)
     image = suite.package(f"linux-image-{abi}")
-    parts = re.findall(rf"\b(linux-(?:binary|modules)-{re.escape(abi)})\b", image.depends)
+    parts = re.findall(rf"\b(linux-(?:binary|modules|base)-{re.escape(abi)})\b", image.depends)
     packages = [image] + [suite.package(name, image.version) for name in dict.fromkeys(parts)]
     with cache_lock(f"deb-{image.name}"):
         return suite.download(packages, report=report)

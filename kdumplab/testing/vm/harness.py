@@ -359,11 +359,9 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
 
 def _kdumplab_saves(arch: str) -> bool:
     """True when kdumplab's memory layer reads ``arch``'s dumps (so ``kdumplab save`` can filter them)."""
-    if arch == "amd64":
-        return True
-    from kdumplab.memory import translate
+    import importlib.util
 
-    return arch in getattr(translate, "ARCHES", ())
+    return arch == "amd64" or importlib.util.find_spec(f"kdumplab.memory.{arch}") is not None
 
 
 def _finish_raw_disk(raw: Path) -> None:

@@ -31,7 +31,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kdumplab.debuginfo.debian import (AptSuite, cache_lock, extract_first, extract_members, fetch_kernel_debs,
+from kdumplab.debuginfo.debian import (AptSuite, cache_lock, extract_first, extract_found, fetch_kernel_debs,
                                        fetch_vmlinux, kernel_dir)
 from kdumplab.errors import DebugInfoError
 
@@ -152,7 +152,7 @@ def _unpack_modules(debs: list[Path], release: str, target: Path) -> None:
     base = f"*lib/modules/{release}"
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch_name:
         scratch = Path(scratch_name)
-        image_deb, order_file = extract_first(debs, [f"{base}/modules.order"], scratch / "order")
+        _, order_file = extract_first(debs, [f"{base}/modules.order"], scratch / "order")
         paths = {module_name(line): line.strip() for line in order_file.read_text().splitlines() if line.strip()}
         staged = scratch / "modules"
         staged.mkdir()
@@ -161,7 +161,7 @@ def _unpack_modules(debs: list[Path], release: str, target: Path) -> None:
         for round_ in range(8):
             if not missing:
                 break
-            got = extract_members(image_deb, [f"{base}/{paths[n]}*" for n in missing], scratch / f"r{round_}")
+            got = extract_found(debs, [f"{base}/{paths[n]}*" for n in missing], scratch / f"r{round_}")
             for ko in got:
                 name = module_name(ko)
                 data = _decompress(ko)
