@@ -39,7 +39,7 @@ def assert_stack_matches_drgn(dump) -> None:
 def assert_page_classes_match_counters(dump) -> None:
     """Free, file, anon and slab pages of ``page_classes()`` equal the kernel's own counters as drgn reads them
     (``meminfo()``: NR_FREE_PAGES, NR_FILE_PAGES, NR_ANON_MAPPED, NR_SLAB_RECLAIMABLE_B +
-    NR_SLAB_UNRECLAIMABLE_B), up to what the counters count differently: each CPU's unfolded vm_stat_diff (the
+    NR_SLAB_UNRECLAIMABLE_B, which also count large kmalloc pages), up to what the counters count differently: each CPU's unfolded vm_stat_diff (the
     stat threshold, at most 125 per CPU) and the per-CPU page lists, free to the counters but not buddy blocks;
     THP tails are anon."""
     if dump.dump_level not in (0, None):
@@ -52,5 +52,7 @@ def assert_page_classes_match_counters(dump) -> None:
     assert int(pc.get("anon", 0)) == pytest.approx(m["anon"], rel=0.05, abs=256)
     cache = int(pc.get("cache", 0)) + int(pc.get("cache_private", 0))
     assert cache == pytest.approx(m["file"], rel=0.05, abs=256)
-    # A slab's pages are counted when the slab is allocated or freed, with the same per-CPU lag.
-    assert abs(int(pc.get("slab", 0)) - int(m["slab"])) <= drift + 0.01 * int(m["slab"])
+    # NR_SLAB_*_B also count large kmalloc allocations (whole pages from the page allocator, no slab marker: kept
+    # as kernel pages; 7.x marks them PGTY_large_kmalloc), so the counter may exceed the slab pages by those.
+    slab, counted = int(pc.get("slab", 0)), int(m["slab"])
+    assert slab <= counted + drift and counted - slab <= drift + 0.05 * counted

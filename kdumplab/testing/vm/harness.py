@@ -82,6 +82,14 @@ class Timeouts:
     save: float = 900
     poweroff: float = 60
 
+    def scaled(self, factor: float) -> "Timeouts":
+        """These timeouts times ``factor`` (an arm64 guest under TCG runs several times slower)."""
+        return Timeouts(**{f.name: getattr(self, f.name) * factor for f in fields(self)})
+
+
+#: How much longer each phase may take in an emulated guest of another architecture than the host's.
+FOREIGN_SLOWDOWN = 4
+
 
 @dataclass
 class VmResult:
@@ -230,7 +238,7 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
                                "--from-config` yet: use save='raw'")
     memory_bytes = parse_size(memory)
     parse_size(crashkernel)
-    timeouts = timeouts or Timeouts()
+    timeouts = timeouts or (Timeouts() if arch == "amd64" else Timeouts().scaled(FOREIGN_SLOWDOWN))
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if any(c in str(out) for c in ", \t\n"):
