@@ -1,4 +1,4 @@
-"""The page classifier on hand-built struct page arrays, with the REAL VMCOREINFO of Debian's 6.1 and 6.12
+"""The page classifier on hand-built struct page arrays, with the REAL VMCOREINFO of Debian's 6.1, 6.12 and 7.2
 kernels (tests/data/vmcoreinfo): every rule of each era, compound heads and tails, buddy blocks, the carry-over
 of blocks across window boundaries, and the exclusion masks per dump level."""
 
@@ -15,7 +15,8 @@ from kdumplab.memory import (
 from kdumplab.memory.page_class import EXCLUDED_AT
 
 REF = Path(__file__).resolve().parents[1] / "data" / "vmcoreinfo"
-ERAS = {"6.1": "debian-6.1.0-56-amd64.txt", "6.12": "debian-6.12.117+deb13-amd64.txt"}
+ERAS = {"6.1": "debian-6.1.0-56-amd64.txt", "6.12": "debian-6.12.117+deb13-amd64.txt",
+        "7.2": "debian-7.2.13+deb14-amd64.txt"}
 VMEMMAP = 0xFFD4000000000000
 P = PageClass
 
@@ -95,7 +96,7 @@ class Pages:
         return [LABELS[c] for c in self.classes(state)]
 
 
-@pytest.fixture(params=["6.1", "6.12"])
+@pytest.fixture(params=["6.1", "6.12", "7.2"])
 def era(request):
     return request.param
 
@@ -388,3 +389,15 @@ def test_tail_heads_from_pointers_and_from_7x_masks():
     assert (tail_head_addrs(pointer, tails) == heads).all()
     assert tail_head_addrs(mask[:1], tails[:1])[0] == heads[0]  # the 2 MiB folio: tail & mask
     assert tail_head_addrs(mask[1:], heads[1:] + np.uint64(size))[0] == heads[1]  # an order-1 folio
+
+
+def test_tail_heads_of_a_real_7_2_dump():
+    """compound_info words and tail addresses read from Debian 7.2.13's realistic dump (vmemmap at
+    0xfffa1a0000000000 - 0x8000 pfns in): order-2, order-3 and order-9 folios, each head found by the mask."""
+    from kdumplab.memory.mem_map import tail_head_addrs
+
+    info = np.array([0xFFFFFFFFFFFFFF01, 0xFFFFFFFFFFFFFE01, 0xFFFFFFFFFFFF8001], np.uint64)
+    tails = np.array([0xFFFA1A0000200040, 0xFFFA1A000020A640, 0xFFFA1A0000240040], np.uint64)
+    heads = tail_head_addrs(info, tails)
+    assert [(int(t) - int(h)) // 64 for t, h in zip(tails, heads)] == [1, 1, 1]  # each the head's first tail
+    assert [int(h) % (64 << k) for h, k in zip(heads, (2, 3, 9))] == [0, 0, 0]  # heads aligned to their folio
