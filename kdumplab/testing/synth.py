@@ -123,7 +123,7 @@ def build_synthetic(out_dir: str | os.PathLike, memory: int = 256 << 20, tasks: 
     """Write ``vmcore``, ``vmlinux`` and ``manifest.json`` into ``out_dir``; see the module docstring.
 
     ``memory`` is the machine's RAM in bytes (64 MiB to 64 GiB, a multiple of 2 MiB), ``tasks`` the number of
-    tasks ``for_each_task`` lists, ``era`` "6.1" or "6.12", ``cpus`` the number of CPUs. With ``cache=True`` the
+    tasks ``for_each_task`` lists, ``era`` "6.1", "6.12" or "7.2", ``cpus`` the number of CPUs. With ``cache=True`` the
     result is reused from ``~/.cache/kdumplab/synth/<key>`` when the same parameters were built before by the same
     builder and mini kernel sources.
     Bad parameters raise :class:`KdumplabError`.

@@ -37,7 +37,12 @@ from kdumplab.errors import KdumplabError
 LINK_BASE = 0xFFFFFFFF81000000
 START_KERNEL_MAP = 0xFFFFFFFF80000000
 
-ERAS = {"6.1": 601, "6.12": 612}
+ERAS = {"6.1": 601, "6.12": 612, "7.2": 702}
+
+
+def era_at_least(era: str, than: str) -> bool:
+    """``era`` is ``than`` or newer (``era_at_least("7.2", "6.12")``): the era plumbing compares with this."""
+    return ERAS[era] >= ERAS[than]
 
 SOURCE_DIR = Path(__file__).with_name("minikernel")
 SOURCES = ("kernel.h", "kernel.c", "kernel.lds")

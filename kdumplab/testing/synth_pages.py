@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kdumplab.testing.synth_kernel import era_at_least
+
 PAGE_SIZE = 4096
 CLASSES = ("free", "cache", "cache_private", "anon", "hugetlb", "slab", "hwpoison", "offline", "zero", "kernel")
 C_FREE, C_CACHE, C_CACHE_PRIVATE, C_ANON, C_HUGETLB, C_SLAB, C_HWPOISON, C_OFFLINE, C_ZERO, C_KERNEL = range(10)
@@ -242,7 +244,7 @@ class PageEra:
 
 def page_era(era: str, enums: dict[str, int]) -> PageEra:
     flags = {k: v for k, v in enums.items() if k.startswith("PG_") or k == "__NR_PAGEFLAGS"}
-    if era == "6.12":
+    if era_at_least(era, "6.12"):
         return PageEra(era, flags, buddy=enums["PGTY_buddy"] << 24, offline=enums["PGTY_offline"] << 24,
                        pgtable=enums["PGTY_table"] << 24, slab_type=enums["PGTY_slab"] << 24,
                        hugetlb_type=enums["PGTY_hugetlb"] << 24)
@@ -328,12 +330,15 @@ def struct_pages(plan: PagePlan, start: int, count: int, era: PageEra, vmemmap: 
         head_pfn = _head_pfns(plan, start, count)
         head_addr = np.uint64(vmemmap) + head_pfn.astype(np.uint64) * np.uint64(64)
         w[tails, 1] = head_addr[tails] | np.uint64(1)
+        if era_at_least(era.era, "7.2"):  # compound_info: ~(folio bytes of struct pages - 1) | 1
+            nr = np.uint64(1) << plan.order[np.clip(head_pfn, 0, plan.npfns - 1)].astype(np.uint64)
+            w[tails, 1] = ~(nr[tails] * np.uint64(64) - np.uint64(1)) | np.uint64(1)
         w[tails, 3] = TAIL_MAPPING
         w[tails, 6] = refmap(0, -1)
         first = tails & (head_pfn.astype(np.uint64) + np.uint64(1) == pfn)
         head_kind = plan.kind[np.clip(head_pfn, 0, plan.npfns - 1)]
         head_order = plan.order[np.clip(head_pfn, 0, plan.npfns - 1)].astype(np.uint64)
-        if era.era == "6.12":
+        if era_at_least(era.era, "6.12"):
             w[first, 0] = head_order[first]  # folio->_flags_1: the order in the low byte
             thp_first = first & (head_kind == K_THP_HEAD)
             w[thp_first, 0] |= np.uint64(b("PG_large_rmappable"))

@@ -23,6 +23,7 @@ import numpy as np
 
 from kdumplab.errors import KdumplabError
 from kdumplab.formats.notes import NT_PRSTATUS, build_note, build_prstatus
+from kdumplab.testing.synth_kernel import era_at_least
 from kdumplab.testing.synth_memory import PAGE_SIZE, KernelMemory
 from kdumplab.testing.synth_stack import CHAINS, THREAD_SIZE, running_registers, sleeping_frame
 
@@ -275,7 +276,7 @@ def write_tasks(kmem: KernelMemory, specs: list[TaskSpec], *, nr_cpus: int, pani
             "arg_end": 0x7FFC00000100, "env_start": 0x7FFC00000100, "env_end": 0x7FFC00000100,
         })  # fmt: skip
         counts = [file, anon, 0, shmem]  # MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS, MM_SHMEMPAGES
-        if era == "6.12":
+        if era_at_least(era, "6.12"):
             for i, value in enumerate(counts):
                 counters = kmem.percpu_alloc(4, 4)
                 deltas = [((pid * 7 + i * 3 + c) % 9) - 4 for c in range(nr_cpus)]

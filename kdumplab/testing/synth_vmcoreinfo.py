@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 
+from kdumplab.testing.synth_kernel import era_at_least
 from kdumplab.testing.synth_memory import (
     MAX_PHYSMEM_BITS, PAGE_SIZE, SECTION_SIZE_BITS, VMALLOC_START, KernelMemory,
 )  # fmt: skip
@@ -48,7 +49,7 @@ _TAIL = ("SYMBOL(kallsyms_names) SYMBOL(kallsyms_num_syms) SYMBOL(kallsyms_token
          "NUMBER(pgtable_l5_enabled) SYMBOL(node_data) LENGTH(node_data) KERNELOFFSET NUMBER(KERNEL_IMAGE_SIZE) "
          "NUMBER(sme_mask) CRASHTIME")
 
-#: The keys, in order, that Debian's 6.1 and 6.12 x86_64 kernels write.
+#: The keys, in order, that Debian's 6.1, 6.12 and 7.2 x86_64 kernels write.
 KEYS: dict[str, list[str]] = {
     "6.1": (f"{_COMMON_HEAD} SYMBOL(vmap_area_list) {_MEM} OFFSET(page.compound_dtor) OFFSET(page.compound_order) "
             f"{_PGDAT} OFFSET(vmap_area.va_start) OFFSET(vmap_area.list) {_PRINTK} NUMBER(PG_slab) NUMBER(PG_hwpoison) "
@@ -58,6 +59,13 @@ KEYS: dict[str, list[str]] = {
              f"NUMBER(PAGE_SLAB_MAPCOUNT_VALUE) NUMBER(PG_hwpoison) NUMBER(PG_head_mask) "
              f"NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE) NUMBER(PAGE_HUGETLB_MAPCOUNT_VALUE) "
              f"NUMBER(PAGE_OFFLINE_MAPCOUNT_VALUE) {_TAIL}").split(),
+    # 7.2.13: compound_head renamed compound_info, the unaccepted marker exported, kallsyms_relative_base gone
+    "7.2": (f"{_COMMON_HEAD} NUMBER(VMALLOC_START) SYMBOL(vmemmap) {_MEM} "
+            f"{_PGDAT.replace('page.compound_head', 'page.compound_info')} {_PRINTK} "
+            f"NUMBER(PAGE_SLAB_MAPCOUNT_VALUE) NUMBER(PG_hwpoison) NUMBER(PG_head_mask) "
+            f"NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE) NUMBER(PAGE_HUGETLB_MAPCOUNT_VALUE) "
+            f"NUMBER(PAGE_OFFLINE_MAPCOUNT_VALUE) NUMBER(PAGE_UNACCEPTED_MAPCOUNT_VALUE) "
+            f"{_TAIL.replace('SYMBOL(kallsyms_relative_base) ', '')}").split(),
 }  # fmt: skip
 
 _LENGTH_MEMBERS = {
@@ -136,9 +144,10 @@ def era_numbers(kmem: KernelMemory, era: str, page_era) -> dict[str, int]:
         "node_data": kernel.symbol("node_data").size // 8,
         "mem_section": (1 << (MAX_PHYSMEM_BITS - SECTION_SIZE_BITS)) // (PAGE_SIZE // kernel.layout("mem_section").size),
     }
-    if era == "6.12":
+    if era_at_least(era, "6.12"):
         numbers["PAGE_SLAB_MAPCOUNT_VALUE"] = _s32(page_era.slab_type)
         numbers["PAGE_HUGETLB_MAPCOUNT_VALUE"] = _s32(page_era.hugetlb_type)
+        numbers["PAGE_UNACCEPTED_MAPCOUNT_VALUE"] = _s32(kernel.enum("PGTY_unaccepted") << 24)
     else:
         numbers["HUGETLB_PAGE_DTOR"] = kernel.enum("HUGETLB_PAGE_DTOR")
     return numbers

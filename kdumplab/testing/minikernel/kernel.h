@@ -8,7 +8,8 @@
  *
  * KDL_ERA selects the era: 601 (Linux 6.1: PG_slab flag, ~PG_buddy markers in _mapcount, compound_dtor and
  * compound_order in the first tail page, atomic rss_stat) or 612 (Linux 6.12: PGTY_* << 24 page types, the
- * folio order in page[1].flags, percpu_counter rss_stat).
+ * folio order in page[1].flags, percpu_counter rss_stat) or 702 (Linux 7.2: as 6.12, with page.compound_info
+ * holding a mask that gives the head from a tail's own address, and 7.2's page flag numbers).
  */
 #ifndef KDL_KERNEL_H
 #define KDL_KERNEL_H
@@ -77,7 +78,42 @@ typedef struct wait_queue_head wait_queue_head_t;
 
 /* ---------------------------------------------------------------------------------------------- pages */
 
-#if KDL_ERA >= 612
+#if KDL_ERA >= 702
+/* Linux 7.2 (Debian 7.2.13): PG_dropbehind and PG_arch_2 move PG_mlocked and PG_hwpoison up by one. */
+enum pageflags {
+	PG_locked, PG_writeback, PG_referenced, PG_uptodate, PG_dirty, PG_lru, PG_head, PG_waiters, PG_active,
+	PG_workingset, PG_owner_priv_1, PG_owner_2, PG_arch_1, PG_reserved, PG_private, PG_private_2, PG_reclaim,
+	PG_swapbacked, PG_unevictable, PG_dropbehind, PG_mlocked, PG_hwpoison, PG_young, PG_idle, PG_arch_2,
+	__NR_PAGEFLAGS,
+	PG_readahead = PG_reclaim,
+	PG_swapcache = PG_owner_priv_1,
+	PG_checked = PG_owner_priv_1,
+	PG_anon_exclusive = PG_owner_2,
+	PG_mappedtodisk = PG_owner_2,
+	PG_fscache = PG_private_2,
+	PG_pinned = PG_owner_priv_1,
+	PG_savepinned = PG_dirty,
+	PG_foreign = PG_owner_priv_1,
+	PG_xen_remapped = PG_owner_priv_1,
+	PG_reported = PG_uptodate,
+	PG_has_hwpoisoned = PG_active,
+	PG_large_rmappable = PG_workingset,
+	PG_partially_mapped = PG_reclaim,
+};
+
+enum pagetype {
+	PGTY_buddy = 0xf0,
+	PGTY_offline = 0xf1,
+	PGTY_table = 0xf2,
+	PGTY_guard = 0xf3,
+	PGTY_hugetlb = 0xf4,
+	PGTY_slab = 0xf5,
+	PGTY_zsmalloc = 0xf6,
+	PGTY_unaccepted = 0xf7,
+	PGTY_large_kmalloc = 0xf8,
+	PGTY_mapcount_underflow = 0xff,
+};
+#elif KDL_ERA >= 612
 enum pageflags {
 	PG_locked, PG_writeback, PG_referenced, PG_uptodate, PG_dirty, PG_lru, PG_head, PG_waiters, PG_active,
 	PG_workingset, PG_owner_priv_1, PG_owner_2, PG_arch_1, PG_reserved, PG_private, PG_private_2, PG_reclaim,
@@ -170,7 +206,11 @@ struct page {
 			unsigned long private;            /* 40 */
 		};
 		struct {                                  /* tail pages of a compound page */
+#if KDL_ERA >= 702
+			unsigned long compound_info;      /* 8: a mask | 1 (HugeTLB vmemmap optimisation on) */
+#else
 			unsigned long compound_head;      /* 8: head address | 1 */
+#endif
 #if KDL_ERA < 612
 			unsigned char compound_dtor;      /* 16 (first tail page) */
 			unsigned char compound_order;     /* 17 (first tail page) */
