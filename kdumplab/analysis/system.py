@@ -70,7 +70,9 @@ def read_utsname(dump: "Dump") -> dict[str, str]:
     info = dump.vmcoreinfo
     if not info.has_symbol("init_uts_ns"):
         return {}
-    addr = info.symbol("init_uts_ns") + (info.offset("uts_namespace.name", 0) or 0)
+    from kdumplab.memory.uts import utsname_address
+
+    addr = utsname_address(info)
     try:
         raw = dump.memory.read(addr, UTS_FIELD * 6)
     except (KdumplabError, ImportError, AttributeError):

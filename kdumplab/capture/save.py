@@ -187,7 +187,9 @@ def read_utsname(mem: Any) -> tuple[str, ...] | None:
     """The crashed kernel's ``uname`` (sysname, nodename, release, version, machine, domainname), or None."""
     info = mem.info
     try:
-        addr = info.symbol("init_uts_ns") + info.offset("uts_namespace.name", 0)
+        from kdumplab.memory.uts import utsname_address
+
+        addr = utsname_address(info)
         raw = mem.read(addr, 6 * 65)
     except (KdumplabError, TypeError):
         return None

@@ -15,7 +15,7 @@ import click
 @click.option("--memory", default="256M", show_default=True, help="RAM of the machine: 64M to 64G (e.g. 256M, 4G).")
 @click.option("--tasks", default=32, show_default=True, type=int, help="Number of tasks (for_each_task lists).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random choice.")
-@click.option("--kernel-era", "era", default="6.1", show_default=True, type=click.Choice(["6.1", "6.12"]),
+@click.option("--kernel-era", "era", default="6.1", show_default=True, type=click.Choice(["5.10", "6.1", "6.12", "7.2"]),
               help="Kernel structures, page flags and VMCOREINFO of this Linux version.")
 @click.option("--cpus", default=2, show_default=True, type=int, help="Number of CPUs.")
 @click.option("--cache/--no-cache", default=False, show_default=True,

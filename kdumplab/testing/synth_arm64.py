@@ -38,6 +38,7 @@ from kdumplab.memory.arm64 import Arm64Layout
 from kdumplab.memory.image import Arm64PageTables
 from kdumplab.memory.mem_map import MemMap
 from kdumplab.memory.translate import KERNEL_MAP_START, KernelMemory
+from kdumplab.memory.uts import utsname_address
 
 __all__ = ["Arm64Synth", "arm64_from_synthetic", "ARM64_KEYS_DROPPED"]
 
@@ -132,7 +133,7 @@ def arm64_from_synthetic(src: str | os.PathLike, out_dir: str | os.PathLike) -> 
                 pt.map(va, mem.translate(va), size=two_mib)
         patched = {pfn: bytes(scratch.pages.get(pfn, bytes(4096))) for pfn in free.used}
         # uname -m in init_uts_ns says what the kernel is: "aarch64" (the kdump header's machine comes from it)
-        uts = mem.translate(info.symbol("init_uts_ns") + info.offset("uts_namespace.name", 0) + 4 * 65)
+        uts = mem.translate(utsname_address(info) + 4 * 65)
         page = bytearray(dump.read_pfns(uts >> 12, 1))
         page[uts & 0xFFF : (uts & 0xFFF) + 65] = b"aarch64".ljust(65, b"\0")
         patched[uts >> 12] = bytes(page)

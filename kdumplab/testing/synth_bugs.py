@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from kdumplab.errors import KdumplabError
+from kdumplab.testing.synth_kernel import era_at_least
 from kdumplab.testing.synth_printk import Record
 from kdumplab.testing.synth_stack import CHAINS
 
@@ -190,7 +191,7 @@ def frame_texts(kernel, chain: list[str] | tuple[str, ...]) -> dict[str, str]:
 
 
 def _cpu_line(ctx: BugContext, taint: str) -> str:
-    who = f"CPU: {ctx.cpu} UID: 0 PID: {ctx.pid}" if ctx.era != "6.1" else f"CPU: {ctx.cpu} PID: {ctx.pid}"
+    who = f"CPU: {ctx.cpu} UID: 0 PID: {ctx.pid}" if era_at_least(ctx.era, "6.12") else f"CPU: {ctx.cpu} PID: {ctx.pid}"
     tainted = "Not tainted" if not taint else f"Tainted: G           {taint:<7}"
     return f"{who} Comm: {ctx.comm} {tainted} {ctx.osrelease} #1 Debian {ctx.osrelease}"
 
@@ -231,7 +232,7 @@ def _kernel_offset(ctx: BugContext) -> str:
 
 def _log_null_deref(ctx: BugContext, rng: np.random.Generator) -> tuple[list[str], str]:
     address = int(rng.choice([0x8, 0x10, 0x18, 0x28]))
-    oops = "Oops: Oops: 0000 [#1] PREEMPT SMP NOPTI" if ctx.era != "6.1" else "Oops: 0000 [#1] PREEMPT SMP NOPTI"
+    oops = "Oops: Oops: 0000 [#1] PREEMPT SMP NOPTI" if era_at_least(ctx.era, "6.12") else "Oops: 0000 [#1] PREEMPT SMP NOPTI"
     message = f"BUG: kernel NULL pointer dereference, address: {address:016x}"
     lines = [
         message, "#PF: supervisor read access in kernel mode", "#PF: error_code(0x0000) - not-present page",
@@ -247,7 +248,7 @@ def _log_null_deref(ctx: BugContext, rng: np.random.Generator) -> tuple[list[str
 def _log_ext4(ctx: BugContext, rng: np.random.Generator) -> tuple[list[str], str]:
     update = int(ctx.osrelease.split("-")[1]) - 51  # a stable update moves the BUG_ON a few lines
     message = f"kernel BUG at fs/ext4/inode.c:{2720 + 3 * update}!"
-    oops = "Oops: invalid opcode: 0000 [#1] PREEMPT SMP NOPTI" if ctx.era != "6.1" else "invalid opcode: 0000 [#1] PREEMPT SMP NOPTI"
+    oops = "Oops: invalid opcode: 0000 [#1] PREEMPT SMP NOPTI" if era_at_least(ctx.era, "6.12") else "invalid opcode: 0000 [#1] PREEMPT SMP NOPTI"
     chain = list(ctx.bug.chain)
     lines = [
         "------------[ cut here ]------------", message, oops, _cpu_line(ctx, ""), HARDWARE,

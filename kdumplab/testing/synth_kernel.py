@@ -37,7 +37,7 @@ from kdumplab.errors import KdumplabError
 LINK_BASE = 0xFFFFFFFF81000000
 START_KERNEL_MAP = 0xFFFFFFFF80000000
 
-ERAS = {"6.1": 601, "6.12": 612, "7.2": 702}
+ERAS = {"5.10": 510, "6.1": 601, "6.12": 612, "7.2": 702}
 
 
 def era_at_least(era: str, than: str) -> bool:

@@ -154,4 +154,7 @@ def write_printk(kmem: KernelMemory, records: list[Record]) -> None:
     })  # fmt: skip
     kmem.write_u64(kmem.sym("prb"), rb)
     kmem.write(kmem.sym("log_buf_len"), size.to_bytes(4, "little"))
-    kmem.put(kmem.sym("clear_seq"), "latched_seq", {"val[0]": 0, "val[1]": 0})
+    if kmem.kernel.era == "5.10":  # a plain u64 before 5.13
+        kmem.write_u64(kmem.sym("clear_seq"), 0)
+    else:
+        kmem.put(kmem.sym("clear_seq"), "latched_seq", {"val[0]": 0, "val[1]": 0})

@@ -29,6 +29,11 @@ from kdumplab.testing.synth_stack import CHAINS, THREAD_SIZE, running_registers,
 
 HOSTILE_COMM = "<script>alert(1)</script>"[:15]
 
+def _state_field(era: str) -> str:
+    """task_struct's state member: ``__state`` since 5.14, ``state`` before."""
+    return "__state" if era_at_least(era, "6.1") else "state"
+
+
 # state letter -> (__state, exit_state)
 STATE_BITS = {
     "R": (0x0, 0),
@@ -319,7 +324,7 @@ def write_tasks(kmem: KernelMemory, specs: list[TaskSpec], *, nr_cpus: int, pani
             flags |= PF_EXITING
         task_mm = mm.get(spec.tgid, 0)
         values = {
-            "thread_info.cpu": spec.cpu, "__state": state, "exit_state": exit_state, "stack": spec.stack,
+            "thread_info.cpu": spec.cpu, _state_field(era): state, "exit_state": exit_state, "stack": spec.stack,
             "usage.refs.counter": 2, "flags": flags, "on_cpu": 1 if spec.crashed else 0,
             "on_rq": 1 if spec.state == "R" else 0, "prio": spec.prio, "static_prio": spec.prio,
             "normal_prio": spec.prio, "policy": spec.policy, "nr_cpus_allowed": nr_cpus,
@@ -364,7 +369,7 @@ def write_tasks(kmem: KernelMemory, specs: list[TaskSpec], *, nr_cpus: int, pani
         boot = cpu == 0
         init_signal = signal[1]
         kmem.put(task, ts, {
-            "thread_info.cpu": cpu, "__state": 0, "stack": idle_stacks[cpu], "usage.refs.counter": 2,
+            "thread_info.cpu": cpu, _state_field(era): 0, "stack": idle_stacks[cpu], "usage.refs.counter": 2,
             "flags": PF_KTHREAD | PF_IDLE, "on_cpu": 1 if running_idle else 0, "prio": 120, "static_prio": 120,
             "normal_prio": 120, "nr_cpus_allowed": 1, "cpus_mask.bits[0]": 1 << cpu, "active_mm": init_mm,
             "pid": 0, "tgid": 0, "real_parent": init_task, "parent": init_task, "group_leader": task,

@@ -49,7 +49,7 @@ _TAIL = ("SYMBOL(kallsyms_names) SYMBOL(kallsyms_num_syms) SYMBOL(kallsyms_token
          "NUMBER(pgtable_l5_enabled) SYMBOL(node_data) LENGTH(node_data) KERNELOFFSET NUMBER(KERNEL_IMAGE_SIZE) "
          "NUMBER(sme_mask) CRASHTIME")
 
-#: The keys, in order, that Debian's 6.1, 6.12 and 7.2 x86_64 kernels write.
+#: The keys, in order, that Debian's 5.10, 6.1, 6.12 and 7.2 x86_64 kernels write.
 KEYS: dict[str, list[str]] = {
     "6.1": (f"{_COMMON_HEAD} SYMBOL(vmap_area_list) {_MEM} OFFSET(page.compound_dtor) OFFSET(page.compound_order) "
             f"{_PGDAT} OFFSET(vmap_area.va_start) OFFSET(vmap_area.list) {_PRINTK} NUMBER(PG_slab) NUMBER(PG_hwpoison) "
@@ -59,6 +59,14 @@ KEYS: dict[str, list[str]] = {
              f"NUMBER(PAGE_SLAB_MAPCOUNT_VALUE) NUMBER(PG_hwpoison) NUMBER(PG_head_mask) "
              f"NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE) NUMBER(PAGE_HUGETLB_MAPCOUNT_VALUE) "
              f"NUMBER(PAGE_OFFLINE_MAPCOUNT_VALUE) {_TAIL}").split(),
+    # 5.10.0-46: 6.1's keys but the uts_namespace offset, latched_seq and the kallsyms tables (later additions)
+    "5.10": [k for k in (f"{_COMMON_HEAD} SYMBOL(vmap_area_list) {_MEM} OFFSET(page.compound_dtor) "
+                         f"OFFSET(page.compound_order) {_PGDAT} OFFSET(vmap_area.va_start) OFFSET(vmap_area.list) "
+                         f"{_PRINTK} NUMBER(PG_slab) NUMBER(PG_hwpoison) NUMBER(PG_head_mask) "
+                         f"NUMBER(PAGE_BUDDY_MAPCOUNT_VALUE) NUMBER(HUGETLB_PAGE_DTOR) "
+                         f"NUMBER(PAGE_OFFLINE_MAPCOUNT_VALUE) {_TAIL}").split()
+             if k not in ("OFFSET(uts_namespace.name)", "SIZE(latched_seq)", "OFFSET(latched_seq.val)")
+             and not k.startswith("SYMBOL(kallsyms_")],
     # 7.2.13: compound_head renamed compound_info, the unaccepted marker exported, kallsyms_relative_base gone
     "7.2": (f"{_COMMON_HEAD} NUMBER(VMALLOC_START) SYMBOL(vmemmap) {_MEM} "
             f"{_PGDAT.replace('page.compound_head', 'page.compound_info')} {_PRINTK} "

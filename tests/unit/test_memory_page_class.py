@@ -1,5 +1,5 @@
-"""The page classifier on hand-built struct page arrays, with the REAL VMCOREINFO of Debian's 6.1, 6.12 and 7.2
-kernels (tests/data/vmcoreinfo): every rule of each era, compound heads and tails, buddy blocks, the carry-over
+"""The page classifier on hand-built struct page arrays, with the REAL VMCOREINFO of Debian's 5.10, 6.1, 6.12
+and 7.2 kernels (tests/data/vmcoreinfo): every rule of each era, compound heads and tails, buddy blocks, the carry-over
 of blocks across window boundaries, and the exclusion masks per dump level."""
 
 from pathlib import Path
@@ -15,7 +15,7 @@ from kdumplab.memory import (
 from kdumplab.memory.page_class import EXCLUDED_AT
 
 REF = Path(__file__).resolve().parents[1] / "data" / "vmcoreinfo"
-ERAS = {"6.1": "debian-6.1.0-56-amd64.txt", "6.12": "debian-6.12.117+deb13-amd64.txt",
+ERAS = {"5.10": "debian-5.10.0-46-amd64.txt", "6.1": "debian-6.1.0-56-amd64.txt", "6.12": "debian-6.12.117+deb13-amd64.txt",
         "7.2": "debian-7.2.13+deb14-amd64.txt"}
 VMEMMAP = 0xFFD4000000000000
 P = PageClass
@@ -96,7 +96,7 @@ class Pages:
         return [LABELS[c] for c in self.classes(state)]
 
 
-@pytest.fixture(params=["6.1", "6.12", "7.2"])
+@pytest.fixture(params=["5.10", "6.1", "6.12", "7.2"])
 def era(request):
     return request.param
 

@@ -40,7 +40,11 @@ struct prb_desc _printk_rb_static_descs[PRB_DESC_COUNT];
 struct printk_info _printk_rb_static_infos[PRB_DESC_COUNT];
 struct printk_ringbuffer printk_rb_static;
 struct printk_ringbuffer *prb;
+#if KDL_ERA >= 601
 struct latched_seq clear_seq;
+#else
+u64 clear_seq;                                            /* a latched_seq since 5.13 */
+#endif
 u32 log_buf_len;
 
 /* per-CPU */

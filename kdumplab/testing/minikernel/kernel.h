@@ -6,7 +6,7 @@
  * walk a synthetic vmcore laid out by kdumplab.testing. Nothing here ever runs: the builder in Python fills
  * every variable directly in the dump's memory.
  *
- * KDL_ERA selects the era: 601 (Linux 6.1: PG_slab flag, ~PG_buddy markers in _mapcount, compound_dtor and
+ * KDL_ERA selects the era: 510 (Linux 5.10: as 6.1, with task_struct.state and a plain u64 clear_seq), 601 (Linux 6.1: PG_slab flag, ~PG_buddy markers in _mapcount, compound_dtor and
  * compound_order in the first tail page, atomic rss_stat) or 612 (Linux 6.12: PGTY_* << 24 page types, the
  * folio order in page[1].flags, percpu_counter rss_stat) or 702 (Linux 7.2: as 6.12, with page.compound_info
  * holding a mask that gives the head from a tail's own address, and 7.2's page flag numbers).
@@ -78,12 +78,19 @@ typedef struct wait_queue_head wait_queue_head_t;
 
 /* ---------------------------------------------------------------------------------------------- pages */
 
+#if KDL_ERA >= 612
+/* 7.2 (Debian 7.2.13) adds PG_dropbehind, which moves PG_mlocked and PG_hwpoison up by one, and PG_arch_2. */
+enum pageflags {
+	PG_locked, PG_writeback, PG_referenced, PG_uptodate, PG_dirty, PG_lru, PG_head, PG_waiters, PG_active,
+	PG_workingset, PG_owner_priv_1, PG_owner_2, PG_arch_1, PG_reserved, PG_private, PG_private_2, PG_reclaim,
+	PG_swapbacked, PG_unevictable,
 #if KDL_ERA >= 702
-/* Linux 7.2 (Debian 7.2.13): PG_dropbehind and PG_arch_2 move PG_mlocked and PG_hwpoison up by one. */
-enum pageflags {
-	PG_locked, PG_writeback, PG_referenced, PG_uptodate, PG_dirty, PG_lru, PG_head, PG_waiters, PG_active,
-	PG_workingset, PG_owner_priv_1, PG_owner_2, PG_arch_1, PG_reserved, PG_private, PG_private_2, PG_reclaim,
-	PG_swapbacked, PG_unevictable, PG_dropbehind, PG_mlocked, PG_hwpoison, PG_young, PG_idle, PG_arch_2,
+	PG_dropbehind,
+#endif
+	PG_mlocked, PG_hwpoison, PG_young, PG_idle,
+#if KDL_ERA >= 702
+	PG_arch_2,
+#endif
 	__NR_PAGEFLAGS,
 	PG_readahead = PG_reclaim,
 	PG_swapcache = PG_owner_priv_1,
@@ -95,59 +102,15 @@ enum pageflags {
 	PG_savepinned = PG_dirty,
 	PG_foreign = PG_owner_priv_1,
 	PG_xen_remapped = PG_owner_priv_1,
-	PG_reported = PG_uptodate,
-	PG_has_hwpoisoned = PG_active,
-	PG_large_rmappable = PG_workingset,
-	PG_partially_mapped = PG_reclaim,
-};
-
-enum pagetype {
-	PGTY_buddy = 0xf0,
-	PGTY_offline = 0xf1,
-	PGTY_table = 0xf2,
-	PGTY_guard = 0xf3,
-	PGTY_hugetlb = 0xf4,
-	PGTY_slab = 0xf5,
-	PGTY_zsmalloc = 0xf6,
-	PGTY_unaccepted = 0xf7,
-	PGTY_large_kmalloc = 0xf8,
-	PGTY_mapcount_underflow = 0xff,
-};
-#elif KDL_ERA >= 612
-enum pageflags {
-	PG_locked, PG_writeback, PG_referenced, PG_uptodate, PG_dirty, PG_lru, PG_head, PG_waiters, PG_active,
-	PG_workingset, PG_owner_priv_1, PG_owner_2, PG_arch_1, PG_reserved, PG_private, PG_private_2, PG_reclaim,
-	PG_swapbacked, PG_unevictable, PG_mlocked, PG_hwpoison, PG_young, PG_idle,
-	__NR_PAGEFLAGS,
-	PG_readahead = PG_reclaim,
-	PG_swapcache = PG_owner_priv_1,
-	PG_checked = PG_owner_priv_1,
-	PG_anon_exclusive = PG_owner_2,
-	PG_mappedtodisk = PG_owner_2,
-	PG_fscache = PG_private_2,
-	PG_pinned = PG_owner_priv_1,
-	PG_savepinned = PG_dirty,
-	PG_foreign = PG_owner_priv_1,
-	PG_xen_remapped = PG_owner_priv_1,
+#if KDL_ERA < 702
 	PG_isolated = PG_reclaim,
+#endif
 	PG_reported = PG_uptodate,
 	PG_has_hwpoisoned = PG_active,
 	PG_large_rmappable = PG_workingset,
 	PG_partially_mapped = PG_reclaim,
 };
 
-/* Page types live in the top byte of page_type (Linux 6.12). */
-enum pagetype {
-	PGTY_buddy = 0xf0,
-	PGTY_offline = 0xf1,
-	PGTY_table = 0xf2,
-	PGTY_guard = 0xf3,
-	PGTY_hugetlb = 0xf4,
-	PGTY_slab = 0xf5,
-	PGTY_zsmalloc = 0xf6,
-	PGTY_unaccepted = 0xf7,
-	PGTY_mapcount_underflow = 0xff,
-};
 #else
 enum pageflags {
 	PG_locked, PG_referenced, PG_uptodate, PG_dirty, PG_lru, PG_active, PG_workingset, PG_waiters, PG_error,
@@ -175,6 +138,24 @@ enum compound_dtor_id {
 	HUGETLB_PAGE_DTOR,
 	TRANSHUGE_PAGE_DTOR,
 	NR_COMPOUND_DTORS,
+};
+#endif
+
+#if KDL_ERA >= 612
+/* Page types live in the top byte of page_type (Linux 6.12 and later). */
+enum pagetype {
+	PGTY_buddy = 0xf0,
+	PGTY_offline = 0xf1,
+	PGTY_table = 0xf2,
+	PGTY_guard = 0xf3,
+	PGTY_hugetlb = 0xf4,
+	PGTY_slab = 0xf5,
+	PGTY_zsmalloc = 0xf6,
+	PGTY_unaccepted = 0xf7,
+#if KDL_ERA >= 702
+	PGTY_large_kmalloc = 0xf8,
+#endif
+	PGTY_mapcount_underflow = 0xff,
 };
 #endif
 
@@ -767,7 +748,11 @@ struct signal_struct {
 
 struct task_struct {
 	struct thread_info thread_info;
+#if KDL_ERA >= 601
 	unsigned int __state;
+#else
+	volatile long state;                              /* renamed __state in 5.14 */
+#endif
 	void *stack;
 	refcount_t usage;
 	unsigned int flags;
@@ -954,6 +939,9 @@ struct new_utsname {
 };
 
 struct uts_namespace {
+#if KDL_ERA < 601
+	struct { int refcount; } kref;                    /* struct kref: the name at 4 until 5.11 */
+#endif
 	struct new_utsname name;
 	void *user_ns;
 	void *ucounts;
