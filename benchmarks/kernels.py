@@ -110,8 +110,10 @@ def crash_run(prefix: list[str], vmlinux: Path, vmcore: Path) -> tuple[float, st
         os.unlink(script)
     release = re.search(r"RELEASE: (\S+)", done.stdout)
     if not release:
-        error = (done.stderr or done.stdout).strip().splitlines()
-        return seconds, "cannot: " + (error[-1][:90] if error else f"exit {done.returncode}"), None
+        lines = (done.stderr + "\n" + done.stdout).strip().splitlines()
+        telling = [l for l in lines if l.startswith("crash:")]  # crash's own verdict, not its warnings
+        why = (telling or lines or [f"exit {done.returncode}"])[0].strip()
+        return seconds, f"cannot: {why[:90]}", None
     tasks = len(re.findall(r"^\s*>?\s*\d+\s+\d+\s+\d+\s+[0-9a-f]{8,}\s", done.stdout, re.M))
     return seconds, release.group(1), tasks
 

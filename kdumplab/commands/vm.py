@@ -26,7 +26,8 @@ def vm() -> None:
 @click.option("--arch", type=click.Choice(["amd64", "arm64"]), default="amd64", show_default=True,
               help="The kernel's architecture (arm64: qemu-system-aarch64 under TCG, in an arm64 userland).")
 @click.option("--memory", default="1G", show_default=True, help="Guest memory.")
-@click.option("--crashkernel", default="256M", show_default=True, help="crashkernel= reservation (96M at least).")
+@click.option("--crashkernel", default=None,
+              help="crashkernel= reservation [default: 256M on amd64, 384M on arm64].")
 @click.option("--workload", type=click.Choice(["idle", "realistic"]), default="idle", show_default=True,
               help="What runs before the crash.")
 @click.option("--crash-command", default=None, metavar="CMD",

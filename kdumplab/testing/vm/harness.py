@@ -87,6 +87,9 @@ class Timeouts:
         return Timeouts(**{f.name: getattr(self, f.name) * factor for f in fields(self)})
 
 
+#: The crash-kernel reservation per architecture (``kdumplab arm`` asks about 291 MiB for Debian's arm64 6.1).
+CRASHKERNEL = {"amd64": "256M", "arm64": "384M"}
+
 #: How much longer each phase may take in an emulated guest of another architecture than the host's.
 FOREIGN_SLOWDOWN = 4
 
@@ -207,7 +210,7 @@ def _clean(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G", crashkernel: str = "256M",
+def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G", crashkernel: str | None = None,
              workload: str = "idle", crash_command: str | None = None, arm: str = "auto", save: str = "auto",
              accel: str | None = None, timeouts: Timeouts | None = None, raw_via: str = "disk",
              report: Callable[[str], None] | None = None,
@@ -219,7 +222,7 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
     else raw). The raw copy of /proc/vmcore goes through a virtio-blk disk (``raw_via="disk"``, the faster) or
     the 9p share (``"9p"``). ``guest_out`` is the absolute path at which the guest sees OUT (default: OUT's
     own), so that a dump built in a staging directory names its final place in what the guest writes
-    (kdumplab's meta.json). ``arch`` is ``amd64`` or ``arm64`` (TCG only, in its own userland; ``save="auto"``
+    (kdumplab's meta.json). ``crashkernel`` defaults to :data:`CRASHKERNEL` of ``arch``. ``arch`` is ``amd64`` or ``arm64`` (TCG only, in its own userland; ``save="auto"``
     saves raw there until kdumplab's memory layer reads arm64). Raises
     :class:`~kdumplab.testing.vm.qemu.VmError` naming the failed phase.
     """
@@ -237,6 +240,7 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
         raise VmError("setup", "save with kdumplab asked for, but this checkout has no `kdumplab save "
                                "--from-config` yet: use save='raw'")
     memory_bytes = parse_size(memory)
+    crashkernel = crashkernel or CRASHKERNEL[arch]
     parse_size(crashkernel)
     timeouts = timeouts or (Timeouts() if arch == "amd64" else Timeouts().scaled(FOREIGN_SLOWDOWN))
     out = Path(out).resolve()
