@@ -94,12 +94,26 @@ def module_of(prog: "drgn.Program", address: int) -> str | None:
 
 
 def place(prog: "drgn.Program", address: int) -> Place:
-    """The symbol holding ``address`` (from debug info, ELF symbols, or a module's kallsyms in memory)."""
+    """The symbol holding ``address`` (from debug info, ELF symbols, or a module's kallsyms in memory).
+
+    The size is the kernel's: up to the next symbol (kallsyms' ``get_symbol_pos``), which counts the alignment
+    padding after a function that the ELF ``st_size`` leaves out, so ``text()`` reads as the oops printed it."""
     try:
         symbol = prog.symbol(address)
     except LookupError:
         return Place(None, 0, 0, module_of(prog, address))
-    return Place(symbol.name, address - symbol.address, symbol.size, module_of(prog, address))
+    return Place(symbol.name, address - symbol.address, _kallsyms_size(prog, symbol), module_of(prog, address))
+
+
+def _kallsyms_size(prog: "drgn.Program", symbol: Any, reach: int = 64) -> int:
+    end = symbol.address + symbol.size
+    for probe in range(end, end + reach):
+        try:
+            if prog.symbol(probe).address == probe:
+                return probe - symbol.address
+        except LookupError:
+            continue
+    return symbol.size
 
 
 def address_name(prog: "drgn.Program", address: int) -> str:

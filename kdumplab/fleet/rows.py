@@ -133,8 +133,11 @@ def read_dump_row(path: str, vmlinux: str | None = None, debug_dirs: list[str] |
         log_tail = texts[::-1][:LOG_TAIL]
         sig = crash_signature(row["panic_message"], functions, modules, row["release"], log_tail)
         row.update(signature=sig.key, panic_kind=sig.kind, frames="<".join(sig.frames), module=sig.module)
-        found = dump.diagnosis()
-        if len(found):  # the bucket is the bug the diagnosis names, whatever the kernel build
+        try:
+            found = dump.diagnosis()
+        except KdumplabError:  # a page the diagnosis needs is not in the dump: the stack signature stands
+            found = None
+        if found is not None and len(found):  # the bucket is the bug the diagnosis names, whatever the build
             first = {k: _clean(v) for k, v in found.iloc[0].to_dict().items()}
             row.update(title=first["title"], diagnosis_kind=first["kind"], culprit=first["culprit"],
                        signature=diagnosis_signature(first["kind"], first["title"], first["module"]))

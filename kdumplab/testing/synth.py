@@ -243,7 +243,9 @@ def _build(out: Path, params: SynthParams) -> None:
     if bug:  # the process that hit the bug, and the stack it crashed with
         hit = next(s for s in specs if s.crashed)
         hit.comm, hit.chain = synth_bugs.crashed_comm(seed, bug.name), bug.chain_key
+        synth_bugs.prepare_tasks(specs, bug)
     objs = write_tasks(kmem, specs, nr_cpus=nr_cpus, panic_cpu=panic_cpu, era=era, uptime_ns=uptime_ns)
+    others = synth_bugs.write_bug_objects(kmem, specs, bug) if bug else {}
     crashed = objs.crashed
     chain = CHAINS[crashed.chain]
     trace = []
@@ -257,7 +259,7 @@ def _build(out: Path, params: SynthParams) -> None:
     panic_message = PANIC_MESSAGE
     if bug:
         ctx = synth_bugs.BugContext(bug, era, seed, osrelease, panic_cpu, crashed.pid, crashed.comm, kaslr,
-                                    objs.crash_regs[panic_cpu], synth_bugs.frame_texts(kernel, bug.chain))
+                                    objs.crash_regs[panic_cpu], synth_bugs.bug_frame_texts(kernel, bug), others)
         records, panic_message = synth_bugs.bug_records(records, ctx, uptime_ns)
     write_printk(kmem, records)
     kallsyms = write_kallsyms(kmem)

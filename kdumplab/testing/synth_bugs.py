@@ -4,7 +4,8 @@ Fleet triage needs dumps whose grouping is known. Each :class:`Bug` here is one 
 (real functions of the mini kernel, so drgn unwinds them), the kernel log the kernel prints when it hits it (the
 kernel's own wording: ``BUG: kernel NULL pointer dereference, address: ...``, ``kernel BUG at
 fs/ext4/inode.c:NNN!``, ``watchdog: BUG: soft lockup - CPU#N stuck for NNs! [comm:pid]``, ``Out of memory and no
-killable processes...`` then ``Kernel panic - not syncing: ...``), and the signature a triage tool should find
+killable processes...``, ``INFO: task mydrv_abba_a:PID blocked for more than 120 seconds.`` then ``Kernel panic -
+not syncing: ...``), the diagnosis ``dump.diagnosis()`` must give (:data:`DIAGNOSES`), and the signature a triage tool should find
 (:attr:`Bug.expected`). What varies with the seed varies as it does between real occurrences of one bug: the
 KASLR offset, the crashed task's command, pid and CPU, the faulting address, the seconds a CPU was stuck, the
 kernel's stable update (``6.1.0-51`` .. ``6.1.0-53``) and with it the ``BUG_ON`` line number.
@@ -13,7 +14,7 @@ kernel's stable update (``6.1.0-51`` .. ``6.1.0-53``) and with it the ``BUG_ON``
 dump is the usual ``echo c > /proc/sysrq-trigger`` crash.
 
 >>> sorted(BUGS)
-['ext4-bug-on', 'null-deref', 'oom-panic', 'soft-lockup']
+['ext4-bug-on', 'hung-deadlock', 'null-deref', 'oom-panic', 'soft-lockup']
 >>> BUGS["null-deref"].expected
 {'kind': 'null-deref', 'frames': ['mydrv_ioctl', '__x64_sys_ioctl'], 'module': 'mydrv'}
 >>> bug_release("6.1", seed=4, bug="null-deref")
@@ -104,21 +105,44 @@ BUGS: dict[str, Bug] = {
              "__handle_mm_fault", "handle_mm_fault", "do_user_addr_fault", "exc_page_fault", "asm_exc_page_fault"),
             "oom", ("__alloc_pages_slowpath", "__alloc_pages", "__folio_alloc"), None,
             ("stress-ng", "java", "chrome", "python3"), oops=False),
+        Bug("hung-deadlock", "ABBA deadlock: two mydrv threads take its two mutexes in opposite order "
+            "(hung_task_panic)",
+            ("crash_setup_regs", "__crash_kexec", "panic", "check_hung_uninterruptible_tasks", "watchdog", "kthread",
+             "ret_from_fork"),
+            "hung-task", (), None, ("khungtaskd",), oops=False),
     )
 }  # fmt: skip
 
-#: The diagnosis each bug must get: syzbot-style titles, the same on every machine that hits the bug.
+#: The two deadlocked threads of ``hung-deadlock``: (command, stack innermost first, the mutex it holds, the one
+#: it waits for). Each holds its first mutex and sleeps in mutex_lock() on the other's.
+ABBA = (
+    ("mydrv_abba_a", ["__schedule", "schedule", "schedule_preempt_disabled", "__mutex_lock", "__mutex_lock_slowpath",
+                      "mutex_lock", "mydrv_abba_a", "mydrv_abba_thread", "kthread", "ret_from_fork"],
+     "mydrv_mutex_a", "mydrv_mutex_b"),
+    ("mydrv_abba_b", ["__schedule", "schedule", "schedule_preempt_disabled", "__mutex_lock", "__mutex_lock_slowpath",
+                      "mutex_lock", "mydrv_abba_b", "mydrv_abba_thread", "kthread", "ret_from_fork"],
+     "mydrv_mutex_b", "mydrv_mutex_a"),
+)
+HUNG_TASK_TIMEOUT = 120  # sysctl kernel.hung_task_timeout_secs
+HZ = 250
+
+#: The diagnosis each bug must get: syzbot-style titles, the same on every machine that hits the bug; the culprit as
+#: a regular expression (pids differ per machine).
 DIAGNOSES: dict[str, dict[str, Any]] = {
     "null-deref": {"kind": "null-deref", "title": "BUG: kernel NULL pointer dereference in mydrv_ioctl",
-                   "culprit": "mydrv_ioctl [mydrv]"},
+                   "culprit": r"mydrv_ioctl \[mydrv\]"},
     "ext4-bug-on": {"kind": "bug", "title": "kernel BUG in ext4_writepages", "culprit": "ext4_writepages"},
     "soft-lockup": {"kind": "soft-lockup", "title": "BUG: soft lockup in mydrv_reset",
-                    "culprit": "mydrv_reset [mydrv]"},
-    "oom-panic": {"kind": "oom", "title": "out of memory", "culprit": None},
+                    "culprit": r"mydrv_reset \[mydrv\]"},
+    "oom-panic": {"kind": "oom", "title": "out of memory", "culprit": r"\S+ \(pid \d+\)"},
+    "hung-deadlock": {"kind": "deadlock", "title": "possible deadlock in mydrv_abba_a",
+                      "culprit": r"mydrv_abba_a \(pid \d+\) holds mydrv_mutex_a, waits for mydrv_mutex_b; "
+                                 r"mydrv_abba_b \(pid \d+\) holds mydrv_mutex_b, waits for mydrv_mutex_a"},
 }
 
 # The unwinder and the task manifest look chains up by key; a bug's chain is one more situation to model.
 CHAINS.update({bug.chain_key: list(bug.chain) for bug in BUGS.values()})
+CHAINS.update({f"bug:hung-deadlock:{comm}": chain for comm, chain, _, _ in ABBA})
 
 
 def get_bug(name: str) -> Bug:
@@ -162,6 +186,7 @@ class BugContext:
     kaslr: int
     regs: dict[str, int]
     frame_text: dict[str, str] = field(default_factory=dict)  # function -> "name+0xoff/0xsize [module]"
+    others: dict[str, int] = field(default_factory=dict)  # comm -> pid of the other tasks the log names
 
     def frame(self, name: str) -> str:
         if name in self.frame_text:
@@ -308,8 +333,75 @@ def _log_oom(ctx: BugContext, rng: np.random.Generator) -> tuple[list[str], str]
     return lines, message
 
 
+def _log_hung_deadlock(ctx: BugContext, rng: np.random.Generator) -> tuple[list[str], str]:
+    message = "Kernel panic - not syncing: hung_task: blocked tasks"
+    lines = []
+    for comm, chain, _, _ in ABBA:
+        pid = ctx.others[comm]
+        lines += [
+            f"INFO: task {comm}:{pid} blocked for more than {HUNG_TASK_TIMEOUT} seconds.",
+            f"      Tainted: G           OE      {ctx.osrelease} #1 Debian {ctx.osrelease}",
+            '"echo 0 > /proc/sys/kernel/hung_task_timeout_secs" disables this message.',
+            f"task:{comm:<15} state:D stack:0     pid:{pid:<5} ppid:2      flags:0x00004000",
+            *_trace(ctx, chain),
+        ]
+    lines += [message, _cpu_line(ctx, "OE"), HARDWARE,
+              *_trace(ctx, ["dump_stack_lvl", "panic", "check_hung_uninterruptible_tasks", "watchdog", "kthread",
+                            "ret_from_fork"]),
+              _kernel_offset(ctx)]
+    return lines, message
+
+
 _LOGS = {"null-deref": _log_null_deref, "ext4-bug-on": _log_ext4, "soft-lockup": _log_soft_lockup,
-         "oom-panic": _log_oom}
+         "oom-panic": _log_oom, "hung-deadlock": _log_hung_deadlock}
+
+
+def prepare_tasks(specs: list, bug: Bug) -> None:
+    """Turn planned tasks into the ones ``bug`` needs, before their objects are written: for ``hung-deadlock``
+    the crashed task is khungtaskd (a kernel thread) and two kernel threads become the deadlocked pair."""
+    if bug.name != "hung-deadlock":
+        return
+    hit = next(s for s in specs if s.crashed)
+    hit.kthread, hit.ppid, hit.tgid, hit.rss = True, 2, hit.pid, (0, 0, 0)
+    idle = [s for s in specs if s.kthread and not s.crashed and s.state in ("I", "S") and s.pid > 2]
+    for spec, (comm, _, _, _) in zip(idle[-2:], ABBA):
+        spec.comm, spec.state, spec.chain = comm, "D", f"bug:hung-deadlock:{comm}"
+
+
+def write_bug_objects(kmem, specs: list, bug: Bug) -> dict[str, int]:
+    """The kernel objects ``bug`` leaves beyond the tasks; returns ``{comm: pid}`` of the other tasks involved.
+
+    ``hung-deadlock``: each mutex's owner is the thread holding it; each thread's ``struct mutex_waiter`` lies on
+    its own stack (as ``__mutex_lock`` puts it there), linked into the ``wait_list`` of the mutex it waits for;
+    khungtaskd last saw the threads switch :data:`HUNG_TASK_TIMEOUT` + 10 s ago (``last_switch_time``), and the
+    threshold and tick rate are the sysctl's and ``tick_nsec``'s.
+    """
+    if bug.name != "hung-deadlock":
+        return {}
+    by_comm = {s.comm: s for s in specs}
+    jiffies = int.from_bytes(kmem.read(kmem.sym("jiffies_64"), 8), "little")
+    kmem.write_u64(kmem.sym("sysctl_hung_task_timeout_secs"), HUNG_TASK_TIMEOUT)
+    kmem.write_u64(kmem.sym("tick_nsec"), 1_000_000_000 // HZ)
+    wait_list = kmem.offset("mutex", "wait_list")
+    for comm, _, held, wanted in ABBA:
+        task = by_comm[comm]
+        kmem.write_u64(kmem.sym(held) + kmem.offset("mutex", "owner"), task.address)
+        waiter = task.stack + 0x400  # below the frames, which fill the stack from its top
+        head = kmem.sym(wanted) + wait_list
+        kmem.put(waiter, "mutex_waiter", {"list.next": head, "list.prev": head, "task": task.address})
+        kmem.put(kmem.sym(wanted), "mutex", {"wait_list.next": waiter, "wait_list.prev": waiter})
+        kmem.put(task.address, "task_struct", {"last_switch_count": 40 + task.pid,
+                                               "last_switch_time": jiffies - (HUNG_TASK_TIMEOUT + 10) * HZ})
+    return {comm: by_comm[comm].pid for comm, _, _, _ in ABBA}
+
+
+def bug_frame_texts(kernel, bug: Bug) -> dict[str, str]:
+    """:func:`frame_texts` of the crashed chain and of every other stack the bug's log prints."""
+    out = frame_texts(kernel, bug.chain)
+    if bug.name == "hung-deadlock":
+        for _, chain, _, _ in ABBA:
+            out.update(frame_texts(kernel, chain))
+    return out
 
 
 def bug_records(records: list[Record], ctx: BugContext, uptime_ns: int) -> tuple[list[Record], str]:

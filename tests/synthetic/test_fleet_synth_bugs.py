@@ -19,6 +19,7 @@ WORDING = {
     "ext4-bug-on": r"^kernel BUG at fs/ext4/inode\.c:\d+!$",
     "soft-lockup": r"^watchdog: BUG: soft lockup - CPU#\d+ stuck for \d+s! \[[^:\]]+:\d+\]$",
     "oom-panic": r"^Out of memory and no killable processes\.\.\.$",
+    "hung-deadlock": r"^INFO: task mydrv_abba_a:\d+ blocked for more than 120 seconds\.$",
 }
 
 

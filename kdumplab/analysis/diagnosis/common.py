@@ -11,6 +11,11 @@ from typing import Sequence
 from kdumplab.analysis.diagnosis.context import Context, Finding, Frame, label, pick
 
 
+#: Interrupt entries: a lockup's or stall's culprit is the code below the last of them on the crashed stack.
+IRQ_ENTRIES = ("asm_sysvec_apic_timer_interrupt", "asm_common_interrupt", "asm_sysvec_call_function_single",
+               "asm_sysvec_reschedule_ipi", "asm_sysvec_irq_work", "asm_exc_nmi", "end_repeat_nmi")
+
+
 def title_for(template: str, function: str | None) -> str:
     """``template`` with the function, or without its ``in {}`` part when there is none."""
     from kdumplab.analysis.frames import normalise

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from kdumplab.analysis.diagnosis.common import evidence_line, report_culprit, title_for
+from kdumplab.analysis.diagnosis.common import IRQ_ENTRIES, evidence_line, report_culprit, title_for
 from kdumplab.analysis.diagnosis.context import Context, Finding, label
 
 
@@ -42,7 +42,7 @@ def find(ctx: Context) -> list[Finding]:
             running = f"{r['function']}" + (f" [{r['module']}]" if isinstance(r["module"], str) else "")
             evidence.append(f"lockups: CPU {cpu} was running {r['comm']} (pid {r['pid']}) in {running}")
     if running is None:
-        frame, _ = report_culprit(ctx, start, after=("asm_exc_nmi", "exc_nmi", "end_repeat_nmi"))
+        frame, _ = report_culprit(ctx, start, after=IRQ_ENTRIES)
         running = label(frame)
     message = ctx.lines[panic].split("not syncing: ", 1)[-1].strip() if panic is not None else "NMI"
     text = (f"{ctx.lines[start].strip() if start is not None else 'An NMI'}; nothing claimed it and "

@@ -9,7 +9,7 @@ the scheduler-tick interrupt stopped on the stalled CPU (``INFO: rcu detected st
 
 from __future__ import annotations
 
-from kdumplab.analysis.diagnosis.common import evidence_line, report_culprit, title_for
+from kdumplab.analysis.diagnosis.common import IRQ_ENTRIES, evidence_line, report_culprit, title_for
 from kdumplab.analysis.diagnosis.context import Context, Finding, label
 
 _HEADER = r"INFO: rcu_(?:preempt|sched|bh|tasks)\w* (?:self-)?detected(?: expedited)? stall"
@@ -21,7 +21,7 @@ def find(ctx: Context) -> list[Finding]:
         return []
     panicked = ctx.find(r"Kernel panic - not syncing: RCU Stall", start) is not None
     self_detected = "self-detected" in ctx.lines[start]
-    frame, source = report_culprit(ctx, start, crashed=panicked and self_detected)
+    frame, source = report_culprit(ctx, start, crashed=panicked and self_detected, after=IRQ_ENTRIES)
     culprit = label(frame)
     evidence = evidence_line(ctx, start)
     if frame is not None:

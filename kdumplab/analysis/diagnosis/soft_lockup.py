@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from kdumplab.analysis.diagnosis.common import evidence_line, report_culprit, title_for
+from kdumplab.analysis.diagnosis.common import IRQ_ENTRIES, evidence_line, report_culprit, title_for
 from kdumplab.analysis.diagnosis.context import Context, Finding, label
 
 _HEADER = r"BUG: soft lockup - CPU#(\d+) stuck for (\d+)s! \[(.*):(\d+)\]"
@@ -114,7 +114,7 @@ def find(ctx: Context) -> list[Finding]:
     m = re.search(_HEADER, ctx.lines[start])
     cpu, seconds, comm, pid = int(m.group(1)), int(m.group(2)), m.group(3), int(m.group(4))
     panicked = ctx.find(r"Kernel panic - not syncing: softlockup", start) is not None
-    frame, source = report_culprit(ctx, start, crashed=panicked)
+    frame, source = report_culprit(ctx, start, crashed=panicked, after=IRQ_ENTRIES)
     culprit = label(frame)
     evidence = evidence_line(ctx, start)
     if frame is not None:

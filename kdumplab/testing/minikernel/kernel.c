@@ -263,6 +263,29 @@ ASM_ENTRY(entry_SYSCALL_64,
 	  "sub $168, %rsp\n\tmov %rsp, %rdi\n\tmov 120(%rsp), %esi\n\tcall do_syscall_64\n\t"
 	  "add $168, %rsp\n\tud2");
 
+/* hung_task: khungtaskd found tasks blocked past sysctl_hung_task_timeout_secs and hung_task_panic is set */
+unsigned long sysctl_hung_task_timeout_secs;
+unsigned long tick_nsec;
+noinline void check_hung_uninterruptible_tasks(unsigned long timeout) { panic("hung_task: blocked tasks"); kdl_sink = timeout; }
+noinline int watchdog(void *dummy) { check_hung_uninterruptible_tasks(sysctl_hung_task_timeout_secs); return 0; }
+
+/* an ABBA deadlock in the mydrv driver: two threads take its two mutexes in opposite order */
+struct mutex mydrv_mutex_a;
+struct mutex mydrv_mutex_b;
+noinline void schedule_preempt_disabled(void) { schedule(); }
+noinline int __mutex_lock(struct mutex *lock, unsigned int state) { struct mutex_waiter waiter; schedule_preempt_disabled(); kdl_sink = (long)&waiter; return (int)state; }
+noinline void __mutex_lock_slowpath(struct mutex *lock) { __mutex_lock(lock, 2); }
+noinline void mutex_lock(struct mutex *lock) { __mutex_lock_slowpath(lock); }
+noinline void mydrv_abba_a(void *dev) { mutex_lock(&mydrv_mutex_b); kdl_sink = (long)dev; }
+noinline void mydrv_abba_b(void *dev) { mutex_lock(&mydrv_mutex_a); kdl_sink = (long)dev; }
+noinline int mydrv_abba_thread(void *dev) {
+	if (kdl_sink)
+		mydrv_abba_a(dev);
+	else
+		mydrv_abba_b(dev);
+	return 0;
+}
+
 /* kernel threads */
 noinline int worker_thread(void *arg) { schedule(); return 0; }
 noinline int smpboot_thread_fn(void *data) { schedule(); return 0; }
@@ -277,6 +300,8 @@ noinline int kthread(void *create) {
 	case 1: return smpboot_thread_fn(create);
 	case 2: return rcu_gp_kthread(create);
 	case 3: return kswapd(create);
+	case 5: return mydrv_abba_thread(create);
+	case 6: return watchdog(create);
 	default: return kcompactd(create);
 	}
 }

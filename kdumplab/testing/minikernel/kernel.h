@@ -60,6 +60,10 @@ typedef struct raw_spinlock { arch_spinlock_t raw_lock; } raw_spinlock_t;
 typedef struct spinlock { struct raw_spinlock rlock; } spinlock_t;
 
 struct list_head { struct list_head *next, *prev; };
+
+/* sleeping locks (include/linux/mutex_types.h, kernel/locking/mutex.h) */
+struct mutex { atomic_long_t owner; raw_spinlock_t wait_lock; struct list_head wait_list; };
+struct mutex_waiter { struct list_head list; struct task_struct *task; void *ww_ctx; };
 struct hlist_head { struct hlist_node *first; };
 struct hlist_node { struct hlist_node *next, **pprev; };
 struct rcu_head { struct rcu_head *next; void (*func)(struct rcu_head *head); };
@@ -802,6 +806,8 @@ struct task_struct {
 	unsigned long nivcsw;
 	u64 start_time;
 	u64 start_boottime;
+	unsigned long last_switch_count;	/* khungtaskd's view (CONFIG_DETECT_HUNG_TASK) */
+	unsigned long last_switch_time;
 	unsigned long min_flt;
 	unsigned long maj_flt;
 	char comm[TASK_COMM_LEN];
