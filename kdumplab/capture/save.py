@@ -40,7 +40,6 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from kdumplab import __version__
-from kdumplab.capture.elf_output import ElfOutput
 from kdumplab.capture.exitcodes import (
     ExitCode,
     InterruptedSaveError,
@@ -649,6 +648,8 @@ def _open_output(target: Target, dump: Any, plan: PagePlan, notes: bytes, option
         file = target.open_part()
         sink = FlatSink(file) if options.format == "flat" else FileSink(file)
     if options.format == "elf":
+        from kdumplab.capture.elf_output import ElfOutput
+
         obj: Any = ElfOutput(sink, dump, plan, notes, page_offset=getattr(mem, "page_offset", None))
         return _Output("elf", obj, file, stream)
     writer = KdumpWriter(sink, plan.page_size, plan.max_mapnr, plan.bitmap1, plan.bitmap2, notes,

@@ -25,6 +25,16 @@ def _epilog() -> str:
         return _EPILOG_FALLBACK
 
 
+def _lean_start() -> None:
+    """Before the save's imports: no cyclic garbage collection (a one-shot process whose imports would
+    otherwise trigger dozens of collections) and a one-thread OpenBLAS (numpy starts a BLAS thread pool the
+    save never uses; in the kdump kernel every thread and page counts)."""
+    import gc
+
+    gc.disable()
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 def _raise_interrupt(signum, frame):  # SIGTERM (systemd stopping the unit) is handled like Ctrl-C
     raise KeyboardInterrupt
 
@@ -84,6 +94,7 @@ def save(source, dest, dump_level, codec, fmt, threads, from_config, config_path
     or ssh://[user@]host[:port]/path (a flattened stream; a path ending in / is a directory).
     The dump is written as .vmcore.part, verified, then renamed: a file named vmcore is always whole.
     """
+    _lean_start()
     from kdumplab.capture.exitcodes import ExitCode, SaveError
     from kdumplab.capture.progress import Progress
     from kdumplab.capture.save import SaveOptions

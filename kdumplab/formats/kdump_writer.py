@@ -36,7 +36,7 @@ import numpy as np
 
 from kdumplab.errors import DumpWriterError
 from kdumplab.formats.arch import machine_from_vmcoreinfo, normalize_machine
-from kdumplab.formats.codecs import Codec, compress_many, get_codec
+from kdumplab.formats.codecs import Codec, compress_many, compress_rows, get_codec
 from kdumplab.formats.dumpfile import KDUMP_SIGNATURE
 from kdumplab.formats.kdump import (
     HEADER,
@@ -55,6 +55,8 @@ from kdumplab.formats.notes import NT_PRSTATUS, find_note, parse_notes
 from kdumplab.formats.vmcoreinfo import VmcoreInfo
 
 _U32_MAX = (1 << 32) - 1
+#: Bytes of page data between two :meth:`FileSink.write_back` calls.
+WRITE_BACK = 8 << 20
 _U64_MASK = (1 << 64) - 1
 
 
@@ -83,6 +85,7 @@ class FileSink:
         self._file.flush()
         self._fd = self._file.fileno()
         self._fsync = fsync
+        self._written_back = 0
 
     def pwrite(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data).cast("B")
@@ -90,6 +93,21 @@ class FileSink:
             n = os.pwrite(self._fd, view, offset)
             view = view[n:]
             offset += n
+
+    def write_back(self, start: int, end: int) -> None:
+        """Start writing the file's bytes ``[start, end)`` to disk, without waiting, if ``end`` has moved on by
+        :data:`WRITE_BACK` bytes since the last call: the fsync at the end of a capture then finds little left
+        to write (``POSIX_FADV_DONTNEED`` starts writeback of dirty pages, then drops the clean ones from the page
+        cache, which a dump that is not read again does not need)."""
+        end -= end % WRITE_BACK
+        start = max(start, self._written_back)
+        if end <= start or not hasattr(os, "posix_fadvise"):
+            return
+        try:
+            os.posix_fadvise(self._fd, start, end - start, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
+        self._written_back = end
 
     def finish(self) -> None:
         if self._fsync:
@@ -152,6 +170,57 @@ def encode_pages(
     for i, page, comp in zip(todo, raw, compress_many(raw, codec, threads)):
         out[i] = EncodedPage(comp, codec.flag) if len(comp) < page_size else EncodedPage(page, 0)
     return out
+
+
+class EncodedBatch(NamedTuple):
+    """A batch of pages ready for the file, with no Python object per page (:func:`encode_batch`).
+
+    Attributes:
+        sizes: int64 bytes stored per page; -1 for the shared zero page.
+        flags: int64 page_desc flags (the codec's flag, or 0 for a raw or zero page).
+        data: the stored bytes of the pages that are not the zero page, back to back, in order.
+    """
+
+    sizes: np.ndarray
+    flags: np.ndarray
+    data: bytes
+
+
+def encode_batch(pages: np.ndarray, codec: str | Codec, *, zero_page: bool = False) -> EncodedBatch:
+    """:func:`encode_pages` for a ``(n, page_size)`` uint8 array, as one :class:`EncodedBatch`.
+
+    Same rules and the same bytes: all-zero pages become the shared zero page when ``zero_page``; the others are
+    compressed and kept only when strictly smaller than the page, else stored raw. The work per page happens in
+    C (numpy, the codec libraries, ``bytes.join``), which is what matters in a kdump kernel under emulation.
+    Safe to call from worker threads (zstd and lzo release the GIL while they compress).
+
+    >>> pages = np.zeros((3, 4096), np.uint8); pages[1] = 5; pages[2] = np.arange(4096) * 7919 % 251
+    >>> batch = encode_batch(pages, "zstd", zero_page=True)
+    >>> batch.sizes.tolist()[0], batch.flags.tolist(), len(batch.data) == int(batch.sizes[1:].sum())
+    (-1, [0, 32, 32], True)
+    """
+    codec = get_codec(codec)
+    pages = _as_pages(pages, pages.shape[1] if isinstance(pages, np.ndarray) and pages.ndim == 2 else 4096)
+    n, page_size = pages.shape
+    if zero_page and page_size % 8 == 0:
+        keep = np.bitwise_or.reduce(pages.view(np.uint64), axis=1) != 0
+    else:
+        keep = np.ones(n, bool)
+    sizes = np.full(n, -1, np.int64)
+    flags = np.zeros(n, np.int64)
+    if codec.flag == 0:
+        sizes[keep] = page_size
+        return EncodedBatch(sizes, flags, pages[keep].tobytes())
+    comp_sizes, parts = compress_rows(pages, keep, codec)
+    raw = comp_sizes >= page_size
+    sizes[keep] = np.where(raw, page_size, comp_sizes)
+    flags[keep] = np.where(raw, 0, codec.flag)
+    if raw.any():  # incompressible pages are stored as they are (rare: a handful per batch at most)
+        parts = list(parts)
+        rows = np.flatnonzero(keep)
+        for i in np.flatnonzero(raw).tolist():
+            parts[i] = pages[rows[i]].tobytes()
+    return EncodedBatch(sizes, flags, b"".join(parts))
 
 
 def bitmap_from_runs(runs: Sequence[tuple[int, int]], max_mapnr: int) -> np.ndarray:
@@ -370,18 +439,23 @@ class KdumpWriter:
 
     def add_encoded(self, pfns: Sequence[int] | np.ndarray, pages: Sequence[EncodedPage]) -> None:
         """Append pages already encoded by :func:`encode_pages` for ``pfns`` (ascending, all set in bitmap2)."""
-        pfns = np.asarray(pfns, dtype=np.int64).reshape(-1)
-        if len(pfns) != len(pages):
-            raise DumpWriterError(f"{len(pfns)} pfns but {len(pages)} pages")
-        self._check_pfns(pfns)
-        n = len(pfns)
-        if not n:
-            return
-        # The batch's descs in one numpy array and its data in one join: a per-page pack and append costs
-        # more than the compression itself in the kdump kernel under QEMU TCG.
-        ps = self.page_size
+        n = len(pages)
         sizes = np.fromiter((-1 if data is None else len(data) for data, _ in pages), np.int64, n)
         flags = np.fromiter((f for _, f in pages), np.int64, n)
+        self.add_batch(pfns, EncodedBatch(sizes, flags, b"".join(data for data, _ in pages if data is not None)))
+
+    def add_batch(self, pfns: Sequence[int] | np.ndarray, batch: EncodedBatch) -> None:
+        """Append a batch from :func:`encode_batch` for ``pfns`` (ascending, all set in bitmap2): descs built
+        with numpy, data appended in one piece."""
+        pfns = np.asarray(pfns, dtype=np.int64).reshape(-1)
+        n = len(pfns)
+        if len(batch.sizes) != n or len(batch.flags) != n:
+            raise DumpWriterError(f"{n} pfns but {len(batch.sizes)} encoded pages")
+        self._check_pfns(pfns)
+        if not n:
+            return
+        ps = self.page_size
+        sizes, flags = batch.sizes, batch.flags
         zero = sizes < 0
         if zero.any() and not self._zero_desc:
             pfn = int(pfns[int(np.flatnonzero(zero)[0])])
@@ -393,6 +467,9 @@ class KdumpWriter:
                                   f"(page size {ps})")
         stored = np.where(zero, 0, sizes)
         ends = self._data_pos + np.cumsum(stored)
+        if int(ends[-1]) - self._data_pos != len(batch.data):
+            raise DumpWriterError(f"the batch holds {len(batch.data)} bytes of data, its sizes say "
+                                  f"{int(ends[-1]) - self._data_pos}")
         descs = np.zeros(n, PAGE_DESC_DTYPE)
         descs["offset"] = ends - stored
         descs["size"] = stored
@@ -400,13 +477,16 @@ class KdumpWriter:
         if zero.any():
             descs[zero] = np.frombuffer(self._zero_desc, PAGE_DESC_DTYPE)[0]
         self._desc_buf += descs.tobytes()
-        self._data_buf += b"".join(data for data, _ in pages if data is not None)
+        if len(batch.data) >= self._data_cache_size and not self._data_buf:
+            self.sink.pwrite(self._data_buf_pos, batch.data)  # a big batch goes straight to the sink
+            self._data_buf_pos += len(batch.data)
+        else:
+            self._data_buf += batch.data
         self._data_pos = int(ends[-1])
         if len(self._desc_buf) >= self._desc_cache_size or len(self._data_buf) >= self._data_cache_size:
             self._flush()
-        self.pages_written += len(pfns)
-        if len(pfns):
-            self._last_pfn = int(pfns[-1])
+        self.pages_written += n
+        self._last_pfn = int(pfns[-1])
 
     def add_pages(self, pfns: Sequence[int] | np.ndarray, pages: bytes | bytearray | memoryview | np.ndarray) -> None:
         """Compress and append raw pages: ``pages`` holds ``len(pfns) * page_size`` bytes."""
@@ -426,6 +506,11 @@ class KdumpWriter:
             self.sink.pwrite(self._data_buf_pos, self._data_buf)
             self._data_buf_pos += len(self._data_buf)
             self._data_buf = bytearray()
+        write_back = getattr(self.sink, "write_back", None)
+        if write_back is not None and self._data_buf_pos > self.data_offset + WRITE_BACK:
+            # only whole pages of page data, which is never written again (descs are, a page at a time)
+            write_back(-(-self.data_offset // self.page_size) * self.page_size,
+                       self._data_buf_pos - self._data_buf_pos % self.page_size - self.page_size)
         if self._desc_buf:
             self.sink.pwrite(self._desc_pos, self._desc_buf)
             self._desc_pos += len(self._desc_buf)
@@ -464,11 +549,13 @@ class KdumpWriter:
 
 
 __all__ = [
+    "EncodedBatch",
     "EncodedPage",
     "FileSink",
     "KdumpWriter",
     "Sink",
     "bitmap_from_pfns",
     "bitmap_from_runs",
+    "encode_batch",
     "encode_pages",
 ]

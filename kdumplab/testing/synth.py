@@ -54,8 +54,8 @@ from kdumplab.testing.synth_memory import (
 )  # fmt: skip
 from kdumplab.testing.synth_pages import (
     CLASSES, C_ABSENT, C_FREE, C_KERNEL, C_ZERO, K_FREE_HEAD, K_KERNEL, K_PGTABLE, K_RESERVED,
-    K_HUGE_HEAD, K_SLAB_HEAD, K_SLAB_TAIL, KIND_CLASS, KIND_GENERATED, KIND_ZEROABLE, ContentGenerator, GeneralMix,
-    PageExtras, PagePlan, mark_free, page_era, plan_general, struct_pages,
+    K_HUGE_HEAD, K_SLAB_HEAD, K_SLAB_TAIL, KIND_CLASS, KIND_GENERATED, KIND_ZEROABLE, GENERAL, ContentGenerator,
+    GeneralMix, PageExtras, PagePlan, mark_free, page_era, plan_general, struct_pages,
 )  # fmt: skip
 from kdumplab.testing.synth_printk import PANIC_MESSAGE, make_records, write_printk
 from kdumplab.testing.synth_stack import CHAINS
@@ -88,10 +88,12 @@ class SynthParams:
     era: str
     cpus: int
     bug: str | None = None  # a synth_bugs.BUGS name; None: the sysrq crash
+    mix: str = "general"  # or "server" (kdumplab.testing.synth_server)
 
     def key(self) -> str:
         text = json.dumps([self.memory, self.tasks, self.seed, self.era, self.cpus, BUILDER_VERSION,
-                           synth_kernel.source_hash(self.era), _builder_hash()] + ([self.bug] if self.bug else []))
+                           synth_kernel.source_hash(self.era), _builder_hash()] + ([self.bug] if self.bug else [])
+                          + ([self.mix] if self.mix != "general" else []))
         return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -119,13 +121,15 @@ def parse_size(text: str | int) -> int:
 
 
 def build_synthetic(out_dir: str | os.PathLike, memory: int = 256 << 20, tasks: int = 32, seed: int = 0,
-                    era: str = "6.1", cache: bool = False, *, cpus: int = 2, bug: str | None = None) -> SynthResult:
+                    era: str = "6.1", cache: bool = False, *, cpus: int = 2, bug: str | None = None,
+                    mix: str = "general") -> SynthResult:
     """Write ``vmcore``, ``vmlinux`` and ``manifest.json`` into ``out_dir``; see the module docstring.
 
     ``memory`` is the machine's RAM in bytes (64 MiB to 64 GiB, a multiple of 2 MiB), ``tasks`` the number of
     tasks ``for_each_task`` lists, ``era`` "6.1", "6.12" or "7.2", ``cpus`` the number of CPUs. With ``cache=True`` the
     result is reused from ``~/.cache/kdumplab/synth/<key>`` when the same parameters were built before by the same
-    builder and mini kernel sources.
+    builder and mini kernel sources. ``mix="server"`` fills memory as a busy server's (mostly page cache and
+    anonymous memory; :mod:`kdumplab.testing.synth_server`), for capture benchmarks.
     Bad parameters raise :class:`KdumplabError`.
     """
     if era not in ERAS:
@@ -140,7 +144,9 @@ def build_synthetic(out_dir: str | os.PathLike, memory: int = 256 << 20, tasks: 
     plan_memory(memory)  # validates the size early, with a clear message
     if bug is not None:
         synth_bugs.get_bug(bug)  # an unknown name fails here, with the list of known bugs
-    params = SynthParams(memory, tasks, seed, era, cpus, bug)
+    if mix not in ("general", "server"):
+        raise KdumplabError(f"unknown memory mix {mix!r}: choose general or server")
+    params = SynthParams(memory, tasks, seed, era, cpus, bug, mix)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cache:
@@ -316,15 +322,22 @@ def _build(out: Path, params: SynthParams) -> None:
     general_pages = sum(hi - lo for lo, hi in general)
     gib_pages = (1 << 30) >> PAGE_SHIFT
     used_pages = 0.45 * min(general_pages, gib_pages) + 0.04 * max(0, general_pages - gib_pages)
+    profile = GENERAL
+    if params.mix == "server":
+        from kdumplab.testing.synth_server import SERVER, SERVER_USED
+
+        used_pages, profile = SERVER_USED * general_pages, SERVER
     # the rest of the kernel image's last 2 MiB is free; the general ranges get the mix
     mark_free(plan, kernel_pfn + image_pages, heap_pfn)
-    plan_general(plan, general, rng, mix, int(used_pages // 512))
+    plan_general(plan, general, rng, mix, int(used_pages // 512), profile)
     kind[:0x100][present[:0x100]] = K_RESERVED
     ref(buffer_heads)
     slub_overrides, slab_usage = _write_slub_state(kmem, plan, cache_refs, pe)
 
     # ------------------------------------------------------------------ free lists, zones, counters
     generated = (KIND_GENERATED[kind] | plan.generated) & present
+    if params.mix == "server":  # data only where -d 31 keeps it (kernel, slab): see synth_server
+        generated = plan.generated & present
     generated[heap_pfn:heap_end_pfn] = False
     free_links = _write_zones(kmem, layout, plan, KIND_CLASS[kind], present, pgdat, kind, zone_names)
     extras = PageExtras(np.array(pointers, dtype=np.uint64), np.array(slab_sizes, dtype=np.uint64), free_links,
@@ -362,6 +375,10 @@ def _build(out: Path, params: SynthParams) -> None:
     loads += [LoadSpec(lo, PAGE_OFFSET + lo, hi - lo) for lo, hi in layout.ram]
     vmcore = out / "vmcore"
     gen = ContentGenerator(seed)
+    if params.mix == "server":
+        from kdumplab.testing.synth_server import ServerContent
+
+        gen = ServerContent(seed)
     with ElfCoreWriter(vmcore, notes, loads) as core:
         core.write_phys(0, bytes(low))
         core.write_phys(kmem.image_paddr, bytes(kmem.image))
@@ -410,6 +427,8 @@ def _build(out: Path, params: SynthParams) -> None:
         "slab_usage": slab_usage,
         "build_seconds": round(time.monotonic() - started, 3),
     }  # fmt: skip
+    if params.mix != "general":
+        manifest["mix"] = params.mix
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
 

@@ -111,14 +111,29 @@ class GeneralMix:
     slab_caches: list[int]  # indices of kmem_cache pointers
 
 
-# weights of single-page runs in a mixed chunk
-_RUN_KINDS = np.array([K_CACHE, K_CACHE_PRIVATE, K_ANON, K_SLAB_HEAD, K_KERNEL, K_ZERO, K_HWPOISON, K_OFFLINE])
-_RUN_WEIGHTS = np.array([30, 9, 26, 10, 12, 9, 0.6, 1.2])
-_RUN_WEIGHTS = _RUN_WEIGHTS / _RUN_WEIGHTS.sum()
+@dataclass(frozen=True)
+class MixProfile:
+    """The shares of a page mix: the chance that a used 2 MiB chunk is a THP or a hugetlb page, that a block of a
+    mixed chunk is free, and the weights of the single-page runs in a mixed chunk (``run_kinds``)."""
+
+    thp: float = 0.12
+    hugetlb: float = 0.08
+    free_block: float = 0.35
+    run_kinds: tuple[int, ...] = (K_CACHE, K_CACHE_PRIVATE, K_ANON, K_SLAB_HEAD, K_KERNEL, K_ZERO, K_HWPOISON,
+                                  K_OFFLINE)
+    run_weights: tuple[float, ...] = (30, 9, 26, 10, 12, 9, 0.6, 1.2)
+
+    def runs(self) -> tuple[np.ndarray, np.ndarray]:
+        weights = np.array(self.run_weights)
+        return np.array(self.run_kinds), weights / weights.sum()
+
+
+#: The default mix: every class well represented (the "server" mix is in synth_server).
+GENERAL = MixProfile()
 
 
 def plan_general(plan: PagePlan, ranges: list[tuple[int, int]], rng: np.random.Generator, mix: GeneralMix,
-                 used_chunks: int) -> None:
+                 used_chunks: int, profile: MixProfile = GENERAL) -> None:
     """Fill ``ranges`` (pfn ranges) with the page mix; ``used_chunks`` 2 MiB chunks hold data, the rest is free."""
     chunks: list[int] = []
     for lo, hi in ranges:
@@ -143,12 +158,12 @@ def plan_general(plan: PagePlan, ranges: list[tuple[int, int]], rng: np.random.G
     _mark_free_chunks(plan, free_starts)
     for i in np.flatnonzero(used):
         base = int(starts[i])
-        if i == 0 or (i >= showcase and rng.random() < 0.12):
+        if i == 0 or (i >= showcase and rng.random() < profile.thp):
             plan.compound(base, 9, K_THP_HEAD, K_THP_TAIL, mix.anon_mappings[int(rng.integers(len(mix.anon_mappings)))])
-        elif i == 1 or (i >= showcase and rng.random() < 0.08):
+        elif i == 1 or (i >= showcase and rng.random() < profile.hugetlb):
             plan.compound(base, 9, K_HUGE_HEAD, K_HUGE_TAIL, mix.hugetlb_mapping)
         else:
-            _mixed_chunk(plan, base, rng, mix, showcase=(i == 2))
+            _mixed_chunk(plan, base, rng, mix, showcase=(i == 2), profile=profile)
 
 
 def _mark_free_chunks(plan: PagePlan, free_starts: np.ndarray) -> None:
@@ -170,7 +185,9 @@ def _mark_free_chunks(plan: PagePlan, free_starts: np.ndarray) -> None:
     plan.order[heads9] = 9
 
 
-def _mixed_chunk(plan: PagePlan, base: int, rng: np.random.Generator, mix: GeneralMix, showcase: bool) -> None:
+def _mixed_chunk(plan: PagePlan, base: int, rng: np.random.Generator, mix: GeneralMix, showcase: bool,
+                 profile: MixProfile = GENERAL) -> None:
+    run_kinds, run_weights = profile.runs()
     stack = [(base, 9)]
     blocks: list[tuple[int, int, bool]] = []
     while stack:
@@ -180,7 +197,7 @@ def _mixed_chunk(plan: PagePlan, base: int, rng: np.random.Generator, mix: Gener
             stack.append((start + (1 << (order - 1)), order - 1))
             stack.append((start, order - 1))
         else:
-            blocks.append((start, order, rng.random() < 0.35))
+            blocks.append((start, order, rng.random() < profile.free_block))
     if showcase:  # make sure the showcase chunk has used pages for the rare kinds
         blocks = [(s, o, False) for s, o, _ in blocks]
     for start, order, free in blocks:
@@ -191,7 +208,7 @@ def _mixed_chunk(plan: PagePlan, base: int, rng: np.random.Generator, mix: Gener
             continue
         pos, end = start, start + n
         while pos < end:
-            kind = int(rng.choice(_RUN_KINDS, p=_RUN_WEIGHTS))
+            kind = int(rng.choice(run_kinds, p=run_weights))
             if showcase and pos == start:
                 kind = K_HWPOISON if start == base else (K_OFFLINE if order >= 1 else kind)
             length = int(min(end - pos, rng.geometric(0.15)))
