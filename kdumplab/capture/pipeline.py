@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 #: Pfns per classification window (128 MiB of memory with 4 KiB pages; about 2 MiB of struct pages).
 WINDOW_PFNS = 1 << 15
 #: Kept pages per compression job (4 MiB of page data with 4 KiB pages).
-BATCH_PAGES = 256
+BATCH_PAGES = 128
 #: Excluded pages between two kept runs that are cheaper to read and drop than to skip with another pread.
 READ_GAP = 16
 

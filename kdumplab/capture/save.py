@@ -287,33 +287,43 @@ def _sample_pfns(plan: PagePlan, samples: int, cluster: int = VERIFY_CLUSTER) ->
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
+#: page_descs checked per read by :func:`_check_desc_table` (1.5 MiB: a 64 GiB machine's table is 50 MiB).
+DESC_CHUNK = 1 << 16
+
+
 def _check_desc_table(out: Any, plan: PagePlan) -> str | None:
-    """The whole page_desc table of a kdump file just written, read at once: every kept page has data inside the
-    file, of a sane size, with a known flag, laid out in pfn order. A problem as text, or None."""
+    """The whole page_desc table of a kdump file just written, read :data:`DESC_CHUNK` descs at a time: every
+    kept page has data inside the file, of a sane size, with a known flag, laid out in pfn order. A problem as
+    text, or None."""
     from kdumplab.formats.kdump import PAGE_DESC_DTYPE
 
     n = plan.num_dumpable
-    size = n * PAGE_DESC_DTYPE.itemsize
-    with open(out.path, "rb", buffering=0) as f:
-        f.seek(out.desc_offset)
-        raw = f.read(size)
-    if len(raw) != size:
-        return f"the page_desc table is cut short ({len(raw)} of {size} bytes)"
-    descs = np.frombuffer(raw, PAGE_DESC_DTYPE)
-    off, sz, flags = descs["offset"], descs["size"].astype(np.int64), descs["flags"]
+    item = PAGE_DESC_DTYPE.itemsize
     ps = plan.page_size
-    bad = ((off < out.data_offset) | (off + sz > out.file_size) | (sz <= 0) | (sz > ps)
-           | ~np.isin(flags, (0, 0x1, 0x2, 0x4, 0x20)) | ((flags == 0) & (sz != ps)))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        return f"page_desc {i} (offset {int(off[i])}, size {int(sz[i])}, flags {int(flags[i]):#x}) is not valid"
-    data = off != out.data_offset  # the shared zero page sits at the start of the data area
-    if data.any():
-        o, e = off[data], off[data] + sz[data]
-        if (o[1:] != e[:-1]).any():
-            return "page data is not laid out in pfn order, one page after the other"
-        if int(e[-1]) != out.file_size:
-            return f"the last page's data ends at {int(e[-1])}, the file at {out.file_size}"
+    end = None  # where the previous chunk's last page data ended
+    with open(out.path, "rb", buffering=0) as f:
+        for first in range(0, n, DESC_CHUNK):
+            count = min(DESC_CHUNK, n - first)
+            f.seek(out.desc_offset + first * item)
+            raw = f.read(count * item)
+            if len(raw) != count * item:
+                return f"the page_desc table is cut short ({first * item + len(raw)} of {n * item} bytes)"
+            descs = np.frombuffer(raw, PAGE_DESC_DTYPE)
+            off, sz, flags = descs["offset"], descs["size"].astype(np.int64), descs["flags"]
+            bad = ((off < out.data_offset) | (off + sz > out.file_size) | (sz <= 0) | (sz > ps)
+                   | ~np.isin(flags, (0, 0x1, 0x2, 0x4, 0x20)) | ((flags == 0) & (sz != ps)))
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                return (f"page_desc {first + i} (offset {int(off[i])}, size {int(sz[i])}, flags {int(flags[i]):#x}) "
+                        "is not valid")
+            data = off != out.data_offset  # the shared zero page sits at the start of the data area
+            if data.any():
+                o, e = off[data], off[data] + sz[data]
+                if (o[1:] != e[:-1]).any() or (end is not None and int(o[0]) != end):
+                    return "page data is not laid out in pfn order, one page after the other"
+                end = int(e[-1])
+    if end is not None and end != out.file_size:
+        return f"the last page's data ends at {end}, the file at {out.file_size}"
     return None
 
 

@@ -241,6 +241,11 @@ class ElfVmcore(DumpFile):
         """``size`` bytes at ``paddr``; MemoryReadError for holes, zeros past a segment's ``p_filesz``."""
         if size <= 0:
             return b""
+        i = bisect.bisect_right(self._starts, paddr) - 1
+        if i >= 0:  # the common case, one PT_LOAD's file data holds it all: one read, no copy
+            piece = self._pieces[i]
+            if piece.offset is not None and piece.start <= paddr and paddr + size <= piece.end:
+                return self._pread(piece.offset + (paddr - piece.start), size, "PT_LOAD data")
         out = bytearray(size)
         self._fill(out, paddr, strict=True)
         return bytes(out)

@@ -286,7 +286,6 @@ class KernelMemory:
 
         For bulk reads of arrays (mem_map windows) where a missing piece is expected and handled by the caller.
         """
-        out = bytearray(size)
         pieces: list[list[int]] = []  # [offset in out, paddr, length], physically contiguous pieces merged
         end = vaddr + size
         pos = vaddr
@@ -308,6 +307,7 @@ class KernelMemory:
                 return self.dumpfile.read_phys(pieces[0][1], size)
             except MemoryReadError:
                 return self._read_phys_filled(pieces[0][1], size)
+        out = bytearray(size)
         for off, paddr, n in pieces:
             try:
                 out[off : off + n] = self.dumpfile.read_phys(paddr, n)
