@@ -31,6 +31,7 @@ Memory stays bounded whatever the size of the dump, as in makedumpfile's cyclic 
 
 from __future__ import annotations
 
+import bisect
 import mmap
 import os
 import threading
@@ -262,8 +263,6 @@ class ElfPageReader:
     # -- reading -----------------------------------------------------------------------------------------------
     def read_into(self, out: np.ndarray, paddr: int) -> None:
         """Fill the uint8 array ``out`` with the memory at ``paddr``."""
-        import bisect
-
         view = memoryview(out.reshape(-1))
         end = paddr + len(view)
         cur = paddr
@@ -336,18 +335,50 @@ class ElfPageReader:
         os.close(self.fd)
 
 
-def page_reader(dump: Any) -> ElfPageReader | None:
+def page_reader(dump: Any, use_mmap: bool | None = None) -> ElfPageReader | None:
     """The fast reader for an ELF source, or None to use ``dump.read_pfns``. /proc/vmcore is mapped (a ``read``
     there maps the old memory page by page); a file is read with one ``preadv`` per run of kept pages, straight
     into the batch: on a page-cache file, faulting a mapping in costs more than the copy (about 6 us a page in
     a virtual machine, as much as compressing it), and kept pages come in long runs (165 pages on average in a
-    real 6.1 dump at ``-d 31``)."""
+    real 6.1 dump at ``-d 31``). ``use_mmap`` forces the choice."""
     if getattr(dump, "format", None) == "elf" and getattr(dump, "segments", None) and getattr(dump, "path", None):
+        if use_mmap is None:
+            use_mmap = os.path.realpath(dump.path).startswith("/proc/")
         try:
-            return ElfPageReader(dump, use_mmap=os.path.realpath(dump.path).startswith("/proc/"))
+            return ElfPageReader(dump, use_mmap=use_mmap)
         except OSError:
             return None
     return None
+
+
+def map_reads(dump: Any, use_mmap: bool | None = None) -> ElfPageReader | None:
+    """Serve ``dump.read_phys`` from mapped windows when ``dump`` is /proc/vmcore, for the save's other reads
+    (page tables, the log, struct pages): in the kdump kernel a ``read`` of /proc/vmcore maps and unmaps the old
+    memory page by page, a TLB flush each, which QEMU's TCG makes costly. Returns the reader to close when the
+    save is done (None when nothing was changed); a range not inside one PT_LOAD's file data, or any mapping
+    failure, goes to the file's own ``read_phys``, which also raises for holes as before."""
+    reader = page_reader(dump, use_mmap)
+    if reader is None or not reader.use_mmap:
+        if reader is not None:
+            reader.close()
+        return None
+    plain = dump.read_phys
+
+    def read_phys(paddr: int, size: int) -> bytes:
+        if size > 0 and reader.use_mmap:
+            i = bisect.bisect_right(reader.starts, paddr) - 1
+            piece = reader.pieces[i] if i >= 0 else None
+            if piece is not None and paddr + size <= piece[1]:
+                out = bytearray(size)
+                try:
+                    reader._copy(memoryview(out), piece[2] + (paddr - piece[0]))
+                    return bytes(out)
+                except (OSError, ValueError):
+                    pass
+        return plain(paddr, size)
+
+    dump.read_phys = read_phys  # this open file only, for the length of the save
+    return reader
 
 
 def read_pages(dump: Any, pfns: np.ndarray, page_size: int, reader: ElfPageReader | None = None,

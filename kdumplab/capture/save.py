@@ -55,6 +55,7 @@ from kdumplab.capture.pipeline import (
     PagePlan,
     WriteStats,
     kept_pfns,
+    map_reads,
     plan_pages,
     write_kdump,
     _windows,
@@ -491,7 +492,12 @@ def save(source: str, dest: str, options: SaveOptions | None = None, progress: P
     except OSError as error:
         raise SourceInvalidError(f"{source}: cannot open: {error.strerror}") from error
     with dump:
-        return _save(dump, source, dest, options, progress, meta, started)
+        mapped = map_reads(dump)
+        try:
+            return _save(dump, source, dest, options, progress, meta, started)
+        finally:
+            if mapped is not None:
+                mapped.close()
 
 
 def _save(dump: Any, source: str, dest: str, options: SaveOptions, progress: Progress, meta: dict[str, Any],

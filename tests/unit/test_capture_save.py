@@ -19,7 +19,7 @@ import pytest
 
 from kdumplab.capture.elf_output import ElfOutput, split_segment
 from kdumplab.capture.exitcodes import ExitCode, VerifyError
-from kdumplab.capture.pipeline import Fallback, plan_pages
+from kdumplab.capture.pipeline import Fallback, map_reads, page_reader, plan_pages, read_pages
 from kdumplab.capture.save import SaveOptions, fallback_chain, save, verify_file
 from kdumplab.capture.progress import Progress
 from kdumplab.formats.dumpfile import open_dumpfile
@@ -154,6 +154,27 @@ class _Classifier:
             raise ValueError("garbage in struct page")
         classes = (np.arange(start, start + count) & 1).astype(np.uint8)
         return classes, classes == 0
+
+
+def test_mapped_reads_give_the_file_bytes(vmcore):
+    """The /proc/vmcore paths (mapped windows: page batches by numpy take, read_phys from the windows) read the
+    same bytes as the file's own reads, holes and the last page included; a hole still raises."""
+    pfns = np.array([0, 1, 2, 5, 700, 1500, 2047, 2348, 3000, 4095], np.int64)
+    with open_dumpfile(vmcore) as plain, open_dumpfile(vmcore) as mapped:
+        expected = np.frombuffer(b"".join(plain.read_pfns(int(p), 1) for p in pfns), np.uint8).reshape(-1, 4096)
+        for use_mmap in (False, True):
+            reader = page_reader(mapped, use_mmap=use_mmap)
+            assert reader.use_mmap == use_mmap
+            buffer = np.full((16, 4096), 0xAA, np.uint8)
+            assert (read_pages(mapped, pfns, 4096, reader, out=buffer) == expected).all()
+            reader.close()
+        keep = map_reads(mapped, use_mmap=True)
+        for paddr, size in ((0, 4096), (4096 * 3 - 100, 8192), (4096 * 2047, 4096), (4096 * 4095, 4096)):
+            assert mapped.read_phys(paddr, size) == plain.read_phys(paddr, size)
+        with pytest.raises(Exception) as hole:
+            mapped.read_phys(4096 * 2100, 4096)
+        assert type(hole.value).__name__ == "MemoryReadError"
+        keep.close()
 
 
 def test_plan_records_window_fallbacks():
