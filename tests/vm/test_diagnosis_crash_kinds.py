@@ -58,6 +58,18 @@ def open_dump(crash, with_module_debug: bool = False):
     return kdumplab.open(crash.dump, vmlinux=crash.vmlinux, debug_dirs=dirs)
 
 
+def drgn_command(dump, command: str) -> str:
+    import contextlib
+    import io
+
+    from drgn.commands import run_command
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        run_command(dump.prog, command, globals={"prog": dump.prog})
+    return buf.getvalue()
+
+
 def check_first(first, expected, console: str) -> None:
     assert first["kind"] == expected.kind
     assert expected.title_matches(first["title"]), first["title"]
@@ -131,6 +143,8 @@ def test_abba_deadlock_is_a_cycle_with_both_tasks_locks_and_owners(needs_qemu, k
     first = dump.diagnosis().iloc[0]
     assert first["kind"] == "deadlock" and set(first["tasks"]) == {a["owner_pid"], b["owner_pid"]}
     assert {lock.split(" ")[0] for lock in first["locks"]} == {"crashmod_mutex_a", "crashmod_mutex_b"}
+    theirs = {int(p) for p in re.findall(r"PID: (\d+)", drgn_command(dump, "crash foreach D bt"))}
+    assert set(dump.hung_tasks()["pid"]) == theirs  # every D task, as drgn's crash command lists them
     hung = dump.hung_tasks().set_index("pid")
     for lock, other in ((a, b), (b, a)):  # each waits for the lock the other holds
         row = hung.loc[lock["owner_pid"]]

@@ -4,7 +4,8 @@ commands on the same dump, and the guest's console log.
 The dumps here are the realistic sysrq crashes of bookworm (6.1) and trixie (6.12) the VM harness caches
 (``cached_dump(kernel, "realistic")``); the crash kinds' own dumps are checked in ``test_diagnosis_crash_kinds``.
 crash 8.0.2 reads the 6.1 dump (its ``bt -a`` and ``runq`` are the oracles there) but not 6.12's; drgn's
-crash-compatible commands (``crash runq``, ``crash ps -G``) are the oracle on both.
+crash-compatible commands (``crash runq``, ``crash ps -G``, ``crash foreach D bt``: drgn takes the ps letter where
+crash says ``foreach UN bt``) are the oracle on both.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def test_hung_tasks_are_the_d_state_tasks(real):
     tasks = real.tasks()
     hung = real.hung_tasks()
     assert set(hung["pid"]) == set(tasks[tasks["state"] == "D"]["pid"])
-    theirs = {int(p) for p in re.findall(r"PID: (\d+)", drgn_command(real, "crash foreach UN bt"))}
+    theirs = {int(p) for p in re.findall(r"PID: (\d+)", drgn_command(real, "crash foreach D bt"))}
     assert set(hung["pid"]) == theirs
 
 

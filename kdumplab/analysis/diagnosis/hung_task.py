@@ -27,6 +27,12 @@ def _who(row: dict[str, Any], prefix: str = "") -> str:
     return f"{row[prefix + 'comm']} (pid {row[prefix + 'pid']})"
 
 
+def _module_in(name: str) -> str | None:
+    """``crashmod`` of ``crashmod_mutex_a [crashmod]``."""
+    m = re.search(r"\[([^\]]+)\]$", name or "")
+    return m.group(1) if m else None
+
+
 def _deadlocks(ctx: Context, hung: Any, reported: dict[int, int]) -> list[Finding]:
     from kdumplab.analysis.locks import wait_cycles
 
@@ -57,7 +63,8 @@ def _deadlocks(ctx: Context, hung: Any, reported: dict[int, int]) -> list[Findin
                     f"{next(o['pid'] for o in steps if o['waits'] == s['holds'])}" for s in steps]
         evidence += [f"dmesg line {reported[s['pid']]}: {ctx.lines[reported[s['pid']]].strip()}"
                      for s in steps if s["pid"] in reported]
-        findings.append(Finding("deadlock", title, culprit, 240, text, evidence, function=first["in"],
+        module = ctx.log_modules.get(first["in"] or "") or _module_in(first["holds"])
+        findings.append(Finding("deadlock", title, culprit, 240, text, evidence, function=first["in"], module=module,
                                 tasks=tuple(s["pid"] for s in steps),
                                 locks=tuple(s["holds"] for s in steps),
                                 report="\n".join(line for s in steps if s["pid"] in reported
