@@ -198,6 +198,29 @@ def size_from_table(mem_total: int) -> int:
     return mib * MiB
 
 
+def running_kernel_bytes(kernel: Path | None) -> int | None:
+    """The memory an uncompressed arm64 ``Image`` takes when running, from its own header (``image_size`` at
+    offset 16: text, data and bss), or None for other files. Debian's arm64 ``vmlinuz`` is such an Image since
+    bookworm (32 MiB for 6.1): the x86 rule (running = 4 x a compressed bzImage) would ask for 128 MiB.
+
+    >>> import tempfile, struct
+    >>> f = tempfile.NamedTemporaryFile(); _ = f.write(struct.pack("<IIQQ", 0, 0, 0, 40 << 20) + bytes(32) + b"ARM\\x64" + bytes(4))
+    >>> f.flush(); running_kernel_bytes(Path(f.name)) >> 20
+    40
+    """
+    if kernel is None:
+        return None
+    try:
+        with open(kernel, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    if len(head) < 64 or head[56:60] != b"ARM\x64":
+        return None
+    image_size = int.from_bytes(head[16:24], "little")
+    return image_size or None
+
+
 def estimate_needed(kernel: Path | None, initrd: Path | None, capture_in_initrd: bool = False) -> int:
     """Bytes the kdump kernel needs at its peak.
 
@@ -217,7 +240,7 @@ def estimate_needed(kernel: Path | None, initrd: Path | None, capture_in_initrd:
         except OSError:
             return typical
 
-    kernel_running = size(kernel, 10 * MiB) * KERNEL_EXPANSION
+    kernel_running = running_kernel_bytes(kernel) or size(kernel, 10 * MiB) * KERNEL_EXPANSION
     initrd_unpacked = size(initrd, 40 * MiB) * INITRD_EXPANSION
     booting = kernel_running + initrd_unpacked + 32 * MiB
     capturing = kernel_running + BASE_BYTES + CAPTURE_BYTES + (initrd_unpacked if capture_in_initrd else 0)

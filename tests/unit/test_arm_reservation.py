@@ -162,3 +162,20 @@ def test_requested_bytes(value, mem, expect):
 def test_crashkernel_params_ignores_init_args():
     assert crashkernel_params("a crashkernel=256M -- crashkernel=1G") == ["256M"]
     assert crashkernel_params('x="crashkernel=1G" crashkernel=2G,high crashkernel=128M,low') == ["2G,high", "128M,low"]
+
+
+def test_arm64_image_counts_its_own_size_not_four_times_it(tmp_path):
+    """Debian's arm64 vmlinuz is an uncompressed Image (32 MiB for 6.1): it runs in about its header's
+    image_size, not in 4x the file as a compressed x86 bzImage does (which asked 291 MiB of a 256 MiB guest)."""
+    import struct
+
+    make_tree(tmp_path, cmdline="root=/dev/vda2 crashkernel=256M", crash_size=256 * MiB, arch="aarch64",
+              mem_total=1 * GiB, initrd_size=20 * MiB)
+    kernel, initrd = _files(tmp_path)
+    header = struct.pack("<IIQQ", 0, 0, 0, 33 << 20) + bytes(32) + b"ARM\x64"
+    kernel.write_bytes(header + bytes((31 << 20) - len(header)))
+    r = check_reservation(tmp_path, kernel, initrd)
+    assert r.ok, r.problems
+    assert r.needed == max(33 * MiB + 60 * MiB + 32 * MiB, 33 * MiB + rsv.BASE_BYTES + rsv.CAPTURE_BYTES)
+    kernel.write_bytes(bytes(31 << 20))  # not an Image: the x86 rule
+    assert check_reservation(tmp_path, kernel, initrd).needed >= 4 * 31 * MiB
