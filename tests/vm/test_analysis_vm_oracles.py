@@ -69,13 +69,14 @@ def real(request):
     dump = kdumplab.open(path, vmlinux=vmlinux if vmlinux and vmlinux.exists() else None)
     if not dump.has_debuginfo:
         pytest.skip(f"{label}: no vmlinux for build ID {dump.build_id}")
-    if label.endswith(":makedumpfile_dump") and dump.release.startswith("6.12"):
+    if label.endswith(":makedumpfile_dump") and not dump.release.startswith(("5.10.", "6.1.")):
         # makedumpfile 1.7.2 does not know 6.12's page_type slab marker and drops some slab pages at -d 31 as if
         # free; which ones varies from crash to crash, so drgn itself (the oracle here) and crash fault on
         # different objects from run to run. That file is the anchor's defect, checked on its own by
         # test_makedumpfile_612_fails_clearly; the tables are compared on the raw and kdumplab dumps of the
         # same crash instead.
-        pytest.skip("makedumpfile 1.7.2's -d 31 of a 6.12 kernel drops slab pages (its defect): not an oracle")
+        # The same on 7.2 (sid), whose -d 31 output also lacks pages drgn needs to list the tasks (even 1.7.8's).
+        pytest.skip(f"makedumpfile 1.7.2's -d 31 of {dump.release} drops slab pages (its defect): not an oracle")
     return dump
 
 

@@ -2,7 +2,7 @@
 
 The lab rig's steps run chrooted into a root filesystem shared over 9p: for a guest of the host's own
 architecture that is the host's root, where the checkout's Python and kdumplab run with the host's paths. An
-arm64 guest cannot run the host's amd64 programs, so it gets its own root instead: a Debian ``bookworm`` for
+arm64 guest cannot run the host's amd64 programs, so it gets its own root instead: a Debian (:data:`SUITE`) for
 arm64 made once with ``mmdebstrap`` (its maintainer scripts run under qemu-user through binfmt_misc) and cached
 under ``~/.cache/kdumplab/userland/<suite>-<arch>/root``. It holds Debian's Python and the libraries kdumplab's
 capture side imports (numpy, zstandard, lzo, click, rich, pyelftools), kexec-tools, makedumpfile, a static
@@ -33,11 +33,13 @@ PACKAGES = ("python3", "python3-numpy", "python3-zstandard", "python3-lzo", "pyt
             "python3-pyelftools", "kexec-tools", "makedumpfile", "busybox-static", "mount", "util-linux",
             "procps", "e2fsprogs")
 
-#: The suite the userland comes from (the host's Debian 12; kdumplab's capture side runs on its Python 3.11).
-SUITE = "bookworm"
+#: The suite the userland comes from: trixie, whose kexec-tools (2.0.29) has arm64's kexec_file_load. Debian 12's
+#: 2.0.25 has not; its kexec_load fallback wrote an ELF core header whose PT_LOAD offsets were kernel virtual
+#: addresses for Debian's arm64 6.1 under QEMU's virt board (a /proc/vmcore of negative size in the kdump kernel).
+SUITE = "trixie"
 
 #: Bumped when what the userland holds changes; an older one is rebuilt.
-USERLAND_VERSION = 1
+USERLAND_VERSION = 2
 
 
 def userland_dir(arch: str, suite: str = SUITE) -> Path:
