@@ -4,8 +4,8 @@ Shared by the capture side (filtering a dump in the kdump kernel, ``kdumplab dme
 and the analysis side (page-class and dmesg tables), which never import each other. Standard library and numpy
 only.
 
-- :class:`KernelMemory` (:mod:`.translate`): x86_64 virtual-to-physical translation (kernel image, direct map,
-  4- and 5-level page-table walk) and reads;
+- :class:`KernelMemory` (:mod:`.translate`, :mod:`.arm64`): x86_64 and arm64 virtual-to-physical translation
+  (kernel image, direct or linear map, page-table walks) and reads, by the dump's machine;
 - :class:`MemMap` (:mod:`.mem_map`): where the struct pages are (SPARSEMEM, EXTREME, VMEMMAP, FLATMEM) and bulk
   reads of struct page windows as numpy structured arrays;
 - :class:`PageClass`, :func:`classify`, :func:`classify_dump`, :func:`excluded_mask`, :func:`zero_mask`
