@@ -46,7 +46,6 @@ MACHINERY = frozenset("""
     out_of_memory oom_kill_process dump_header check_panic_on_oom __alloc_pages_may_oom
     entry_SYSCALL_64 entry_SYSCALL_64_after_hwframe do_syscall_64 do_syscall_x64 x64_sys_call ret_from_fork
     ret_from_fork_asm kthread worker_thread process_one_work start_kernel secondary_startup_64
-    native_safe_halt pv_native_safe_halt
     sysrq_handle_crash __handle_sysrq write_sysrq_trigger
     __list_add_valid __list_del_entry_valid __list_add_valid_or_report __list_del_entry_valid_or_report
 """.split())

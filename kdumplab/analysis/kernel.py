@@ -61,7 +61,12 @@ def per_cpu_value(prog: "drgn.Program", name: str, cpu: int, default: Any = None
     from drgn.helpers.linux.percpu import per_cpu
 
     try:
-        return per_cpu(prog[name], cpu).value_()
+        value = per_cpu(prog[name], cpu)
+        try:
+            value = value.counter  # atomic_t / atomic_long_t (6.12's hrtimer_interrupts)
+        except AttributeError:
+            pass
+        return value.value_()
     except errors():
         return default
 

@@ -137,3 +137,17 @@ def test_diagnosis_of_a_sysrq_crash_names_the_writer(real):
     first = real.diagnosis().iloc[0]
     assert (first["kind"], first["title"]) == ("sysrq", "kernel panic: sysrq triggered crash")
     assert first["culprit"] == f"{m.group(2)} (pid {m.group(1)})"
+
+
+def test_lockups_of_a_healthy_machine(real):
+    """A sysrq crash: every CPU's watchdog was touched within the threshold; each CPU runs what its saved
+    registers say (the idle CPU the halt the crash NMI interrupted)."""
+    lockups = real.lockups()
+    regs = real.registers()
+    assert len(lockups) == len(real.file.prstatus)
+    assert not lockups["soft_lockup"].any() and (lockups["stuck_for"] < lockups["threshold"]).all()
+    assert lockups["hrtimer_interrupts"].notna().all() and (lockups["hrtimer_interrupts"] > 0).all()
+    for _, row in lockups[lockups["idle"]].iterrows():
+        rip = regs[(regs["cpu"] == row["cpu"]) & (regs["context"] == "prstatus")]["function"].iloc[0]
+        assert rip in row["trace"] and row["trace"][-1].startswith(("secondary_startup_64", "start_kernel",
+                                                                    "common_startup_64")), row["trace"]
