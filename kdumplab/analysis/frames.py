@@ -59,7 +59,9 @@ _SKIP = re.compile("|".join((
     r"printk", r"dump_stack", r"show_stack", r"warn_slowpath", r"^__warn", r"^report_bug",
     r"^__might_sleep", r"^__might_resched", r"^__might_fault", r"^might_fault",
     r"^list_add", r"^list_del", r"^__list_", r"_indirect_thunk_",
-    r"^__x86_return_thunk$", r"^srso_", r"^panic",
+    r"^__x86_return_thunk$", r"^srso_", r"^panic", r"^cpu_relax$", r"^rep_nop$", r"^virt_spin_lock$",
+    r"^arch_spin", r"smp_cond_load", r"atomic_cond_read", r"^do_raw_spin", r"preempt_count",
+    r"^(__)?(const_)?udelay$", r"^delay_tsc$", r"^__delay$",
 )))
 
 #: Extra skips for a task blocked in a hang (syzkaller's hang-task extractor).
@@ -82,13 +84,20 @@ def skipped(name: str, hang: bool = False) -> bool:
     return bool(hang and _HANG_SKIP.search(base))
 
 
-def culprit(functions: Sequence[str | None], hang: bool = False, start: int = 0) -> int | None:
+def culprit(functions: Sequence[str | None], hang: bool = False, start: int = 0,
+            inline: Sequence[bool] | None = None) -> int | None:
     """The index of the culprit: the first frame from ``start`` on that :func:`skipped` keeps; None when every
-    frame is machinery."""
+    frame is machinery. With ``inline`` (drgn's ``is_inline`` per frame), a function inlined into machinery
+    (``cpu_relax`` in the spinlock slow path) is machinery too: its physical frame is the next one not inline."""
     for i in range(start, len(functions)):
         name = functions[i]
-        if name and not skipped(name, hang):
-            return i
+        if not name or skipped(name, hang):
+            continue
+        if inline is not None and inline[i]:
+            outer = next((j for j in range(i + 1, len(functions)) if not inline[j]), None)
+            if outer is not None and functions[outer] and skipped(functions[outer], hang):
+                continue
+        return i
     return None
 
 

@@ -10,7 +10,8 @@ interrupts still ran, and what the CPU was running (the spinning function under 
 Kernel objects read (needs the vmlinux; kernel/watchdog.c): the per-CPU ``watchdog_touch_ts`` (seconds of
 ``running_clock() >> 30``, as ``get_timestamp()`` takes them), the CPU's ``runqueues.clock`` (the same sched
 clock, on the last tick), ``watchdog_thresh`` (the soft-lockup threshold is twice it), the per-CPU
-``hrtimer_interrupts`` and ``hrtimer_interrupts_saved`` (the hard-lockup detector's counters), and each CPU's
+``watchdog_report_ts`` (the reporting period, which ``touch_*_watchdog()`` resets), ``hrtimer_interrupts`` and
+``hrtimer_interrupts_saved`` (the hard-lockup detector's counters), and each CPU's
 stack: the function that was interrupted (the ``pt_regs`` below the timer or NMI frames), as
 :func:`kdumplab.analysis.registers.registers` gives it.
 """
@@ -40,7 +41,11 @@ SCHEMA = Schema(
     Column("now_ts", "Int64", "the CPU's clock (rq.clock >> 30) at the crash, in the same unit"),
     Column("stuck_for", "timedelta64[ns]", "now_ts - touch_ts: how long the CPU has not scheduled"),
     Column("threshold", "timedelta64[ns]", "2 * watchdog_thresh: when the soft-lockup detector reports"),
-    Column("soft_lockup", "boolean", "stuck_for exceeds the threshold"),
+    Column("soft_lockup", "boolean", "stuck_for exceeds the threshold: the CPU has not scheduled for that long"),
+    Column("report_ts", "UInt64", "watchdog_report_ts: the reporting period's start; ULONG_MAX after a "
+                                  "touch_softlockup_watchdog() or touch_nmi_watchdog(), which drivers' long polls "
+                                  "and the serial console's writes (a panic's) both call, so post mortem it "
+                                  "does not tell which stuck CPU the kernel would have reported"),
     Column("hrtimer_interrupts", "Int64", "per-CPU count of watchdog hrtimer interrupts"),
     Column("hrtimer_interrupts_saved", "Int64", "the count the hard-lockup check last saw"),
     Column("panic", "boolean", "the CPU that crashed"),
@@ -50,19 +55,20 @@ NSEC = 1_000_000_000
 
 
 def interrupted_function(prog, frames) -> int | None:
-    """Index of the function a CPU was executing: the first frame below the last interrupt/exception entry of
-    the innermost (non-task) segment; None when the stack shows none."""
-    from kdumplab.analysis.frames import MACHINERY, normalise
+    """Index of the code a CPU was executing: from the frame the last interrupt, exception or NMI entry
+    interrupted (else the top), the first that is not lock, delay or crash machinery (:mod:`kdumplab.analysis
+    .frames`), so a spinning CPU shows the function that spins, not ``cpu_relax``; None when all are."""
+    from kdumplab.analysis.frames import MACHINERY, culprit, normalise
     from kdumplab.analysis.kernel import frame_function
 
     names = [normalise(frame_function(prog, f)) for f in frames]
+    start = 0
     for i, frame in enumerate(frames):
         if i > 0 and frame.interrupted and frame.pc != frames[i - 1].pc and names[i] not in MACHINERY:
-            return i
-    for i, name in enumerate(names):
-        if name and name not in MACHINERY:
-            return i
-    return None
+            start = i
+            break
+    found = culprit(names, start=start, inline=[f.is_inline for f in frames])
+    return found if found is not None else (start if names and names[start] else None)
 
 
 @document(SCHEMA)
@@ -114,6 +120,7 @@ def lockups(dump: "Dump") -> "pd.DataFrame":
                 row["stuck_for"] = max(0, row["now_ts"] - touch) * NSEC
                 if row.get("threshold") is not None:
                     row["soft_lockup"] = row["stuck_for"] > row["threshold"]
+        row["report_ts"] = per_cpu_value(prog, "watchdog_report_ts", cpu)
         row["hrtimer_interrupts"] = per_cpu_value(prog, "hrtimer_interrupts", cpu)
         row["hrtimer_interrupts_saved"] = per_cpu_value(prog, "hrtimer_interrupts_saved", cpu)
         rows.append(row)

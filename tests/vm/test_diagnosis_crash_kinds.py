@@ -83,11 +83,12 @@ def check_first(first, expected, console: str) -> None:
         assert lock in str(first["culprit"]), (lock, first["culprit"])
     for task in expected.tasks:
         assert task in said, (task, said)
-    # the oracle: the kernel's own report on the console names the same function (or task)
+    # the oracle: the kernel's own report on the console names the same function (or task); it cannot name a
+    # spinlock's holder (a qspinlock records none), which the diagnosis finds from the other CPUs
     if function:
         assert re.search(rf"\b{re.escape(function)}\+0x[0-9a-f]+/0x[0-9a-f]+", console), function
-    for task in expected.tasks:
-        assert task in console, task
+    if expected.tasks:
+        assert any(task in console for task in expected.tasks), expected.tasks
 
 
 @pytest.mark.parametrize("kernel, kind", _params())

@@ -43,6 +43,7 @@ class Frame:
     function: str
     module: str | None = None
     interrupted: bool = False
+    inline: bool = False
 
 
 @dataclass
@@ -175,13 +176,13 @@ class Context:
         if frame is None or not len(frame):
             return None
         out = []
-        for function, symbol, module, interrupted in zip(frame["function"], frame["symbol"], frame["module"],
-                                                         frame["interrupted"]):
+        for function, symbol, module, interrupted, inline in zip(frame["function"], frame["symbol"], frame["module"],
+                                                                 frame["interrupted"], frame["inline"]):
             name = function if isinstance(function, str) else (symbol if isinstance(symbol, str) else None)
             if name is None:
                 continue
             mod = module if isinstance(module, str) else self.log_modules.get(name)
-            out.append(Frame(name, mod, bool(interrupted) if interrupted is not None else False))
+            out.append(Frame(name, mod, _flag(interrupted), _flag(inline)))
         return out
 
     def module_of(self, function: str | None, frames: Sequence[Frame] = ()) -> str | None:
@@ -199,19 +200,28 @@ class Context:
         return None if message is None or str(message) == "<NA>" else str(message)
 
 
+def _flag(value: Any) -> bool:
+    try:
+        return bool(value) and str(value) != "<NA>"
+    except (TypeError, ValueError):
+        return False
+
+
 def pick(frames: Sequence[Frame], hang: bool = False, after: Sequence[str] = ()) -> Frame | None:
     """The culprit among ``frames``: the first that is not machinery (see :mod:`kdumplab.analysis.frames`),
-    starting below the last frame named in ``after`` when one is present."""
+    starting below the last frame named in ``after`` when one is present. A function inlined into machinery
+    (``cpu_relax`` in the spinlock slow path) is machinery too."""
     from kdumplab.analysis.frames import culprit
 
     names = [f.function for f in frames]
+    inline = [f.inline for f in frames]
     start = 0
     for i, name in enumerate(names):
         if name in after:
             start = i + 1
-    index = culprit(names, hang=hang, start=start)
+    index = culprit(names, hang=hang, start=start, inline=inline)
     if index is None and start:
-        index = culprit(names, hang=hang)
+        index = culprit(names, hang=hang, inline=inline)
     return None if index is None else frames[index]
 
 

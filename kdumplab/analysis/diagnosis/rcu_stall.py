@@ -21,7 +21,9 @@ def find(ctx: Context) -> list[Finding]:
         return []
     panicked = ctx.find(r"Kernel panic - not syncing: RCU Stall", start) is not None
     self_detected = "self-detected" in ctx.lines[start]
-    frame, source = report_culprit(ctx, start, crashed=panicked and self_detected, after=IRQ_ENTRIES)
+    # another CPU's report prints stalled tasks' stacks too: skip their scheduler frames (hang=True) there
+    frame, source = report_culprit(ctx, start, crashed=panicked and self_detected, after=IRQ_ENTRIES,
+                                   hang=not (panicked and self_detected))
     culprit = label(frame)
     evidence = evidence_line(ctx, start)
     if frame is not None:
