@@ -1,7 +1,7 @@
 """Analysis: a crash dump as pandas DataFrames.
 
 :func:`kdumplab.open` returns a :class:`~kdumplab.analysis.dump.Dump`; each table is a method of it, backed by
-one small module here (``system``, ``tasks``, ``panic`` (``panic``, ``backtrace``), ``stacks``, ``dmesg``,
+one small module here (``system``, ``tasks``, ``panic`` (``panic``, ``backtrace``), ``stacks``, ``dmesg``, ``oops``,
 ``meminfo``, ``slabs``, ``page_classes``, ``modules``, ``cpus``, and for hangs and lockups ``registers``,
 ``locks``, ``hung_tasks``, ``runqueues``, ``lockups``, ``oom``); ``diagnosis`` turns them into findings. Every table documents its typed columns and the
 kernel objects it reads. ``system()``, ``dmesg()`` and ``page_classes()`` need only the dump (VMCOREINFO);
@@ -9,8 +9,9 @@ the others need the kernel's vmlinux, found by build ID (:mod:`kdumplab.analysis
 
 >>> import kdumplab
 >>> dump = kdumplab.open("/var/crash/202611260800-web1/")     # doctest: +SKIP
->>> sorted(TABLES)
-['backtrace', 'cpus', 'diagnosis', 'dmesg', 'hung_tasks', 'lockups', 'locks', 'meminfo', 'modules', 'oom', 'page_classes', 'panic', 'registers', 'runqueues', 'slabs', 'stacks', 'system', 'tasks']
+>>> sorted(TABLES)  # doctest: +NORMALIZE_WHITESPACE
+['backtrace', 'cpus', 'diagnosis', 'dmesg', 'hung_tasks', 'lockups', 'locks', 'meminfo', 'modules', 'oom',
+ 'oops', 'page_classes', 'panic', 'registers', 'runqueues', 'slabs', 'stacks', 'system', 'tasks']
 >>> TABLES["dmesg"].needs_vmlinux, TABLES["tasks"].needs_vmlinux
 (False, True)
 """
@@ -39,6 +40,7 @@ TABLES: dict[str, TableInfo] = {
         TableInfo("tasks", "kdumplab.analysis.tasks", True, "every task (ps)"),
         TableInfo("stacks", "kdumplab.analysis.stacks", True, "every stack, grouped by identical trace"),
         TableInfo("dmesg", "kdumplab.analysis.dmesg", False, "the kernel log (log)"),
+        TableInfo("oops", "kdumplab.analysis.oops", False, "the kernel's own report of the crash (BUG/Oops .. end trace)"),
         TableInfo("meminfo", "kdumplab.analysis.meminfo", True, "memory figures (kmem -i, /proc/meminfo)"),
         TableInfo("slabs", "kdumplab.analysis.slabs", True, "slab caches (kmem -s)"),
         TableInfo("page_classes", "kdumplab.analysis.page_classes", False, "every page by class, zone, node"),

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-__all__ = ["Column", "Schema"]
+__all__ = ["Column", "Schema", "hex_address", "portable", "seconds_text"]
 
 
 @dataclass(frozen=True)
@@ -112,3 +112,38 @@ def document(schema: Schema):
         return func
 
     return wrap
+
+
+def hex_address(value: Any) -> str | None:
+    """An address as the kernel and crash print it, ``0xffff8880013202c0``; None when missing."""
+    if value is None or pd.isna(value):
+        return None
+    return f"{int(value):#018x}" if int(value) >= 1 << 32 else f"{int(value):#x}"
+
+
+def portable(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` for CSV and JSON readers: addresses (the ``UInt64`` columns) as hex strings, because JSON
+    numbers above 2**53 lose their low bits in JavaScript and jq; durations (``timedelta64``) as float seconds,
+    the one unit every renderer uses. Other columns are left as they are.
+
+    >>> f = Schema(Column("pc", "UInt64", ""), Column("t", "timedelta64[ns]", "")).frame(
+    ...     [{"pc": 0xffff8880013202c0, "t": 1001}])
+    >>> portable(f).iloc[0].tolist()
+    ['0xffff8880013202c0', 1.001e-06]
+    """
+    out = frame.copy()
+    for name in out.columns:
+        dtype = str(out[name].dtype)
+        if dtype == "UInt64":
+            out[name] = pd.Series([hex_address(v) for v in out[name]], index=out.index, dtype="object")
+        elif dtype.startswith("timedelta64"):
+            out[name] = out[name].dt.total_seconds()
+    return out
+
+
+def seconds_text(value: Any, digits: int = 6) -> str:
+    """A duration as seconds for people: ``seconds_text(pd.Timedelta(milliseconds=500)) == '0.500000 s'``."""
+    if value is None or pd.isna(value):
+        return ""
+    seconds = value.total_seconds() if isinstance(value, pd.Timedelta) else float(value)
+    return f"{seconds:.{digits}f} s"

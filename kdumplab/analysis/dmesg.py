@@ -52,7 +52,7 @@ def _decode(text: Any) -> str:
 
 
 def _caller(caller_id: int | None) -> dict[str, Any]:
-    if caller_id is None or caller_id == 0:
+    if caller_id is None:  # T0 is real: the idle task (pid 0) logs the whole early boot
         return {}
     if caller_id & 0x80000000:
         cpu = caller_id & 0x7FFFFFFF

@@ -377,6 +377,13 @@ class Dump:
 
         return self.cached("dmesg", lambda: dmesg(self))
 
+    def oops(self, which: str = "crash") -> "pd.DataFrame":
+        """The kernel's own report of the crash (``BUG:``/``Oops:`` .. ``---[ end trace``), as it printed it;
+        see :func:`kdumplab.analysis.oops.oops` (``kernel_text(dump.oops())`` prints it)."""
+        from kdumplab.analysis.oops import from_log
+
+        return from_log(self.dmesg(), which)
+
     def meminfo(self) -> "pd.DataFrame":
         """crash's ``kmem -i`` and /proc/meminfo; see :func:`kdumplab.analysis.meminfo.meminfo`."""
         from kdumplab.analysis.meminfo import meminfo

@@ -51,6 +51,7 @@ FRAME_SCHEMA = Schema(
     Column("symbol", "string", "the ELF symbol holding pc, as crash names frames (``__handle_sysrq.cold`` where "
                                "the function is ``__handle_sysrq``)"),
     Column("offset", "Int64", "pc minus the start of that symbol"),
+    Column("size", "Int64", "size of that symbol (the kernel prints a frame as ``symbol+0xoffset/0xsize``)"),
     Column("module", "string", "kernel module of the code, <NA> for the core kernel (vmlinux)"),
     Column("file", "string", "source file, when the debug info has line numbers"),
     Column("line", "Int64", "source line"),
@@ -197,6 +198,7 @@ def frame_rows(prog, trace, with_locals: bool = False) -> list[dict[str, Any]]:
         try:
             symbol = prog.symbol(lookup_pc)
             row["offset"] = pc - symbol.address
+            row["size"] = symbol.size
             row["symbol"] = symbol.name
             if frame.function_name is None:
                 row["function"] = symbol.name
@@ -217,6 +219,37 @@ def frame_rows(prog, trace, with_locals: bool = False) -> list[dict[str, Any]]:
             row["locals"] = {name: _format_value(frame, name)[1] for name in frame.locals()}
         rows.append(row)
     return rows
+
+
+def frame_text(symbol: Any, offset: Any, size: Any = None, module: Any = None) -> str:
+    """A frame as the kernel's stack dump prints it: ``mydrv_ioctl+0x8/0x48 [mydrv]`` (``?`` parts unknown).
+
+    >>> frame_text("mydrv_ioctl", 8, 0x48, "mydrv"), frame_text("schedule", 0x5d, None, None)
+    ('mydrv_ioctl+0x8/0x48 [mydrv]', 'schedule+0x5d')
+    """
+    import pandas as pd
+
+    def known(x: Any) -> bool:
+        return x is not None and not (not isinstance(x, str) and pd.isna(x))
+
+    text = str(symbol) if known(symbol) else "?"
+    if known(offset):
+        text += f"+{int(offset):#x}" + (f"/{int(size):#x}" if known(size) else "")
+    return text + (f" [{module}]" if known(module) else "")
+
+
+def frame_texts(frame: "pd.DataFrame") -> "pd.Series":
+    """:func:`frame_text` of every row of a :func:`backtrace` frame (symbol, else function)."""
+    import pandas as pd
+
+    texts = []
+    for row in frame.itertuples(index=False):
+        if bool(row.inline) if not pd.isna(row.inline) else False:  # the kernel prints no inlined frames
+            texts.append(f"{row.function} (inlined)")
+        else:
+            name = row.symbol if not pd.isna(row.symbol) else row.function
+            texts.append(frame_text(name, row.offset, row.size, row.module))
+    return pd.Series(texts, index=frame.index, dtype="string")
 
 
 def _format_value(frame, name: str) -> tuple[str | None, str | None]:

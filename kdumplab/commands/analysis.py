@@ -39,7 +39,9 @@ def _cell(value) -> str:
     except (TypeError, ValueError):
         pass
     if isinstance(value, pd.Timedelta):
-        return str(value)
+        from kdumplab.analysis.columns import seconds_text
+
+        return seconds_text(value)
     if isinstance(value, float):
         return f"{value:.6g}"
     return escape_text(str(value))
@@ -79,7 +81,7 @@ def render_text(frame, title: str | None = None, limit: int | None = None, file=
         table.add_column(str(column), justify="right" if numeric else "left", overflow="fold")
     hexed = [str(frame[c].dtype) == "UInt64" for c in frame.columns]  # addresses read best in hex
     for row in shown.itertuples(index=False):
-        table.add_row(*(Text(f"{v:x}" if h and not _missing(v) else _cell(v))  # Text: never parsed as markup
+        table.add_row(*(Text(f"{v:#x}" if h and not _missing(v) else _cell(v))  # Text: never parsed as markup
                         for v, h in zip(row, hexed)))
     console.print(table)
     if limit is not None and len(frame) > limit:
@@ -87,9 +89,14 @@ def render_text(frame, title: str | None = None, limit: int | None = None, file=
 
 
 def render_json(frame, file=None) -> None:
+    """Records, one object per row: addresses as ``"0x..."`` strings, durations in seconds (a float)."""
     import json
 
     import pandas as pd
+
+    from kdumplab.analysis.columns import portable
+
+    frame = portable(frame)
 
     def plain(value):
         if isinstance(value, tuple):
@@ -117,7 +124,10 @@ def render_json(frame, file=None) -> None:
 
 
 def render_csv(frame, file=None) -> None:
-    out = frame.copy()
+    """CSV with a header: addresses as ``0x...``, durations in seconds, tuples joined with ``|``."""
+    from kdumplab.analysis.columns import portable
+
+    out = portable(frame)
     for column in out.columns:
         if out[column].dtype == object:
             out[column] = out[column].map(lambda v: "|".join(map(str, v)) if isinstance(v, (tuple, list)) else v)
@@ -126,10 +136,10 @@ def render_csv(frame, file=None) -> None:
 
 #: The columns the text view shows by default (all of them go to csv and json, and to text with --all-columns).
 TEXT_COLUMNS = {
-    "backtrace": ["level", "function", "offset", "module", "file", "line", "sp"],
+    "backtrace": ["level", "frame", "pc", "file", "line"],
     "tasks": ["pid", "ppid", "cpu", "state", "comm", "prio", "rss_bytes", "vsz_bytes", "last_run_ago", "kthread",
               "panic"],
-    "stacks": ["count", "state", "comms", "trace_text"],
+    "stacks": ["count", "state", "pids", "comms", "trace_text"],
     "dmesg": ["timestamp", "level_name", "caller", "text"],
     "slabs": ["name", "object_size", "active_objs", "total_objs", "slabs", "memory_bytes"],
     "modules": ["name", "size", "state", "refcount", "taints", "debuginfo"],
@@ -169,21 +179,31 @@ def show(table, dump, vmlinux, debug_dirs, fmt, task, with_locals, limit, all_co
     """Print analysis TABLE of DUMP.
 
     \b
-    TABLE is one of: system panic backtrace tasks stacks dmesg meminfo slabs
-    page_classes modules cpus registers locks hung_tasks runqueues lockups oom
-    diagnosis. system, panic, dmesg, page_classes, registers and diagnosis work
-    without vmlinux; the others need the kernel's vmlinux (debug info).
+    TABLE is one of: system panic backtrace tasks stacks dmesg oops meminfo
+    slabs page_classes modules cpus registers locks hung_tasks runqueues
+    lockups oom diagnosis. system, panic, dmesg, oops, page_classes,
+    registers and diagnosis work without vmlinux; the others need the
+    kernel's vmlinux (debug info). oops prints the kernel's own report of the
+    crash as it printed it. Addresses are hex (strings in csv and json);
+    durations are seconds.
     DUMP is a vmcore (ELF, kdump-compressed, flattened) or a `kdumplab save` directory.
     """
     import kdumplab
     from kdumplab.analysis import TABLES
 
     table = table.lower()
+    if task is not None and table != "backtrace":
+        raise click.BadParameter("only for the backtrace table", param_hint="--task")
     d = kdumplab.open(dump, vmlinux=vmlinux, debug_dirs=list(debug_dirs), fetch_debuginfo=fetch_debuginfo)
+    summary = TABLES[table].summary
     if table == "backtrace":
         target = None
         if task is not None:
-            target = int(task, 0)
+            try:
+                target = int(task, 0)
+            except ValueError:
+                raise click.BadParameter(f"{task!r}: a pid or a task_struct address", param_hint="--task") from None
+            summary = f"the stack of task {task} (bt {task})"
         frame = d.backtrace(target, locals=with_locals)
     else:
         frame = getattr(d, table)()
@@ -191,12 +211,33 @@ def show(table, dump, vmlinux, debug_dirs, fmt, task, with_locals, limit, all_co
         render_csv(frame)
     elif fmt == "json":
         render_json(frame)
+    elif table == "oops" and not all_columns:
+        from kdumplab.analysis.oops import kernel_text
+
+        text = kernel_text(frame) if len(frame) else f"(no crash report in the kernel log of {d.path})"
+        click.echo(escape_text(text))
     else:
-        title = f"{table}: {TABLES[table].summary} ({d.path})"
-        if not all_columns and table in TEXT_COLUMNS:
-            frame = frame[[c for c in TEXT_COLUMNS[table] if c in frame.columns]
-                          + (["locals"] if with_locals and table == "backtrace" else [])]
+        title = f"{table}: {summary} ({d.path})"
+        frame = text_view(table, frame, all_columns, with_locals)
         render_text(frame, title=escape_text(title), limit=None if limit == 0 else limit)
+
+
+def text_view(table: str, frame, all_columns: bool = False, with_locals: bool = False):
+    """What the text renderer shows of ``table``: the most read columns, in the kernel's notation (frames as
+    ``fn+0x8/0x48 [mod]``, log times as ``[    5.000144]``)."""
+    if table == "backtrace" and len(frame.columns):
+        from kdumplab.analysis.panic import frame_texts
+
+        frame = frame.assign(frame=frame_texts(frame))
+        frame.insert(1, "frame", frame.pop("frame"))
+    if table in ("dmesg", "oops"):
+        from kdumplab.analysis.oops import kernel_timestamp
+
+        frame = frame.assign(timestamp=[kernel_timestamp(t) for t in frame["timestamp"]])
+    if all_columns or table not in TEXT_COLUMNS:
+        return frame
+    return frame[[c for c in TEXT_COLUMNS[table] if c in frame.columns]
+                 + (["locals"] if with_locals and table == "backtrace" else [])]
 
 
 @click.group()

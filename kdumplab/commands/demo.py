@@ -60,9 +60,33 @@ def _synthetic_dump(out: Path) -> tuple[str, str, str]:
     return str(made.vmcore), str(made.vmlinux), "a synthetic dump (the mini kernel built by kdumplab.testing)"
 
 
+def print_tables(d, names=("system", "panic", "oops", "backtrace", "tasks", "page_classes", "dmesg"),
+                 limit: int = 20) -> None:
+    """Print the key tables of dump ``d`` the way ``kdumplab show`` does (hex addresses, the kernel's notation,
+    the most read columns, rows cut at ``limit``)."""
+    from kdumplab.analysis import TABLES
+    from kdumplab.analysis.oops import kernel_text
+    from kdumplab.commands.analysis import escape_text, render_text, text_view
+
+    for name in names:
+        click.echo(f"\n== kdumplab show {name} ==")
+        try:
+            frame = getattr(d, name)()
+        except KdumplabError as error:  # e.g. no debug info for this table: say so, go on
+            click.echo(f"({error})")
+            continue
+        if name == "oops":
+            click.echo(escape_text(kernel_text(frame)) if len(frame) else "(no crash report in the log)")
+            continue
+        if name == "dmesg":
+            frame = frame.tail(limit)
+        render_text(text_view(name, frame), title=TABLES[name].summary, limit=limit)
+
+
 @click.command()
 @click.option("--dump", type=click.Path(exists=True), help="An existing dump to open instead of making one.")
-@click.option("--vmlinux", type=click.Path(exists=True), help="vmlinux for --dump (found by build ID if omitted).")
+@click.option("--vmlinux", type=click.Path(exists=True), metavar="FILE",
+              help="vmlinux for --dump (found by build ID if omitted).")
 @click.option("--out", default="out/demo", show_default=True, help="Working directory: made dump, report.")
 @click.option("--vm/--no-vm", "use_vm", default=True, show_default=True,
               help="Try a real kernel crashed under QEMU before falling back to a synthetic dump.")
@@ -72,13 +96,14 @@ def demo(dump, vmlinux, out, use_vm, make_report):
     """Make a crash dump (a real kernel under QEMU, else synthetic) or open DUMP, print its key tables and
     write OUT/report.html."""
     out = Path(out)
+    fell_back = None  # why the real-kernel path was not taken, when it was tried and failed
     if dump is None:
         reason = "--no-vm was given"
         if use_vm:
             try:
                 dump, vmlinux, how = _real_dump()
             except LookupError as error:
-                reason = str(error)
+                reason = fell_back = str(error)
         if dump is None:
             _say(f"no real kernel crashed under QEMU: {reason}; falling back to a synthetic dump")
             dump, vmlinux, how = _synthetic_dump(out)
@@ -87,27 +112,35 @@ def demo(dump, vmlinux, out, use_vm, make_report):
     import kdumplab
 
     d = kdumplab.open(dump, vmlinux=vmlinux)
-    for name in ("system", "panic", "backtrace", "tasks", "page_classes", "dmesg"):
-        click.echo(f"\n== {name} ==")
-        try:
-            click.echo(getattr(d, name)().to_string(max_rows=30))
-        except KdumplabError as error:  # e.g. no debug info for this table: say so, go on
-            click.echo(f"({error})")
-    if not make_report:
-        return
-    from kdumplab.report import make_report as run_report
+    print_tables(d)
+    status = 0
+    if make_report:
+        from kdumplab.report import make_report as run_report
 
-    target = out / "report.html"
-    _say(f"running the notebooks for {target} ...")
-    run = run_report(dump, target, vmlinux)
-    click.echo(f"\nreport: {target.resolve()}  ({run.seconds:.1f} s; open it in a browser)")
-    for s in run.sections():
-        if s["status"] in ("failed", "error"):
-            _say(f"warning: {s['notebook']}: {s['title']}: {s['reason'].splitlines()[0]}")
-    if run.failed:
+        target = out / "report.html"
+        _say(f"running the notebooks for {target} ...")
+        run = run_report(dump, target, vmlinux)
+        click.echo(f"\nreport: {target.resolve()}  ({run.seconds:.1f} s; open it in a browser)")
+        for s in run.sections():
+            if s["status"] in ("failed", "error"):
+                _say(f"warning: {s['notebook']}: {s['title']}: {s['reason'].splitlines()[0]}")
         for r in run.failed:
             _say(f"notebook {r.name} stopped: {r.error}")
-        sys.exit(2)
+        status = 2 if run.failed else 0
+    click.echo("\nnext: .venv/bin/kdumplab show oops|backtrace|tasks|dmesg DUMP, .venv/bin/kdumplab lab DUMP "
+               "(or `. .venv/bin/activate` first)", err=True)
+    if fell_back:
+        _banner(f"THE REAL-KERNEL DEMO FAILED; everything above is a SYNTHETIC dump. Reason: {fell_back}")
+    sys.exit(status)
+
+
+def _banner(text: str) -> None:
+    """A message that must not scroll by unseen: framed, last on stderr."""
+    import textwrap
+
+    lines = textwrap.wrap(text, 76)
+    rule = "!" * 80
+    click.echo("\n" + "\n".join([rule, *(f"! {line:<76} !" for line in lines), rule]), err=True)
 
 
 def register(group: click.Group) -> None:

@@ -26,7 +26,7 @@ __all__ = ["NOTEBOOKS", "NotebookRun", "ReportError", "ReportRun", "make_report"
 
 def make_report(dump: str | os.PathLike, out: str | os.PathLike, vmlinux: str | os.PathLike | None = None, *,
                 notebooks: Iterable[str] = NOTEBOOKS, options: Mapping[str, Any] | None = None,
-                strict: bool = False, timeout: int = 900) -> ReportRun:
+                strict: bool = False, timeout: int = 900, progress=None) -> ReportRun:
     """Run ``notebooks`` on ``dump`` and write the report to ``out`` (format by suffix: .html, .md, .json).
 
     :raises ReportError: the dump cannot be opened, the suffix is unknown, or (``strict``) a cell failed.
@@ -34,6 +34,7 @@ def make_report(dump: str | os.PathLike, out: str | os.PathLike, vmlinux: str | 
     from kdumplab.report.export import export, format_for
 
     fmt = format_for(out)  # an unknown suffix fails before any notebook runs
-    run = run_notebooks(dump, vmlinux, notebooks=notebooks, options=options, strict=strict, timeout=timeout)
+    run = run_notebooks(dump, vmlinux, notebooks=notebooks, options=options, strict=strict, timeout=timeout,
+                        progress=progress)
     export(run, out, fmt)
     return run

@@ -64,6 +64,9 @@ table.kdl-table th, table.kdl-table td { padding: 0.15em 0.6em; text-align: left
   border-bottom: 1px solid #ddd; white-space: pre-wrap; }
 table.kdl-table th { background: #f3f3f3; }
 p.kdl-caption { font-size: 85%; color: #555; margin: 0.5em 0 0 0; }
+pre.kdl-log, .jp-RenderedHTMLCommon pre.kdl-log { font-family: "DejaVu Sans Mono", "Liberation Mono", monospace;
+  font-size: 82%; line-height: 1.35; white-space: pre; overflow-x: auto; background: #f7f7f7;
+  border-left: 3px solid #d62728; padding: 0.5em 0.8em; margin: 0.3em 0 1em 0; }
 .jp-RenderedImage img { max-width: 100%; }
 </style>
 {% endblock extra_css %}
@@ -135,7 +138,7 @@ def _header(run: ReportRun) -> str:
 
     lines = [f"# kdumplab report: {md_escape(os.path.basename(run.dump.rstrip('/')))}", "",
              f"Dump: {md_escape(run.dump)}  ",
-             f"vmlinux: {md_escape(run.vmlinux or 'found by build ID')}  ",
+             f"vmlinux: {_vmlinux_line(run)}  ",
              f"Made by kdumplab {md_escape(kdumplab.__version__)} on "
              f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} in {run.seconds:.1f} s.", "",
              "| notebook | sections | skipped (no debug info) | failed |", "|---|---|---|---|"]
@@ -151,14 +154,39 @@ def _header(run: ReportRun) -> str:
     return "\n".join(lines)
 
 
+def opened(run: ReportRun) -> dict | None:
+    """What the notebooks' ``open_dump`` recorded about the dump (path, release, vmlinux or None, build_id)."""
+    from kdumplab.report.nb import DUMP_MIME
+    from kdumplab.report.runner import _outputs_of
+
+    for r in run.runs:
+        for record in _outputs_of(r.notebook, DUMP_MIME):
+            return dict(record)
+    return None
+
+
+def _vmlinux_line(run: ReportRun) -> str:
+    from kdumplab.report.nb import md_escape
+
+    info = opened(run)
+    if info is not None and info.get("vmlinux"):
+        how = "given" if run.vmlinux else "found by build ID"
+        return f"{md_escape(info['vmlinux'])} ({how})"
+    if info is not None:
+        return (f"**none matches** (build ID {md_escape(info.get('build_id') or 'not recorded')}): the sections "
+                f"that need it are skipped; `kdumplab debuginfo fetch {md_escape(run.dump)}` gets it for Debian "
+                "kernels")
+    return md_escape(run.vmlinux or "unknown (the dump was not opened)")
+
+
 def combine(run: ReportRun) -> "NotebookNode":
     """The executed notebooks as one notebook, after a header cell: default-parameter cells and empty outputs
     (the section records) are dropped."""
     import nbformat
 
-    from kdumplab.report.nb import CONCLUSIONS_MIME, FRAME_MIME, SECTION_MIME
+    from kdumplab.report.nb import CONCLUSIONS_MIME, DUMP_MIME, FRAME_MIME, SECTION_MIME
 
-    ours = {FRAME_MIME, SECTION_MIME, CONCLUSIONS_MIME}
+    ours = {FRAME_MIME, SECTION_MIME, CONCLUSIONS_MIME, DUMP_MIME}
     merged = nbformat.v4.new_notebook()
     merged.metadata["title"] = f"kdumplab report: {os.path.basename(run.dump.rstrip('/'))}"
     merged.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -258,7 +286,9 @@ def to_json(run: ReportRun) -> str:
         notebooks.append({"name": r.name, "error": r.error, "seconds": round(r.seconds, 3),
                           "sections": [{k: s[k] for k in ("title", "status", "reason")} for s in r.sections()],
                           "frames": frames, "conclusions": conclusions})
-    doc = {"kdumplab": kdumplab.__version__, "dump": run.dump, "vmlinux": run.vmlinux,
+    info = opened(run) or {}
+    doc = {"kdumplab": kdumplab.__version__, "dump": run.dump, "vmlinux": info.get("vmlinux", run.vmlinux),
+           "release": info.get("release"), "build_id": info.get("build_id"),
            "seconds": round(run.seconds, 3), "options": run.options, "notebooks": notebooks}
     return json.dumps(doc, indent=1, ensure_ascii=False, default=str) + "\n"
 

@@ -114,18 +114,37 @@ TRIAGE = [
                 nb.show(panic, "panic")
         """),
     _md("""
+        ## The kernel's report of the crash
+
+        What the kernel printed when it died, as it printed it (`dump.oops()`, from the log with VMCOREINFO
+        alone): the `BUG:`/`Oops:`/`WARNING:`/lockup/panic line, `RIP:` and `Code:`, the registers, `CR2`, the
+        `Call Trace` and `Modules linked in`, to `---[ end trace` or the panic. Frames marked `?` are stale
+        return addresses the kernel's unwinder found on the stack, not calls.
+        """),
+    _code("""
+        with nb.section("The kernel's report of the crash"):
+            report = d.oops()
+            facts["oops"] = report
+            if report.empty:
+                nb.say("The kernel log holds no oops, BUG, warning, lockup or panic report.")
+            else:
+                nb.preformatted(nb.kernel_text(report))
+                nb.record(report, "oops")
+        """),
+    _md("""
         ## The crashed task's backtrace
 
-        Innermost frame first (`dump.backtrace()`, crash's `bt`), with the source file and line of each frame
-        where the debug info has them, and the line itself when the source file is on this machine.
+        Innermost frame first (`dump.backtrace()`, crash's `bt`), each frame as the kernel prints it
+        (`function+offset/size [module]`), with the source file and line where the debug info has them, and the
+        line itself when the source file is on this machine.
         """),
     _code("""
         with nb.section("Backtrace"):
             bt = d.backtrace()
             facts["backtrace"] = bt
-            view = bt.assign(where=nb.where(bt), code=nb.source_lines(bt))
-            columns = ["level", "function", "offset", "module", "where", "code", "pc"]
-            nb.show(view[[c for c in columns if c in view]], "backtrace", max_rows=80)
+            view = bt.assign(frame=nb.frame_texts(bt), where=nb.where(bt), code=nb.source_lines(bt))
+            columns = ["level", "frame", "where", "code", "pc"]
+            nb.show(view[[c for c in columns if c in view]], "backtrace", max_rows=80, data=view)
         """),
     _md("""
         ## The last kernel messages before the panic
@@ -140,21 +159,12 @@ TRIAGE = [
             at = nb.panic_record(log, facts.get("panic"))
             before = log.iloc[: at + 1] if at is not None else log
             tail = before.tail(opts["dmesg_tail"])
-            view = tail.assign(seconds=tail["timestamp"].dt.total_seconds())
-            nb.show(view[["seconds", "level_name", "caller", "text"]], "dmesg_before_panic",
+            view = tail.assign(time=[nb.kernel_timestamp(t) for t in tail["timestamp"]])
+            nb.show(view[["time", "level_name", "caller", "text"]], "dmesg_before_panic",
                     caption=f"The last {len(tail)} of {len(before)} records up to the panic "
                             f"({len(log) - len(before)} after it)")
             if len(log):
-                seconds = log["timestamp"].dt.total_seconds()
-                serious = log["level"].fillna(7) <= 3
-                fig, ax = plt.subplots(figsize=(9, 3))
-                bins = min(60, max(5, len(log) // 5))
-                ax.hist([seconds[~serious], seconds[serious]], bins=bins, stacked=True,
-                        label=["notice, info, debug, warning", "error or worse"], color=["#9ecae1", "#d62728"])
-                ax.set_xlabel("time since boot (s)")
-                ax.set_ylabel("kernel log records")
-                ax.set_title("Kernel log records over time")
-                ax.legend()
+                nb.log_over_time(log)
                 plt.show()
         """),
     _md("""
@@ -180,6 +190,24 @@ TRIAGE = [
             facts["tainting_modules"] = tainting
             if len(tainting):
                 nb.show(tainting[["name", "taints", "size", "state"]], "tainting_modules")
+        """),
+    _md("""
+        ## Everything else: `dump.prog`, a drgn Program
+
+        The tables are a start; any other question about the crashed kernel goes to
+        [drgn](https://drgn.readthedocs.io): `d.prog` is a `drgn.Program` on this dump with the vmlinux loaded,
+        so every drgn helper works on it (`drgn.helpers.linux`: tasks, lists, slabs, cgroups, block devices,
+        ...), and `d.prog["jiffies"]` reads any global. For example, pid 1 found with a helper:
+        """),
+    _code("""
+        from drgn.helpers.linux.pid import find_task
+        from drgn.helpers.linux.sched import task_cpu
+
+        with nb.section("drgn"):
+            prog = d.prog                 # drgn.Program: this dump and the vmlinux's types
+            init = find_task(prog, 1)     # a drgn helper: pid 1's struct task_struct *
+            print(init.comm)
+            print("on CPU", task_cpu(init), "; kernel", prog["init_uts_ns"].name.release.string_().decode())
         """),
     _md("""
         ## Conclusions, and where to look next

@@ -44,7 +44,8 @@ if TYPE_CHECKING:
     from kdumplab.analysis.dump import Dump
 
 __all__ = [
-    "CONCLUSIONS_MIME", "DEFAULT_OPTIONS", "FRAME_MIME", "SECTION_MIME", "Text", "code_span", "conclusions",
+    "CONCLUSIONS_MIME", "DEFAULT_OPTIONS", "DUMP_MIME", "FRAME_MIME", "OPTION_HELP", "SECTION_MIME", "Text",
+    "check_options", "code_span", "conclusions", "preformatted", "record",
     "fmt_bytes", "fmt_duration",
     "md_escape", "open_dump", "options", "say", "section", "show",
 ]
@@ -52,30 +53,26 @@ __all__ = [
 #: MIME types of the machine-readable outputs the notebooks leave for the exporters. Front ends and the
 #: nbconvert HTML exporter do not know them and show the HTML/Markdown/plain alternatives instead.
 FRAME_MIME = "application/vnd.kdumplab.frame+json"
+DUMP_MIME = "application/vnd.kdumplab.dump+json"
 SECTION_MIME = "application/vnd.kdumplab.section+json"
 CONCLUSIONS_MIME = "application/vnd.kdumplab.conclusions+json"
 
-#: The notebooks' ``options`` parameter: what a caller may override (``kdumplab report -O top=30``).
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "top": 15,                        # rows in "top N" tables and plots
-    "dmesg_tail": 30,                 # kernel messages shown before the panic
-    "long_unscheduled_seconds": 120,  # the kernel's default hung_task_timeout_secs
-    "max_rows": 60,                   # rows shown of a long table (the JSON export keeps them all)
-    "max_json_rows": 100_000,         # rows of one frame kept for the JSON export
-    "strict": False,                  # let unexpected errors fail their cell (the tests set it)
-}
+from kdumplab.report.options import DEFAULT_OPTIONS, OPTION_HELP, check_options  # noqa: E402
 
 # Dumps opened in this kernel, by (path, vmlinux): the report runs every notebook in one kernel.
 _OPEN: dict[tuple[str, str | None], "Dump"] = {}
 _OPTIONS: dict[str, Any] = dict(DEFAULT_OPTIONS)
 # Debug-info messages already shown in full, so later sections say "see above" instead of repeating them.
 _SHOWN_REASONS: set[str] = set()
+# Dumps opened without a vmlinux (open_dump said so once): their sections skip with one line.
+_NO_DEBUGINFO: set[tuple[str, str | None]] = set()
 
 
 def options(given: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The notebook options: :data:`DEFAULT_OPTIONS` updated with ``given`` (remembered for :func:`section`)."""
+    """The notebook options: :data:`DEFAULT_OPTIONS` updated with ``given`` (checked by :func:`check_options`;
+    remembered for :func:`section`)."""
     merged = dict(DEFAULT_OPTIONS)
-    merged.update(given or {})
+    merged.update(check_options(given))
     _OPTIONS.clear()
     _OPTIONS.update(merged)
     return merged
@@ -99,13 +96,32 @@ def open_dump(path: str | None, vmlinux: str | None = None, opts: Mapping[str, A
     dump = _OPEN.get(key)
     if dump is None:
         dump = _OPEN[key] = kdumplab.open(path, vmlinux=vmlinux)
-    if getattr(dump, "has_debuginfo", True):
-        say("Dump {path!c} ({release}, {format}); debug info: {vmlinux!c}.", path=str(dump.path),
-            release=dump.release, format=dump.format, vmlinux=str(dump.vmlinux))
+    has = bool(getattr(dump, "has_debuginfo", True))
+    record = {"path": str(dump.path), "release": dump.release, "format": dump.format,
+              "vmlinux": str(dump.vmlinux) if has and dump.vmlinux else None,
+              "build_id": getattr(dump, "build_id", None)}
+    if has:
+        text = Text("Dump {path!c} ({release}, {format}); debug info: {vmlinux!c}.", path=str(dump.path),
+                    release=dump.release, format=dump.format, vmlinux=str(dump.vmlinux))
+    elif key in _NO_DEBUGINFO:  # said in full by the first notebook of this report
+        text = Text("Dump {path!c} ({release}, {format}); **no vmlinux** (see the first notebook's note): the "
+                    "sections that need it are skipped.", path=str(dump.path), release=dump.release,
+                    format=dump.format)
     else:
-        say("Dump {path!c} ({release}, {format}); **no debug info**: the sections that need it say so.",
-            path=str(dump.path), release=dump.release, format=dump.format)
+        _NO_DEBUGINFO.add(key)
+        text = Text(NO_VMLINUX, path=str(dump.path), release=dump.release, format=dump.format,
+                    build_id=getattr(dump, "build_id", None) or "not recorded", dump=str(path))
+    _display({"text/markdown": text.markdown(), "text/plain": text.plain(), DUMP_MIME: record})
     return dump
+
+
+#: Said once, where the dump is opened, when no vmlinux matches it; the sections that need one say one line.
+NO_VMLINUX = ("Dump {path!c} ({release}, {format}). **No vmlinux with debug info matches this dump** (build ID "
+              "{build_id!c}), so the sections that need the kernel's types (tasks, stacks, backtrace, slabs, "
+              "meminfo, modules) are skipped; the log, the kernel's report of the crash, the panic and the page "
+              "classes are read from the dump alone. To get the vmlinux: `kdumplab debuginfo fetch {dump}` "
+              "(Debian kernels; it says the download size first), or install the kernel's `-dbg` package, or pass "
+              "`--vmlinux FILE`.")
 
 
 def _setup_plots() -> None:
@@ -136,7 +152,7 @@ def md_escape(value: Any) -> str:
     """``value`` as text safe inside Markdown that is rendered to HTML: HTML-escaped, Markdown syntax
     backslash-escaped, newlines folded into spaces (a value never starts a block)."""
     text = "" if value is None else str(value)
-    text = html.escape(text, quote=True)
+    text = html.escape(text, quote=False)  # quotes are plain text outside attributes: "kernel's", not &#x27;
     text = _MD_SPECIAL.sub(r"\\\1", text)
     return re.sub(r"[\r\n]+", " ", text)
 
@@ -300,7 +316,10 @@ def section(title: str) -> Iterator[Section]:
         yield sec
     except DebugInfoError as error:
         sec.status, sec.reason = "skipped", str(error)
-        if sec.reason in _SHOWN_REASONS:
+        if _NO_DEBUGINFO:
+            say("*{title}: skipped: needs the vmlinux (see the note where the dump is opened, at the top).*",
+                title=title)
+        elif sec.reason in _SHOWN_REASONS:
             say("*{title}: skipped: needs debug info (see above).*", title=title)
         else:
             _SHOWN_REASONS.add(sec.reason)
@@ -335,11 +354,12 @@ def _md_quote(text: str) -> str:
 # -- tables --------------------------------------------------------------------------------------------------
 
 def show(frame: "pd.DataFrame", name: str, *, index: bool = False, max_rows: int | None = None,
-         caption: str | None = None) -> None:
+         caption: str | None = None, data: "pd.DataFrame | None" = None) -> None:
     """Display ``frame`` as a table (escaped HTML, escaped Markdown, plain text) and record it as ``name``.
 
     At most ``max_rows`` rows are displayed (the ``max_rows`` option by default), with a line saying how many
-    there are; the JSON export gets up to ``max_json_rows`` rows as records.
+    there are; the JSON export gets up to ``max_json_rows`` rows as records, of ``data`` when it is given (the
+    whole table behind a view that shows a few columns), else of ``frame``.
     """
     limit = int(max_rows or _OPTIONS.get("max_rows") or 60)
     shown = _for_display(frame.head(limit))
@@ -353,19 +373,39 @@ def show(frame: "pd.DataFrame", name: str, *, index: bool = False, max_rows: int
     markdown = (f"*{md_escape(title)}*\n\n" if title else "") + markdown_table(shown, index=index)
     plain = shown.to_string(index=index, na_rep="", float_format=_float) + (f"\n({note})" if note else "")
     _display({"text/plain": plain, "text/html": html_table, "text/markdown": markdown,
-              FRAME_MIME: frame_payload(frame, name, caption)})
+              FRAME_MIME: frame_payload(frame if data is None else data, name, caption)})
+
+
+def preformatted(text: str, caption: str | None = None) -> None:
+    """Display ``text`` as the kernel printed it: monospace, every character as it is (escaped HTML ``<pre>``,
+    a Markdown fence longer than any backtick run in it, plain text)."""
+    runs = [len(r) for r in re.findall(r"`+", text)]
+    fence = "`" * max(3, max(runs, default=0) + 1)
+    head_html = f'<p class="kdl-caption">{html.escape(caption)}</p>\n' if caption else ""
+    head_md = f"*{md_escape(caption)}*\n\n" if caption else ""
+    _display({"text/plain": text, "text/html": f'{head_html}<pre class="kdl-log">{html.escape(text)}</pre>',
+              "text/markdown": f"{head_md}{fence}text\n{text}\n{fence}"})
+
+
+def record(frame: "pd.DataFrame", name: str, caption: str | None = None) -> None:
+    """Record ``frame`` for the JSON export as ``name`` without displaying it (it is shown otherwise)."""
+    _display({"text/plain": "", FRAME_MIME: frame_payload(frame, name, caption)})
 
 
 def _for_display(frame: "pd.DataFrame") -> "pd.DataFrame":
-    """What a person reads: addresses (the tables' UInt64 columns) in hex, missing values blank."""
+    """What a person reads: addresses (the tables' UInt64 columns) in hex, durations in seconds, missing values
+    blank."""
     import pandas as pd
+
+    from kdumplab.analysis.columns import hex_address, seconds_text
 
     out = frame.copy()
     for name in out.columns:
         column = out[name]
         if str(column.dtype) == "UInt64":
-            out[name] = pd.Series(["" if pd.isna(x) else f"{int(x):#x}" for x in column], index=out.index,
-                                  dtype=object)
+            out[name] = pd.Series([hex_address(x) or "" for x in column], index=out.index, dtype=object)
+        elif str(column.dtype).startswith("timedelta64"):
+            out[name] = pd.Series([seconds_text(x) for x in column], index=out.index, dtype=object)
         elif str(column.dtype) in ("string", "Int64", "boolean", "category") or column.dtype == object:
             out[name] = column.astype(object).where(column.notna(), "")
     return out
@@ -403,15 +443,19 @@ def _cell(value: Any) -> str:
 
 
 def frame_payload(frame: "pd.DataFrame", name: str, caption: str | None = None) -> dict[str, Any]:
-    """``frame`` as JSON-ready data: ``{name, caption, columns, dtypes, rows, records}``."""
+    """``frame`` as JSON-ready data: ``{name, caption, columns, dtypes, rows, records}``; in the records,
+    addresses are hex strings and durations float seconds (:func:`kdumplab.analysis.columns.portable`);
+    ``dtypes`` are the table's own."""
+    from kdumplab.analysis.columns import portable
+
     limit = int(_OPTIONS.get("max_json_rows") or 100_000)
     head = frame.head(limit)
     flat = head.reset_index() if _has_named_index(head) else head
     flat = flat.copy()
     flat.columns = [str(c) for c in flat.columns]
-    records = json.loads(flat.to_json(orient="records", date_format="iso", default_handler=str))
-    return {"name": name, "caption": caption, "columns": list(flat.columns),
-            "dtypes": {str(c): str(t) for c, t in flat.dtypes.items()}, "rows": int(len(frame)),
+    dtypes = {str(c): str(t) for c, t in flat.dtypes.items()}
+    records = json.loads(portable(flat).to_json(orient="records", date_format="iso", default_handler=str))
+    return {"name": name, "caption": caption, "columns": list(flat.columns), "dtypes": dtypes, "rows": int(len(frame)),
             "truncated": len(frame) > limit, "records": records}
 
 

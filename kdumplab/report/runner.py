@@ -34,7 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from kdumplab.errors import KdumplabError
 
@@ -172,13 +172,15 @@ def _kernel_manager_class():
 
 def run_notebooks(dump: str | os.PathLike, vmlinux: str | os.PathLike | None = None, *,
                   notebooks: Iterable[str | os.PathLike] = NOTEBOOKS, options: Mapping[str, Any] | None = None,
-                  strict: bool = False, timeout: int = 900, cwd: str | os.PathLike | None = None) -> ReportRun:
+                  strict: bool = False, timeout: int = 900, cwd: str | os.PathLike | None = None,
+                  progress: "Callable[[str, str], None] | None" = None) -> ReportRun:
     """Execute ``notebooks`` on ``dump`` in one kernel and return the executed notebooks.
 
     ``options`` are the notebooks' options (see :data:`kdumplab.report.nb.DEFAULT_OPTIONS`); ``strict`` makes
     any cell error (and any section error other than missing debug info) raise :class:`ReportError`.
     ``timeout`` bounds each cell, in seconds. ``cwd`` is the kernel's working directory (a temporary one by
-    default, removed afterwards).
+    default, removed afterwards). ``progress(notebook, section)`` is called as each section starts (its
+    Markdown heading), for a caller that shows what is running.
     """
     from jupyter_core.utils import run_sync
 
@@ -192,13 +194,21 @@ def run_notebooks(dump: str | os.PathLike, vmlinux: str | os.PathLike | None = N
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kdumplab-report-") as tmp:
         workdir = os.fspath(cwd) if cwd is not None else tmp
-        run_sync(_run_all)(report, sources, strict, timeout, workdir, tmp)
+        run_sync(_run_all)(report, sources, strict, timeout, workdir, tmp, progress)
     report.seconds = time.perf_counter() - start
     return report
 
 
+def _heading(cell: "NotebookNode") -> str | None:
+    """The first Markdown heading of a cell, without its ``#``s."""
+    for line in cell.source.splitlines():
+        if line.startswith("#"):
+            return line.lstrip("#").strip().strip("`")
+    return None
+
+
 async def _run_all(report: ReportRun, sources: list[tuple[str, "NotebookNode"]], strict: bool, timeout: int,
-                   workdir: str, sockets: str) -> None:
+                   workdir: str, sockets: str, progress: "Callable[[str, str], None] | None" = None) -> None:
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
@@ -211,8 +221,20 @@ async def _run_all(report: ReportRun, sources: list[tuple[str, "NotebookNode"]],
     try:
         for name, source in sources:
             nb = parameterize(source, report.dump, report.vmlinux, report.options)
+            hooks = {}
+            if progress is not None:
+                titles, title = {}, "opening the dump"
+                for index, cell in enumerate(nb.cells):
+                    if cell.cell_type == "markdown":
+                        title = _heading(cell) or title
+                    titles[index] = title
+
+                def on_cell_start(cell, cell_index, _name=name, _titles=titles):
+                    progress(_name, _titles.get(cell_index, ""))
+
+                hooks["on_cell_start"] = on_cell_start
             client = NotebookClient(nb, km=km, timeout=timeout, allow_errors=False, kernel_name="python3",
-                                    resources={"metadata": {"path": workdir}}, record_timing=False)
+                                    resources={"metadata": {"path": workdir}}, record_timing=False, **hooks)
             t0 = time.perf_counter()
             error = None
             try:

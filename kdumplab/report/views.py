@@ -32,7 +32,9 @@ if TYPE_CHECKING:
     from kdumplab.report.nb import Text
 
 __all__ = [
-    "PAGE_CLASSES", "STATE_NAMES", "TAINT_FLAGS", "class_colors", "class_summary", "decode_taint", "fields",
+    "PAGE_CLASSES", "STATE_NAMES", "TAINT_FLAGS", "class_colors", "class_summary", "crash_site", "decode_taint",
+    "reported_by",
+    "fields", "frame_texts", "kernel_text", "kernel_timestamp", "log_over_time",
     "file_size", "free_by_order", "kept_and_dropped", "labels", "memory_findings", "numbers", "page_class_table",
     "panic_record",
     "source_lines", "stack_groups", "stuck_tasks", "taint_letters", "tasks_by_state", "tasks_findings",
@@ -94,6 +96,51 @@ def fields(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- 01 triage -----------------------------------------------------------------------------------------------
+
+from kdumplab.analysis.oops import kernel_text, kernel_timestamp  # noqa: E402  (the notebooks' API)
+from kdumplab.analysis.panic import frame_texts  # noqa: E402
+
+
+def _time_label(seconds: float) -> str:
+    """A tick label for a time since boot: ``1 µs``, ``10 ms``, ``100 s``, ``2.8 h``, ``1.2 d``."""
+    if seconds <= 0:
+        return "0"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1), ("ms", 1e-3), ("µs", 1e-6)):
+        if seconds >= size or unit == "µs":
+            value = seconds / size
+            return f"{value:.0f} {unit}" if value >= 10 or value == int(value) else f"{value:.1f} {unit}"
+    return f"{seconds:g} s"
+
+
+def log_over_time(log: pd.DataFrame, ax: Any = None) -> Any:
+    """Plot kernel log records over time since boot on a logarithmic time axis: a crash a day after boot and the
+    boot's first second both get their bins (a linear axis puts the whole boot in one). Returns the axes."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    seconds = log["timestamp"].dt.total_seconds().fillna(0).to_numpy()
+    serious = (log["level"].fillna(7) <= 3).to_numpy()
+    floor = 1e-6  # records at 0 (the first of the boot) go to the first bin
+    top = max(float(seconds.max()) if len(seconds) else 1.0, floor * 10)
+    bins = np.geomspace(floor, top * 1.01, 50)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 3))
+    clipped = np.clip(seconds, floor, None)
+    ax.hist([clipped[~serious], clipped[serious]], bins=bins, stacked=True,
+            label=["notice, info, debug, warning", "error or worse"], color=["#9ecae1", "#d62728"])
+    ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, numticks=12))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: _time_label(x)))
+    ax.set_xlabel("time since boot (logarithmic; records at 0 s in the first bin)")
+    ax.set_ylabel("kernel log records")
+    ax.set_title("Kernel log records over time")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend()
+    return ax
 
 def where(bt: pd.DataFrame) -> pd.Series:
     """``file:line`` of each frame ("" where the debug info has no line)."""
@@ -195,15 +242,47 @@ _MACHINERY = re.compile(
     r"do_int3|do_int3_user|fixup_exception|.*\.cold)$")
 
 
+# What reports a hang rather than causing it: the watchdogs, the timer interrupt that runs them, NMI backtraces,
+# the hung-task and RCU-stall detectors, the scheduler a sleeping task sits in, and the interrupt entry code.
+_REPORTERS = re.compile(
+    r"^(watchdog_.*|softlockup_fn|is_softlockup|watchdog_overflow_callback|__perf_event_overflow|perf_event_.*|"
+    r"x86_pmu_handle_irq|amd_pmu_handle_irq|intel_pmu_handle_irq|perf_.*nmi.*|"
+    r"__hrtimer_run_queues|hrtimer_interrupt|hrtimer_run_queues|__run_hrtimer|tick_.*|update_process_times|"
+    r"scheduler_tick|rcu_sched_clock_irq|rcu_pending|print_cpu_stall|rcu_dump_cpu_stacks|"
+    r"check_hung_task|check_hung_uninterruptible_tasks|watchdog|hung_task.*|"
+    r"__sysvec_.*|sysvec_.*|asm_sysvec_.*|asm_common_interrupt|common_interrupt|__common_interrupt|"
+    r"irq_exit_rcu|__irq_exit_rcu|__do_softirq|do_softirq|handle_softirqs|run_ksoftirqd|handle_edge_irq|"
+    r"handle_irq_event.*|__handle_irq_event_percpu|"
+    r"nmi_cpu_backtrace.*|nmi_trigger_cpumask_backtrace|arch_trigger_cpumask_backtrace|nmi_handle|"
+    r"default_do_nmi|exc_nmi|asm_exc_nmi|end_repeat_nmi|"
+    r"__switch_to.*|__schedule|schedule.*|io_schedule.*|preempt_schedule.*|context_switch|__cond_resched|"
+    r"kthread|ret_from_fork.*)$")
+
+
 def crash_site(bt: pd.DataFrame) -> pd.Series | None:
-    """The frame where the crash happened: the first frame that is not the oops/panic machinery (for an
-    exception that is the interrupted frame, the faulting instruction; for a panic() call, its caller)."""
+    """The frame where the crash happened: the first frame that is neither the oops/panic machinery nor the
+    watchdog, timer-interrupt, NMI and scheduler code that reports a hang (for an exception that is the
+    interrupted frame, the faulting instruction; for a panic() call, its caller; for a soft lockup, the code the
+    CPU was stuck in)."""
     if bt is None or bt.empty:
         return None
     for _, frame in bt.iterrows():
-        if not _na(frame["function"]) and not _MACHINERY.match(str(frame["function"])):
+        name = "" if _na(frame["function"]) else str(frame["function"])
+        if name and not _MACHINERY.match(name) and not _REPORTERS.match(name):
             return frame
     return bt.iloc[0]
+
+
+def reported_by(bt: pd.DataFrame | None) -> str | None:
+    """Which detector reported the crash when the stack shows one (``"the soft-lockup watchdog"``, ...)."""
+    names = [] if bt is None or bt.empty else [str(f) for f in bt["function"].dropna()]
+    for pattern, who in ((r"^watchdog_timer_fn$|^softlockup_fn$", "the soft-lockup watchdog's timer interrupt"),
+                         (r"^watchdog_overflow_callback$", "the hard-lockup (NMI) watchdog"),
+                         (r"^check_hung_uninterruptible_tasks$|^watchdog$", "the hung-task detector"),
+                         (r"^rcu_sched_clock_irq$|^print_cpu_stall$", "the RCU stall detector")):
+        if any(re.match(pattern, n) for n in names):
+            return who
+    return None
 
 
 _HANG = re.compile(r"blocked for more than \d+ seconds|soft lockup|hard LOCKUP|detected stalls? on CPU|"
@@ -228,8 +307,14 @@ def triage_findings(facts: Mapping[str, Any]) -> list["Text"]:
     if site is not None:
         loc = "" if _na(site.get("file")) else f" at {site['file']}:{value(site.get('line'), '?')}"
         module = "" if _na(site.get("module")) else f" (module {site['module']})"
-        out.append(_text("The crashing frame is {function!c}{loc}{module}.", function=site["function"], loc=loc,
-                         module=module))
+        who = reported_by(facts.get("backtrace"))
+        if who:
+            out.append(_text("The crash was reported by {who}; the first frame outside the watchdog, interrupt "
+                             "and scheduler code is {function!c}{loc}{module}: the code the CPU was in when it "
+                             "was caught.", who=who, function=site["function"], loc=loc, module=module))
+        else:
+            out.append(_text("The first frame outside the panic and exception machinery is {function!c}{loc}"
+                             "{module}.", function=site["function"], loc=loc, module=module))
     log = facts.get("dmesg")
     if log is not None and len(log):
         at = panic_record(log, p)
@@ -380,7 +465,10 @@ def tasks_findings(facts: Mapping[str, Any]) -> list["Text"]:
         d_groups = groups[groups["state"] == "D"]
         if len(d_groups):
             g = d_groups.iloc[0]
-            out.append(_text("The largest group of D-state tasks ({n}: {comms}) waits in {fn!c}: start there.",
+            out.append(_text("The largest group of D-state tasks ({n}: {comms}) waits in {fn!c}. They are waiting "
+                             "for something another task holds or has not finished (a lock, a page, an I/O): "
+                             "this report does not compute who holds what, so look for the holder among the "
+                             "running tasks and the other stacks, not in this group.",
                              n=int(g["count"]), comms=g["comms"], fn=g["waits_in"]))
         g = groups.iloc[0]
         out.append(_text("The most common stack is shared by {n} tasks ({state}), waiting in {fn!c}.",

@@ -93,7 +93,7 @@ def test_markdown(tmp_path, request):
                     "# Tasks: who was doing what", "# Memory: where the pages were", "## Conclusions"):
         assert heading in md
     assert md.count("![plot](data:image/png;base64,") >= 8
-    assert re.search(r"^\| level \| function \|", md, re.M), "the backtrace table"
+    assert re.search(r"^\| level \| frame \| where \|", md, re.M), "the backtrace table"
     # no raw markup from the dump outside code: the hostile strings are entity-escaped
     assert SCRIPT not in re.sub(r"(`+)(.+?)\1", "", md)
     assert "&lt;script&gt;alert\\(1\\)&lt;/script&gt;" in md

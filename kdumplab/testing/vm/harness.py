@@ -325,9 +325,12 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
                                       str(gout / "makedumpfile" / "vmcore")]), fatal=False))
 
     env = dict(HOST_ENV, PYTHONPATH=str(checkout))
-    keep = sorted({str(p) for p in (checkout, Path(sys.prefix), Path(sys.base_prefix), Path(python).parent,
-                                    Path(os.path.realpath(python)).parent)
-                   if str(p).startswith("/tmp/")})
+    # The guest's /tmp is a tmpfs: what it reads from the host's /tmp (a checkout, a venv, and the kernel cache
+    # when HOME or XDG_CACHE_HOME is under /tmp, as in CI containers) is bound back in, symlinks and targets.
+    places = [checkout, Path(sys.prefix), Path(sys.base_prefix), Path(python).parent, cache_root(),
+              files.vmlinuz.parent, files.vmlinux.parent]
+    keep = sorted({str(q) for p in places for q in (Path(os.path.abspath(p)), Path(os.path.realpath(p)))
+                   if str(q).startswith("/tmp/")})
     keep = [p for p in keep if not any(p.startswith(q + "/") for q in keep)]  # nested ones come with their parent
     shares = [Share("hostroot", Path("/"), readonly=True), Share("out", out)]
     binds: list[str] = []

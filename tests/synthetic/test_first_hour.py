@@ -1,0 +1,269 @@
+"""What a kernel developer meets in the first hour, on synthetic dumps of known bugs: the report shows the
+kernel's own report of the crash whole, in HTML, Markdown and JSON; addresses and frames read as in the kernel;
+a report without a vmlinux says once what is missing; options are checked; ``kdumplab show`` speaks the
+kernel's notation; ``kdumplab lab`` keeps two dumps named ``vmcore`` apart; ``kdumplab demo`` says loudly when
+it fell back to a synthetic dump.
+
+The synthetic bug dumps (:mod:`kdumplab.testing.synth_bugs`) log what the kernel prints for that bug, so the
+truth here is their manifest's log: the oops block must be exactly the records from the ``BUG:`` line to the
+``---[ end trace`` line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from kdumplab.report.browser import chromium, colourfulness, inspect_html, render
+from kdumplab.report.export import export
+from kdumplab.report.runner import NOTEBOOKS, run_notebooks
+
+pytestmark = pytest.mark.synthetic
+
+
+def kdumplab(*args: str, env: dict | None = None, cwd: str | os.PathLike | None = None, timeout: float = 900):
+    return subprocess.run([sys.executable, "-m", "kdumplab.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=cwd)
+
+
+def cli(*args: str):
+    """``kdumplab ARGS`` in this process (click's runner): the same command, without a Python start each time."""
+    from click.testing import CliRunner
+
+    from kdumplab.cli import main
+
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    result.returncode = result.exit_code
+    return result
+
+
+def bug_dump(tmp_path_factory, bug: str):
+    if shutil.which("gcc") is None:
+        pytest.skip("building synthetic vmcores needs gcc")
+    from kdumplab.testing.synth import build_synthetic
+
+    return build_synthetic(tmp_path_factory.mktemp(bug), bug=bug, cache=True)
+
+
+def expected_oops(manifest: dict) -> list[str]:
+    """The manifest's log from the BUG line to the end trace line."""
+    log = manifest["dmesg"]
+    start = next(i for i, t in enumerate(log) if t.startswith("BUG: "))
+    end = next(i for i, t in enumerate(log) if t.startswith("---[ end trace"))
+    return log[start:end + 1]
+
+
+@pytest.fixture(scope="module")
+def null_deref(tmp_path_factory):
+    return bug_dump(tmp_path_factory, "null-deref")
+
+
+@pytest.fixture(scope="module")
+def oops_report(null_deref, tmp_path_factory):
+    """The null-deref dump's report, run once and rendered as HTML, Markdown and JSON."""
+    out = tmp_path_factory.mktemp("oops-report")
+    run = run_notebooks(null_deref.vmcore, null_deref.vmlinux, strict=True, cwd=out)
+    assert not run.failed
+    return null_deref, {fmt: export(run, out / f"report.{fmt}") for fmt in ("html", "md", "json")}
+
+
+def test_oops_block_in_every_format(oops_report):
+    made, files = oops_report
+    want = expected_oops(made.manifest)
+    assert any(t.startswith("RIP: 0010:mydrv_ioctl+0x") for t in want) and any("Code: " in t for t in want)
+    # HTML: one <pre> holding every line with the kernel's timestamp, as the console printed it
+    page = inspect_html(files["html"].read_text())
+    lines = [line for line in page.text.splitlines() if re.match(r"^\[\s*\d+\.\d{6}\] ", line)]
+    oops_lines = [re.sub(r"^\[\s*\d+\.\d{6}\] ", "", line) for line in lines]
+    start = oops_lines.index(want[0])
+    assert oops_lines[start:start + len(want)] == want
+    assert "The kernel's report of the crash" in page.text
+    # Markdown: a fenced block with the same lines
+    md = files["md"].read_text()
+    for text in want:
+        assert re.search(r"^\[\s*\d+\.\d{6}\] " + re.escape(text) + "$", md, re.M), text
+    # JSON: the records, with the console form of each line
+    doc = json.loads(files["json"].read_text())
+    frames = {k: v for n in doc["notebooks"] for k, v in n["frames"].items()}
+    assert [r["text"] for r in frames["oops"]["records"]] == want
+    assert frames["oops"]["records"][0]["line"].endswith("] " + want[0])
+
+
+def test_json_addresses_are_hex_strings_and_frames_read_as_the_kernels(oops_report):
+    made, files = oops_report
+    doc = json.loads(files["json"].read_text())
+    frames = {k: v for n in doc["notebooks"] for k, v in n["frames"].items()}
+    bt = frames["backtrace"]["records"]
+    assert all(re.fullmatch(r"0xffffffff[0-9a-f]{8}", r["pc"]) for r in bt), [r["pc"] for r in bt]
+    assert frames["backtrace"]["dtypes"]["pc"] == "UInt64"
+    assert re.fullmatch(r"0x[0-9a-f]{16}", frames["panic"]["records"][0]["task"])
+    assert [r["frame"] for r in bt][0].startswith("mydrv_ioctl+0x")
+    assert all(re.fullmatch(r"[\w.]+\+0x[0-9a-f]+/0x[0-9a-f]+( \[\w+\])?|[\w.]+ \(inlined\)", r["frame"])
+               for r in bt), [r["frame"] for r in bt]
+    # the log table's time column is printk's, not seconds rounded to 0.00
+    times = [r["time"] for r in frames["dmesg_before_panic"]["records"]]
+    assert all(re.fullmatch(r"\[\s*\d+\.\d{6}\]", t) for t in times) and len(set(times)) > len(times) // 2
+
+
+def test_oops_report_in_chromium(oops_report, tmp_path):
+    """The HTML report of an oops as a reader sees it: the oops block, and no diagnosis yet to hide it."""
+    if chromium() is None:
+        pytest.skip("chromium is not installed (make deps installs it)")
+    made, files = oops_report
+    shown = render(files["html"], tmp_path / "oops.png", height=6000)
+    assert shown.console == []
+    dom = inspect_html(shown.dom)
+    assert expected_oops(made.manifest)[0] in dom.text and "Modules linked in: mydrv(OE)" in dom.text
+    assert '<pre class="kdl-log">' in shown.dom
+    assert colourfulness(shown.screenshot) >= 8
+
+
+# -- without a vmlinux ---------------------------------------------------------------------------------------
+
+def test_report_without_vmlinux_says_once_what_is_missing(null_deref, tmp_path, monkeypatch):
+    alone = tmp_path / "dump" / "vmcore"
+    alone.parent.mkdir()
+    os.symlink(null_deref.vmcore, alone)
+    monkeypatch.setenv("KDUMPLAB_CACHE", str(tmp_path / "empty-cache"))  # the synthetic vmlinux is not found
+    run = run_notebooks(alone, cwd=tmp_path)
+    assert not run.failed
+    md = export(run, tmp_path / "r.md").read_text()
+    header = md.split("# Triage")[0]
+    assert "found by build ID" not in header and "none matches" in header
+    assert md.count("No vmlinux with debug info matches this dump") == 1
+    assert "kdumplab debuginfo fetch" in md
+    skipped = re.findall(r"^\*.*: skipped: needs the vmlinux \(see the note where the dump is opened, at the top\)\.\*$",
+                         md, re.M)
+    assert len(skipped) >= 6
+    assert "&#x27;" not in md and "&amp;#" not in md
+    # and what needs no vmlinux is there: the kernel's report of the crash
+    assert expected_oops(null_deref.manifest)[0] in md
+    text = inspect_html(export(run, tmp_path / "r.html").read_text()).text
+    assert "&#x27;" not in text and "kernel's types" in text
+
+
+def test_report_options_are_checked(null_deref, tmp_path):
+    for bad, words in ((("-O", "topp=5"), ("topp", "did you mean 'top'")), (("-O", "top=abc"), ("top", "whole"))):
+        run = kdumplab("report", str(null_deref.vmcore), "-o", str(tmp_path / "r.html"), *bad)  # the real exit
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        for word in words:
+            assert word in run.stderr
+        assert not (tmp_path / "r.html").exists()
+    helptext = kdumplab("report", "--help").stdout
+    for name in ("top=15", "dmesg_tail=30", "long_unscheduled_seconds=120", "-o, --output FILE", "--vmlinux FILE"):
+        assert name in helptext
+    assert "OUT" not in helptext
+
+
+# -- kdumplab show ------------------------------------------------------------------------------------------
+
+def test_show_speaks_the_kernels_notation(null_deref):
+    dump, vml = str(null_deref.vmcore), str(null_deref.vmlinux)
+    oops = cli("show", "oops", dump)
+    assert oops.returncode == 0, oops.stderr
+    lines = oops.stdout.splitlines()
+    assert [re.sub(r"^\[\s*\d+\.\d{6}\] ", "", line) for line in lines] == expected_oops(null_deref.manifest)
+    bt = cli("show", "backtrace", dump, "--vmlinux", vml)
+    assert re.search(r"mydrv_ioctl\+0x[0-9a-f]+/0x[0-9a-f]+", bt.stdout) and "0xffffffff" in bt.stdout
+    assert "the crashed thread's stack" in bt.stdout
+    pid = next(t["pid"] for t in null_deref.manifest["tasks"] if t["comm"] == "systemd")
+    other = cli("show", "backtrace", dump, "--vmlinux", vml, "--task", str(pid))
+    assert f"the stack of task {pid}" in other.stdout and "crashed thread" not in other.stdout
+    stacks = cli("show", "stacks", dump, "--vmlinux", vml)
+    assert re.search(r"┃\s*pids\s*┃", stacks.stdout)
+    dmesg = cli("show", "dmesg", dump, "--limit", "0")
+    assert "[    0.000000]" in dmesg.stdout and not re.search(r"\d days", dmesg.stdout)
+    tasks = json.loads(cli("show", "tasks", dump, "--vmlinux", vml, "--format", "json").stdout)
+    assert all(re.fullmatch(r"0x[0-9a-f]+", t["task"]) for t in tasks)
+    assert all(t["last_run_ago"] is None or isinstance(t["last_run_ago"], float) for t in tasks)
+    csv = cli("show", "tasks", dump, "--vmlinux", vml, "--format", "csv").stdout
+    assert not re.search(r"\d days", csv) and re.search(r"^0xffff[0-9a-f]{12},", csv, re.M)
+
+
+# -- kdumplab lab -------------------------------------------------------------------------------------------
+
+def test_lab_on_two_dumps_both_named_vmcore(null_deref, tmp_path, request, monkeypatch):
+    other = request.getfixturevalue("synth_61")
+    for name, made in (("s61", other), ("bug", null_deref)):
+        (tmp_path / name).mkdir()
+        os.symlink(made.vmcore, tmp_path / name / "vmcore")
+    monkeypatch.chdir(tmp_path)
+    first = cli("lab", "s61/vmcore", "--prepare-only")
+    second = cli("lab", "bug/vmcore", "--prepare-only")
+    assert first.returncode == 0 and second.returncode == 0, (first.output, second.output)
+    assert "kept" not in second.stdout
+    dirs = sorted(p.name for p in (tmp_path / "kdumplab-lab").iterdir())
+    assert len(dirs) == 2 and dirs[0].startswith("bug-vmcore-") and dirs[1].startswith("s61-vmcore-")
+    for d, name in zip(dirs, ("bug", "s61")):
+        names = sorted(p.stem for p in (tmp_path / "kdumplab-lab" / d).glob("*.ipynb"))
+        assert names == list(NOTEBOOKS), "04-fleet has no place in a one-dump lab"
+        nb = nbformat.read(tmp_path / "kdumplab-lab" / d / "01-triage.ipynb", as_version=4)
+        params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        assert f"dump = '{tmp_path / name / 'vmcore'}'" in params.source
+    # one directory given for both: the second dump repoints the notebooks (the user's cells stay)
+    work = tmp_path / "one"
+    cli("lab", "s61/vmcore", "--dir", str(work), "--prepare-only")
+    nb_path = work / "01-triage.ipynb"
+    nb = nbformat.read(nb_path, as_version=4)
+    nb.cells.append(nbformat.v4.new_markdown_cell("my notes"))
+    nbformat.write(nb, nb_path)
+    again = cli("lab", "bug/vmcore", "--dir", str(work), "--prepare-only")
+    assert "now point at this dump" in again.stdout
+    nb = nbformat.read(nb_path, as_version=4)
+    assert nb.cells[-1].source == "my notes" and str(tmp_path / "bug" / "vmcore") in nb.cells[1].source
+
+
+def test_lab_says_what_it_passes_to_jupyterlab(monkeypatch, tmp_path, null_deref):
+    """--allow-root is said, --ip and arguments after -- are passed, 01-triage is opened (execv is caught)."""
+    pytest.importorskip("jupyterlab")
+    from click.testing import CliRunner
+
+    from kdumplab.commands import report as report_cmd
+
+    seen = {}
+
+    def fake_exec(path, argv):
+        seen["argv"] = argv
+        raise SystemExit(0)
+
+    monkeypatch.setattr(os, "execv", fake_exec)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(report_cmd.lab, [str(null_deref.vmcore), "--ip", "0.0.0.0", "--no-browser", "--",
+                                                 "--ServerApp.token=secret"])
+    assert result.exit_code == 0, result.output
+    argv = seen["argv"]
+    assert "--allow-root" in argv and "--allow-root" in result.output
+    assert "--ip=0.0.0.0" in argv and argv[-1] == "--ServerApp.token=secret"
+    assert "--LabApp.default_url=/lab/tree/01-triage.ipynb" in argv
+
+
+# -- kdumplab demo ------------------------------------------------------------------------------------------
+
+def test_demo_says_loudly_that_it_fell_back(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from kdumplab.commands import demo as demo_cmd
+
+    def no_vm():
+        raise LookupError("the VM run failed: qemu-system-x86_64: cannot open /dev/kvm")
+
+    monkeypatch.setattr(demo_cmd, "_real_dump", no_vm)
+    result = CliRunner().invoke(demo_cmd.demo, ["--out", str(tmp_path / "demo"), "--no-report"])
+    assert result.exit_code == 0, result.output
+    tail = result.stderr.strip().splitlines()[-5:]
+    assert any("SYNTHETIC" in line for line in tail) and "cannot open /dev/kvm" in " ".join(tail)
+    out = result.stdout
+    assert "== kdumplab show backtrace ==" in out
+    assert not re.search(r"\b\d{17,}\b", out), "addresses printed as long decimals"
+    assert max(len(line) for line in out.splitlines()) <= 220
+    assert re.search(r"\[\s*\d+\.\d{6}\] Kernel panic - not syncing", out), "the oops block, as the kernel printed it"
+    assert "0xffff" in out
