@@ -128,8 +128,9 @@ def portable(frame: pd.DataFrame) -> pd.DataFrame:
 
     >>> f = Schema(Column("pc", "UInt64", ""), Column("t", "timedelta64[ns]", "")).frame(
     ...     [{"pc": 0xffff8880013202c0, "t": 1001}])
-    >>> portable(f).iloc[0].tolist()
-    ['0xffff8880013202c0', 1.001e-06]
+    >>> row = portable(f).iloc[0]
+    >>> row["pc"], float(row["t"])
+    ('0xffff8880013202c0', 1.001e-06)
     """
     out = frame.copy()
     for name in out.columns:

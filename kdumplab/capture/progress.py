@@ -116,6 +116,8 @@ class Progress:
             elapsed = time.perf_counter() - start
             self.timings[name] = self.timings.get(name, 0.0) + elapsed
             if bar is not None:
+                if ok and phase.total is not None:  # done: a pfn range with holes (never advanced) is covered too
+                    bar.update(phase._task, completed=phase.total)
                 bar.stop()
             if not self.quiet and not self.bar:
                 amount = f"{phase.done} {unit} " if phase.total is not None or phase.done else ""

@@ -616,7 +616,8 @@ def _save(dump: Any, source: str, dest: str, options: SaveOptions, progress: Pro
                 output.stream.close()
         meta["written"] = stats.to_json()
 
-        with progress.phase("verify", unit="pages") as p:
+        verify_total = None if remote or options.format == "flat" else min(options.verify_samples, plan.num_dumpable)
+        with progress.phase("verify", total=verify_total, unit="pages") as p:
             if remote:
                 final = target.commit(output.stream)
                 meta["bytes"] = output.stream.size

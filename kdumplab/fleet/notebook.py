@@ -52,10 +52,12 @@ CELLS = [
         from pathlib import Path
 
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
         import pandas as pd
         from IPython.display import Markdown, display
 
         from kdumplab.fleet import bucket
+        from kdumplab.report import nb
 
         if catalogue is None:
             raise ValueError("set the parameter catalogue to a file written by kdumplab triage -o")
@@ -80,7 +82,8 @@ CELLS = [
         good["bucket"] = good["signature"].map(label)
         buckets["bucket"] = buckets["signature"].map(label)
         facts = {"dumps": len(rows), "readable": len(good), "unreadable": len(unreadable), "buckets": len(buckets)}
-        display(Markdown(f"{len(rows)} dumps in the catalogue, {len(good)} read, {len(buckets)} buckets."))
+        display(Markdown(f"{nb.plural(len(rows), 'dump')} in the catalogue, {len(good)} read, "
+                         f"{nb.plural(len(buckets), 'bucket')}."))
         """),
     _md("""
         ## Buckets
@@ -95,6 +98,7 @@ CELLS = [
         ax.barh(buckets["bucket"], buckets["count"].astype(int), color="#1f77b4")
         ax.invert_yaxis()
         ax.set_xlabel("dumps (count)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 0.25 steps
         ax.set_title("Dumps per bucket (crash signature)")
         plt.tight_layout()
         plt.show()
@@ -137,6 +141,7 @@ CELLS = [
             by_release.plot.barh(stacked=True, ax=ax)
             ax.invert_yaxis()
             ax.set_xlabel("dumps (count)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel("kernel release")
             ax.set_title("Dumps by kernel release and bucket")
             ax.legend(title="bucket", fontsize="small", bbox_to_anchor=(1.02, 1), loc="upper left")
@@ -163,17 +168,18 @@ CELLS = [
         ## Conclusions
         """),
     _code("""
-        findings = [f"{facts['dumps']} dumps, {facts['buckets']} buckets over {facts['releases']} kernel releases."]
+        findings = [f"{nb.plural(facts['dumps'], 'dump')}, {nb.plural(facts['buckets'], 'bucket')} over "
+                    f"{nb.plural(facts['releases'], 'kernel release')}."]
         if facts["largest"] is not None:
             big = facts["largest"]
             share = int(big["count"]) / max(facts["readable"], 1)
-            findings.append(f"The largest bucket is **{big['bucket']}**: {int(big['count'])} dumps "
+            findings.append(f"The largest bucket is **{big['bucket']}**: {nb.plural(int(big['count']), 'dump')} "
                             f"({share:.0%} of the readable ones), from {big['first_seen']:%Y-%m-%d} to "
                             f"{big['last_seen']:%Y-%m-%d}; example `{big['example']}`.")
         if facts["newest"] is not None:
             new = facts["newest"]
             findings.append(f"The newest bucket is **{new['bucket']}**, first seen {new['first_seen']:%Y-%m-%d} "
-                            f"({int(new['count'])} dumps since).")
+                            f"({nb.plural(int(new['count']), 'dump')} since).")
         if facts["span"] is not None:
             findings.append(f"Crashes span {facts['span'][0]:%Y-%m-%d} to {facts['span'][1]:%Y-%m-%d}.")
         for same in facts["cross_series"]:

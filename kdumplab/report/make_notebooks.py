@@ -14,6 +14,12 @@ notebook keeps the same shape:
 
 ``--check`` exits non-zero when the committed notebooks differ from what this module writes (a test runs it).
 
+Adding a section: put ``*section_cells(title, text, code)`` where it belongs in a notebook's list (``TRIAGE``,
+``TASKS``, ``MEMORY``); ``code`` runs inside ``nb.section(title)`` and may leave facts for the conclusions. A
+section that must come first (a diagnosis, say) goes right after the ``kdumplab-open`` cell, as
+``TRIAGE.insert(TRIAGE_TOP, ...)`` would place it. Then ``python -m kdumplab.report.make_notebooks`` rewrites
+``notebooks/``; ``kdumplab report`` shows the section's progress and records its status in the JSON.
+
 >>> from kdumplab.report.make_notebooks import build
 >>> sorted(build())
 ['01-triage', '02-tasks', '03-memory']
@@ -60,6 +66,14 @@ def _code(text: str, *tags: str) -> nbformat.NotebookNode:
     if tags:
         cell.metadata["tags"] = list(tags)
     return cell
+
+
+def section_cells(title: str, text: str, code: str) -> list[nbformat.NotebookNode]:
+    """One report section: a ``## title`` Markdown cell with ``text``, and a code cell running ``code`` inside
+    ``nb.section(title)`` (so a missing vmlinux or an error there costs this section only)."""
+    body = textwrap.indent(textwrap.dedent(code).strip(), "    ")
+    return [_md(f"## {title}\n\n{textwrap.dedent(text).strip()}"),
+            _code(f"with nb.section({title!r}):\n{body}")]
 
 
 def _notebook(name: str, cells: list[nbformat.NotebookNode]) -> nbformat.NotebookNode:
@@ -113,23 +127,19 @@ TRIAGE = [
                        pid=nb.value(p["pid"]), comm=nb.value(p["comm"]), source=nb.value(p["source"]))
                 nb.show(panic, "panic")
         """),
-    _md("""
-        ## The kernel's report of the crash
-
+    *section_cells("The kernel's report of the crash", """
         What the kernel printed when it died, as it printed it (`dump.oops()`, from the log with VMCOREINFO
         alone): the `BUG:`/`Oops:`/`WARNING:`/lockup/panic line, `RIP:` and `Code:`, the registers, `CR2`, the
         `Call Trace` and `Modules linked in`, to `---[ end trace` or the panic. Frames marked `?` are stale
         return addresses the kernel's unwinder found on the stack, not calls.
-        """),
-    _code("""
-        with nb.section("The kernel's report of the crash"):
-            report = d.oops()
-            facts["oops"] = report
-            if report.empty:
-                nb.say("The kernel log holds no oops, BUG, warning, lockup or panic report.")
-            else:
-                nb.preformatted(nb.kernel_text(report))
-                nb.record(report, "oops")
+        """, """
+        report = d.oops()
+        facts["oops"] = report
+        if report.empty:
+            nb.say("The kernel log holds no oops, BUG, warning, lockup or panic report.")
+        else:
+            nb.preformatted(nb.kernel_text(report))
+            nb.record(report, "oops")
         """),
     _md("""
         ## The crashed task's backtrace
@@ -161,8 +171,8 @@ TRIAGE = [
             tail = before.tail(opts["dmesg_tail"])
             view = tail.assign(time=[nb.kernel_timestamp(t) for t in tail["timestamp"]])
             nb.show(view[["time", "level_name", "caller", "text"]], "dmesg_before_panic",
-                    caption=f"The last {len(tail)} of {len(before)} records up to the panic "
-                            f"({len(log) - len(before)} after it)")
+                    caption=f"The last {nb.plural(len(tail), 'record')} of {len(before):,} up to the panic "
+                            f"({len(log) - len(before):,} after it)")
             if len(log):
                 nb.log_over_time(log)
                 plt.show()
@@ -219,6 +229,9 @@ TRIAGE = [
         nb.conclusions(nb.triage_findings(facts))
         """),
 ]
+
+#: Where a section that must come first in 01-triage goes: right after the cell that opens the dump.
+TRIAGE_TOP = 3
 
 # -- 02 tasks ----------------------------------------------------------------------------------------------
 
@@ -354,14 +367,22 @@ MEMORY = [
         with nb.section("meminfo"):
             mi = d.meminfo()
             facts["meminfo"] = mi
-            view = mi.assign(size=mi["bytes"].map(nb.fmt_bytes))
-            nb.show(view[["item", "size", "pages", "percent_of_total", "source"]], "meminfo")
-            main = mi.set_index("item")["bytes"].reindex(
-                ["free", "cached", "buffers", "anon", "shared", "slab"]).dropna()
+            known = mi[mi["bytes"].notna()]
+            missing = ", ".join(mi.loc[mi["bytes"].isna(), "item"].astype(str))
+            view = known.assign(size=known["bytes"].map(nb.fmt_bytes))
+            nb.show(view[["item", "size", "pages", "percent_of_total", "source"]], "meminfo", data=mi,
+                    caption="percent_of_total is of RAM, of total swap for swap_*, of huge_total for huge_*, of "
+                            "commit_limit for committed"
+                            + (f". Not known for this kernel (its variables are missing): {missing}" if missing
+                               else ""))
+            names = {"free": "free", "anon": "anonymous (process memory)", "file": "page cache (file, shmem)",
+                     "slab": "slab", "huge_total": "huge pages"}
+            main = mi.set_index("item")["bytes"].reindex(list(names)).dropna()
             if len(main):
                 fig, ax = plt.subplots(figsize=(9, 3))
-                ax.barh(nb.labels(main.index)[::-1], nb.numbers(main)[::-1] / 2**20, color="#1f77b4")
-                ax.set_xlabel("MiB")
+                size, unit = nb.byte_unit(nb.numbers(main))
+                ax.barh([names[i] for i in main.index][::-1], nb.numbers(main)[::-1] / size, color="#1f77b4")
+                ax.set_xlabel(unit)
                 ax.set_title("Main memory figures")
                 plt.show()
         """),
@@ -401,9 +422,10 @@ MEMORY = [
             top = slabs.sort_values("memory_bytes", ascending=False).head(opts["top"])
             if len(top):
                 fig, ax = plt.subplots(figsize=(9, 1.2 + 0.3 * len(top)))
-                ax.barh(nb.labels(top["name"])[::-1], nb.numbers(top["memory_bytes"])[::-1] / 2**20,
+                size, unit = nb.byte_unit(nb.numbers(top["memory_bytes"]))
+                ax.barh(nb.labels(top["name"])[::-1], nb.numbers(top["memory_bytes"])[::-1] / size,
                         color="#9467bd")
-                ax.set_xlabel("memory held by the cache's slabs (MiB)")
+                ax.set_xlabel(f"memory held by the cache's slabs ({unit})")
                 ax.set_title(f"Top {len(top)} slab caches of {len(slabs)}")
                 plt.show()
             view = top.assign(memory=top["memory_bytes"].map(nb.fmt_bytes))
@@ -421,9 +443,11 @@ MEMORY = [
             facts["free_by_order"] = orders
             if len(orders):
                 fig, ax = plt.subplots(figsize=(9, 3))
-                ax.bar(nb.labels(orders.index), nb.numbers(orders["bytes"]) / 2**20, color="#17becf")
+                size, unit = nb.byte_unit(nb.numbers(orders["bytes"]))
+                ax.bar(nb.labels(orders.index), nb.numbers(orders["bytes"]) / size, color="#17becf")
+                ax.set_yscale("log")  # order 10 holds most free memory on an idle machine; 0-5 must stay visible
                 ax.set_xlabel("buddy order (block of 2^order pages)")
-                ax.set_ylabel("free memory (MiB)")
+                ax.set_ylabel(f"free memory ({unit}, logarithmic)")
                 ax.set_title("Free memory by block size")
                 plt.show()
             nb.show(orders.assign(size=orders["bytes"].map(nb.fmt_bytes)), "free_by_order", index=True)

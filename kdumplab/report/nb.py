@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONCLUSIONS_MIME", "DEFAULT_OPTIONS", "DUMP_MIME", "FRAME_MIME", "OPTION_HELP", "SECTION_MIME", "Text",
-    "check_options", "code_span", "conclusions", "preformatted", "record",
+    "byte_unit", "check_options", "code_span", "conclusions", "plural", "preformatted", "record",
     "fmt_bytes", "fmt_duration",
     "md_escape", "open_dump", "options", "say", "section", "show",
 ]
@@ -275,6 +275,23 @@ def fmt_duration(value: Any) -> str:
     return " ".join(p for p in parts if p)
 
 
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``plural(1, "dump") == '1 dump'``, ``plural(3, "dump") == '3 dumps'`` (thousands separated)."""
+    return f"{n:,} {word if n == 1 else (words or word + 's')}"
+
+
+def byte_unit(values: Any) -> tuple[float, str]:
+    """The divisor and name of the binary unit that suits ``values`` (bytes) on a plot axis: KiB for values
+    below 1 MiB, MiB below 1 GiB, else GiB. ``byte_unit([28 << 10, 352 << 10]) == (1024, 'KiB')``."""
+    import numpy as np
+
+    top = float(np.nanmax(np.asarray(list(values), dtype="float64"))) if len(list(values)) else 0.0
+    for size, name in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if top >= size or name == "KiB":
+            return float(size), name
+    return 1.0, "B"
+
+
 def fmt_bytes(n: float | int | None) -> str:
     """``n`` bytes in binary units: ``fmt_bytes(3 << 20) == '3.0 MiB'``."""
     try:
@@ -366,8 +383,12 @@ def show(frame: "pd.DataFrame", name: str, *, index: bool = False, max_rows: int
     more = len(frame) - len(shown)
     note = f"{len(frame):,} rows; the first {limit:,} shown." if more > 0 else ""
     title = " ".join(p for p in (f"{caption}." if caption else "", note) if p)
-    html_table = shown.to_html(escape=True, index=index, border=0, na_rep="", classes="kdl-table",
-                               float_format=_float)
+    # pandas writes a newline inside a cell as the two characters \n: a record printed as two lines (or any
+    # text with a newline) keeps its line break as <br> instead (a private-use character carries it through).
+    lines = shown.apply(lambda col: col.map(lambda v: v.replace("\n", "\ue000") if isinstance(v, str) else v)
+                        if col.dtype == object else col)
+    html_table = lines.to_html(escape=True, index=index, border=0, na_rep="", classes="kdl-table",
+                               float_format=_float).replace("\ue000", "<br>")
     if title:
         html_table = f'<p class="kdl-caption">{html.escape(title)}</p>\n' + html_table
     markdown = (f"*{md_escape(title)}*\n\n" if title else "") + markdown_table(shown, index=index)

@@ -235,6 +235,7 @@ def _build(out: Path, params: SynthParams) -> None:
     build_page_tables(kmem)
     mem_section_root = _write_mem_section(kmem, layout)
     _write_globals(kmem, layout, params, osrelease, hostname, panic_cpu, uptime_ns)
+    taint, load = _write_taint_and_load(kmem, bug.taint if bug else "", seed)
 
     # objects that struct pages point at
     file_maps = [kmem.slab_alloc("ext4_inode_cache") + 0x100 for _ in range(12)]
@@ -245,7 +246,8 @@ def _build(out: Path, params: SynthParams) -> None:
         kmem.slab_alloc("buffer_head")
 
     # tasks, log, kallsyms
-    specs = plan_tasks(params.tasks, seed=seed, nr_cpus=nr_cpus, panic_cpu=panic_cpu, uptime_ns=uptime_ns)
+    specs = plan_tasks(params.tasks, seed=seed, nr_cpus=nr_cpus, panic_cpu=panic_cpu, uptime_ns=uptime_ns,
+                       memory=params.memory)
     if bug:  # the process that hit the bug, and the stack it crashed with
         hit = next(s for s in specs if s.crashed)
         hit.comm, hit.chain = synth_bugs.crashed_comm(seed, bug.name), bug.chain_key
@@ -414,7 +416,7 @@ def _build(out: Path, params: SynthParams) -> None:
         "page_classes": {name: int(counts[i]) for i, name in enumerate(CLASSES)},
         "page_map": _page_map(cls, present),
         "dumpable": {str(level): _dumpable(level, counts, zero_counts) for level in DUMP_LEVELS},
-        "dmesg": [r.text for r in records],
+        "dmesg": [r.text for r in records], "taint": taint, "load": load,
         "panic": {"message": panic_message, "cpu": panic_cpu, "pid": crashed.pid, "comm": crashed.comm,
                   "backtrace": list(CHAINS[crashed.chain])},
         "bug": bug.name if bug else None, "expected_signature": bug.expected if bug else None,
@@ -554,6 +556,27 @@ def _write_mem_section(kmem: KernelMemory, layout: PhysLayout) -> int:
     kmem.write_u64(kmem.sym("mem_section"), roots)
     kmem.write_u64(kmem.sym("__highest_present_section_nr"), max(layout.sections))
     return roots
+
+
+#: print_tainted()'s letters in bit order (kernel/panic.c taint_flags[], 6.1): what a set bit prints; a clear
+#: bit prints a blank, except P's, which prints G.
+TAINT_LETTERS = "PFSRMBUDAWCIOELKXTN"
+
+
+def _write_taint_and_load(kmem: KernelMemory, taint: str, seed: int) -> tuple[str, list[float]]:
+    """``tainted_mask`` with the ``taint`` letters (what the log's last ``Tainted:`` line says), the
+    ``taint_flags`` table to read them with, and ``avenrun`` (a load average that varies with the seed).
+    Returns the taint letters in the kernel's order and the three load averages, for the manifest."""
+    size = kmem.size("taint_flag")
+    base = kmem.sym("taint_flags")
+    for bit, letter in enumerate(TAINT_LETTERS):
+        kmem.write(base + bit * size, bytes([ord(letter), ord("G" if letter == "P" else " ")]))
+    mask = sum(1 << TAINT_LETTERS.index(c) for c in set(taint))
+    kmem.write_u64(kmem.sym("tainted_mask"), mask)
+    raw = [1126 + 97 * (seed % 5), 880 + 53 * (seed % 5), 620 + 31 * (seed % 5)]  # FSHIFT 11 fixed point
+    for i, value in enumerate(raw):
+        kmem.write_u64(kmem.sym("avenrun") + 8 * i, value)
+    return "".join(c for c in TAINT_LETTERS if c in taint), [v / 2048 for v in raw]
 
 
 def _write_globals(kmem: KernelMemory, layout: PhysLayout, params: SynthParams, osrelease: str, hostname: str,

@@ -52,6 +52,8 @@ class Bug:
     comms: commands of the processes that hit the bug (the seed picks one).
     oops: True when the kernel went to the crash kernel from ``oops_end()`` (``panic_on_oops``: the registers are
     the faulting ones and no ``Kernel panic`` line is logged); False when ``panic()`` was called.
+    taint: the kernel's taint letters at the crash (``tainted_mask``), as the last ``Tainted:`` line of the log
+    prints them: O and E for the out-of-tree, unsigned mydrv, L once a soft lockup was seen.
     """
 
     name: str
@@ -62,6 +64,7 @@ class Bug:
     module: str | None
     comms: tuple[str, ...]
     oops: bool
+    taint: str = ""
 
     @property
     def chain_key(self) -> str:
@@ -85,31 +88,31 @@ BUGS: dict[str, Bug] = {
         Bug("null-deref", "NULL pointer dereference in the mydrv driver's ioctl (an oops, panic_on_oops)",
             ("mydrv_ioctl", "__x64_sys_ioctl", *_SYSCALL_TAIL),
             "null-deref", ("mydrv_ioctl", "__x64_sys_ioctl"), "mydrv",
-            ("mydrvctl", "myapp", "collectd", "node_exporter"), oops=True),
+            ("mydrvctl", "myapp", "collectd", "node_exporter"), oops=True, taint="OE"),
         Bug("ext4-bug-on", "BUG_ON in ext4 writeback reached from fsync() (invalid opcode, panic_on_oops)",
             ("ext4_writepages", "do_writepages", "filemap_fdatawrite_wbc", "__filemap_fdatawrite_range",
              "file_write_and_wait_range", "ext4_sync_file", "vfs_fsync_range", "do_fsync", "__x64_sys_fsync",
              *_SYSCALL_TAIL),
             "bug", ("ext4_writepages", "do_writepages", "filemap_fdatawrite_wbc"), None,
-            ("postgres", "rsync", "dpkg", "sync"), oops=True),
+            ("postgres", "rsync", "dpkg", "sync"), oops=True, taint="OE"),
         Bug("soft-lockup", "soft lockup: mydrv spins on a lock until the watchdog panics (softlockup_panic)",
             ("crash_setup_regs", "__crash_kexec", "panic", "watchdog_timer_fn", "__hrtimer_run_queues",
              "hrtimer_interrupt", "__sysvec_apic_timer_interrupt", "sysvec_apic_timer_interrupt",
              "asm_sysvec_apic_timer_interrupt", "native_queued_spin_lock_slowpath", "_raw_spin_lock", "mydrv_reset",
              "mydrv_ioctl", "__x64_sys_ioctl", *_SYSCALL_TAIL),
             "soft-lockup", ("native_queued_spin_lock_slowpath", "_raw_spin_lock", "mydrv_reset"), None,
-            ("mydrvctl", "irqbalance", "collectd"), oops=False),
+            ("mydrvctl", "irqbalance", "collectd"), oops=False, taint="OEL"),
         Bug("oom-panic", "out of memory with no killable process on a page fault (System is deadlocked on memory)",
             ("crash_setup_regs", "__crash_kexec", "panic", "out_of_memory", "__alloc_pages_may_oom",
              "__alloc_pages_slowpath", "__alloc_pages", "__folio_alloc", "vma_alloc_folio", "do_anonymous_page",
              "__handle_mm_fault", "handle_mm_fault", "do_user_addr_fault", "exc_page_fault", "asm_exc_page_fault"),
             "oom", ("__alloc_pages_slowpath", "__alloc_pages", "__folio_alloc"), None,
-            ("stress-ng", "java", "chrome", "python3"), oops=False),
+            ("stress-ng", "java", "chrome", "python3"), oops=False, taint="OE"),
         Bug("hung-deadlock", "ABBA deadlock: two mydrv threads take its two mutexes in opposite order "
             "(hung_task_panic)",
             ("crash_setup_regs", "__crash_kexec", "panic", "check_hung_uninterruptible_tasks", "watchdog", "kthread",
              "ret_from_fork"),
-            "hung-task", (), None, ("khungtaskd",), oops=False),
+            "hung-task", (), None, ("khungtaskd",), oops=False, taint="OE"),
     )
 }  # fmt: skip
 
@@ -276,7 +279,7 @@ def _log_ext4(ctx: BugContext, rng: np.random.Generator) -> tuple[list[str], str
     oops = "Oops: invalid opcode: 0000 [#1] PREEMPT SMP NOPTI" if era_at_least(ctx.era, "6.12") else "invalid opcode: 0000 [#1] PREEMPT SMP NOPTI"
     chain = list(ctx.bug.chain)
     lines = [
-        "------------[ cut here ]------------", message, oops, _cpu_line(ctx, ""), HARDWARE,
+        "------------[ cut here ]------------", message, oops, _cpu_line(ctx, "OE"), HARDWARE,
         *_registers(ctx, ctx.frame("ext4_writepages"), None),
         *_trace(ctx, chain[1:-1] + ["entry_SYSCALL_64_after_hwframe"],
                 unreliable=("__die_body", "die", "do_trap", "ext4_writepages", "do_error_trap", "exc_invalid_op",
@@ -313,7 +316,7 @@ def _log_oom(ctx: BugContext, rng: np.random.Generator) -> tuple[list[str], str]
     lines = [
         f"{ctx.comm} invoked oom-killer: gfp_mask=0x140dca(GFP_HIGHUSER_MOVABLE|__GFP_COMP|__GFP_ZERO), order=0, "
         f"oom_score_adj=0",
-        _cpu_line(ctx, ""), HARDWARE,
+        _cpu_line(ctx, "OE"), HARDWARE,
         *_trace(ctx, ["dump_stack_lvl", "dump_header", "out_of_memory", *alloc_side]),
         "Mem-Info:",
         f"active_anon:{int(rng.integers(9000, 12000))} inactive_anon:{int(rng.integers(1000, 3000))} "
@@ -326,7 +329,7 @@ def _log_oom(ctx: BugContext, rng: np.random.Generator) -> tuple[list[str], str]
         f"[{ctx.pid:7d}]     0 {ctx.pid:5d}   {int(rng.integers(40000, 90000)):6d}    {int(rng.integers(9000, 12000)):5d}"
         f"   430080        0         -1000 {ctx.comm}",
         "Out of memory and no killable processes...",
-        message, _cpu_line(ctx, ""), HARDWARE,
+        message, _cpu_line(ctx, "OE"), HARDWARE,
         *_trace(ctx, ["dump_stack_lvl", "panic", "out_of_memory", *alloc_side]),
         _kernel_offset(ctx),
     ]  # fmt: skip

@@ -82,7 +82,8 @@ def make_records(*, osrelease: str, hostname: str, nr_cpus: int, panic_cpu: int,
         "Run /init as init process",
         "EXT4-fs (vda1): mounted filesystem with ordered data mode. Quota mode: none.",
     ]
-    records = [Record(text, 6, 1000 * i * i + 1, 0) for i, text in enumerate(boot)]
+    # early boot: the first record at 0, the others milliseconds apart (printk's [    0.144000])
+    records = [Record(text, 6, 144_000 * i * i, 0) for i, text in enumerate(boot)]
     t = 2 * 10**9
     for text in ("systemd 252.22-1~deb12u1 running in system mode (+PAM +AUDIT +SELINUX +APPARMOR)",
                  f"Hostname set to <{hostname}>.", "Queued start job for default target graphical.target."):

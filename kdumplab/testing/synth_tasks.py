@@ -105,8 +105,13 @@ _DAEMONS = [
 ]  # fmt: skip
 
 
-def plan_tasks(count: int, *, seed: int, nr_cpus: int, panic_cpu: int, uptime_ns: int = 4000 * NSEC) -> list[TaskSpec]:
-    """``count`` tasks (as ``for_each_task`` lists them: the idle tasks excluded), sorted by pid."""
+def plan_tasks(count: int, *, seed: int, nr_cpus: int, panic_cpu: int, uptime_ns: int = 4000 * NSEC,
+               memory: int | None = None) -> list[TaskSpec]:
+    """``count`` tasks (as ``for_each_task`` lists them: the idle tasks excluded), sorted by pid.
+
+    With ``memory`` (the machine's RAM in bytes), the processes' resident memory is scaled down, when needed, so
+    that it adds up to at most half of it: a machine's processes cannot hold more than its RAM.
+    """
     if count < 4:
         raise KdumplabError(f"a synthetic dump needs at least 4 tasks (got {count})")
     rng = np.random.default_rng([seed, 0x7A5C])
@@ -182,7 +187,23 @@ def plan_tasks(count: int, *, seed: int, nr_cpus: int, panic_cpu: int, uptime_ns
     specs.append(TaskSpec(pid + int(rng.integers(100, 900)), 0, crash_parent, "bash", "R", panic_cpu, False,
                           "crash", user_rss(), crashed=True, start_time=uptime_ns - 30 * NSEC))
     specs[-1].tgid = specs[-1].pid
+    if memory is not None:
+        _fit_rss(specs, memory // 4096 // 2)
     return specs
+
+
+def _fit_rss(specs: list[TaskSpec], budget: int) -> None:
+    """Scale every task's (file, anon, shmem) pages so that the thread groups' resident pages sum to at most
+    ``budget`` (threads share their leader's figures, so a group counts once)."""
+    groups: dict[int, int] = {}
+    for spec in specs:
+        groups[spec.tgid] = max(groups.get(spec.tgid, 0), spec.rss_pages)
+    total = sum(groups.values())
+    if total <= budget:
+        return
+    scale = budget / total
+    for spec in specs:
+        spec.rss = tuple(int(x * scale) for x in spec.rss)  # type: ignore[assignment]
 
 
 @dataclass

@@ -70,8 +70,13 @@ def null_deref(tmp_path_factory):
 def oops_report(null_deref, tmp_path_factory):
     """The null-deref dump's report, run once and rendered as HTML, Markdown and JSON."""
     out = tmp_path_factory.mktemp("oops-report")
-    run = run_notebooks(null_deref.vmcore, null_deref.vmlinux, strict=True, cwd=out)
+    seen: list[tuple[str, str]] = []
+    run = run_notebooks(null_deref.vmcore, null_deref.vmlinux, strict=True, cwd=out,
+                        progress=lambda notebook, section: seen.append((notebook, section)))
     assert not run.failed
+    # what `kdumplab report` shows while it runs: each notebook's sections, in order
+    assert ("01-triage", "The kernel's report of the crash") in seen and ("03-memory", "Top slab caches") in seen
+    assert [n for n, _ in seen] == sorted(n for n, _ in seen)
     return null_deref, {fmt: export(run, out / f"report.{fmt}") for fmt in ("html", "md", "json")}
 
 
@@ -86,6 +91,9 @@ def test_oops_block_in_every_format(oops_report):
     start = oops_lines.index(want[0])
     assert oops_lines[start:start + len(want)] == want
     assert "The kernel's report of the crash" in page.text
+    # a record printed as two lines keeps its line break (pandas alone would write the characters \n)
+    html = files["html"].read_text()
+    assert "loops_per_jiffy.<br>Probably" in html and "loops_per_jiffy.\\nProbably" not in html
     # Markdown: a fenced block with the same lines
     md = files["md"].read_text()
     for text in want:
@@ -123,6 +131,8 @@ def test_oops_report_in_chromium(oops_report, tmp_path):
     dom = inspect_html(shown.dom)
     assert expected_oops(made.manifest)[0] in dom.text and "Modules linked in: mydrv(OE)" in dom.text
     assert '<pre class="kdl-log">' in shown.dom
+    # until the diagnosis says more, the triage names the first frame outside the exception machinery
+    assert "The first frame outside the panic and exception machinery is mydrv_ioctl" in dom.text
     assert colourfulness(shown.screenshot) >= 8
 
 
@@ -267,3 +277,33 @@ def test_demo_says_loudly_that_it_fell_back(monkeypatch, tmp_path):
     assert max(len(line) for line in out.splitlines()) <= 220
     assert re.search(r"\[\s*\d+\.\d{6}\] Kernel panic - not syncing", out), "the oops block, as the kernel printed it"
     assert "0xffff" in out
+
+
+# -- the synthetic ground truth agrees with itself ------------------------------------------------------------
+
+@pytest.mark.parametrize("bug", ["null-deref", "soft-lockup", None])
+def test_taint_and_load_are_the_logs_and_the_manifests(bug, tmp_path_factory, request):
+    """What the log says (``Tainted: G OE``), what tainted_mask says and what the manifest says agree; the load
+    average is the manifest's."""
+    import kdumplab
+    from kdumplab.report.views import taint_letters
+
+    made = bug_dump(tmp_path_factory, bug) if bug else request.getfixturevalue("synth_61")
+    manifest = made.manifest
+    with kdumplab.open(made.vmcore, vmlinux=made.vmlinux) as d:
+        system = d.system().iloc[0]
+        from_kernel, _ = taint_letters(system)
+        from_log, _ = taint_letters(None, d.dmesg())
+        assert from_kernel == from_log == manifest["taint"], (from_kernel, from_log, manifest["taint"])
+        assert [system["load_1"], system["load_5"], system["load_15"]] == manifest["load"]
+    assert ("O" in manifest["taint"]) == any("mydrv(OE)" in t for t in manifest["dmesg"])
+
+
+def test_processes_hold_less_than_the_ram(request):
+    """The thread groups' resident memory, as the manifest (and so tasks()) gives it, fits in the machine's RAM."""
+    manifest = request.getfixturevalue("synth_61").manifest
+    groups: dict[int, int] = {}
+    for t in manifest["tasks"]:
+        if not t["kthread"]:
+            groups[t["tgid"]] = max(groups.get(t["tgid"], 0), t["rss_pages"])
+    assert 0 < sum(groups.values()) * manifest["page_size"] <= manifest["memory_bytes"] // 2

@@ -91,6 +91,16 @@ struct list_head vmap_area_list;
 /* time and state */
 u64 jiffies_64;
 unsigned long tainted_mask;
+/* print_tainted()'s table (kernel/panic.c): drgn's tainted() reads the letters from it */
+struct taint_flag {
+	char c_true;
+	char c_false;
+	bool module;
+	const char *desc;
+};
+struct taint_flag taint_flags[19];
+/* the load average, fixed point with FSHIFT 11 (kernel/sched/loadavg.c) */
+unsigned long avenrun[3];
 int panic_on_oops;
 int panic_timeout;
 
