@@ -1,6 +1,7 @@
 """``kdumplab vm crash OUT``: crash a real Debian kernel under QEMU and capture its dump.
 
     $ kdumplab vm crash out/vm --kernel trixie --workload realistic
+    $ kdumplab vm crash out/lockup --crash soft-lockup      # a real bug of one kind (--list-crashes)
 
 See :mod:`kdumplab.testing.vm.harness` for what happens in the guest and what OUT holds.
 """
@@ -17,8 +18,22 @@ def vm() -> None:
     """Real Debian kernels under QEMU: crash, arm, save (the real-kernel tests' harness)."""
 
 
+def _list_crashes(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from kdumplab.testing.vm.crashes import KINDS
+
+    for kind in KINDS.values():
+        click.echo(f"{kind.name:16} {kind.summary}")
+    ctx.exit()
+
+
 @vm.command()
 @click.argument("out", type=click.Path(file_okay=False))
+@click.option("--crash", "crash_kind", default=None, metavar="KIND",
+              help="Crash with a real bug of this kind (the test module; see --list-crashes) instead of sysrq.")
+@click.option("--list-crashes", is_flag=True, expose_value=False, is_eager=True, callback=_list_crashes,
+              help="List the crash kinds and exit.")
 @click.option("--kernel", type=click.Choice(["bullseye", "bookworm", "trixie", "sid"]), default="bookworm",
               show_default=True,
               help="The Debian suite whose current kernel boots (bullseye: 5.10, bookworm: 6.1, trixie: 6.12, "
@@ -38,10 +53,23 @@ def vm() -> None:
               show_default=True,
               help="In the kdump kernel: `kdumplab save --from-config`, a raw copy of /proc/vmcore plus "
                    "makedumpfile -l -d 31 (raw), or all of them.")
-def crash(out, kernel, arch, memory, crashkernel, workload, crash_command, arm_mode, save_mode):
+def crash(out, crash_kind, kernel, arch, memory, crashkernel, workload, crash_command, arm_mode, save_mode):
     """Boot KERNEL's current Debian kernel, arm kdump, crash it, save the dump into OUT (with OUT/vm.json)."""
     from kdumplab.testing.vm.harness import crash_vm
 
+    if crash_kind is not None:
+        from kdumplab.testing.vm.crashes import crash_kind as run_kind, get_kind
+
+        get_kind(crash_kind)  # an unknown kind fails before anything is downloaded
+        if crash_command or workload != "idle":
+            raise click.UsageError("--crash KIND sets the crash itself: drop --crash-command and --workload")
+        if arch != "amd64":
+            raise click.UsageError("--crash KIND: the test module is built for amd64 kernels only")
+        result = run_kind(out, kernel=kernel, kind=crash_kind, memory=memory)
+        click.echo(json.dumps({**result.vm.to_json(), "crash_kind": crash_kind,
+                               "module_debug": str(result.module_debug) if result.module_debug else None},
+                              indent=2))
+        return
     result = crash_vm(out, kernel=kernel, memory=memory, crashkernel=crashkernel, workload=workload,
                       crash_command=crash_command, arm=arm_mode, save=save_mode, arch=arch)
     click.echo(json.dumps(result.to_json(), indent=2))

@@ -222,7 +222,9 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
              workload: str = "idle", crash_command: str | None = None, arm: str = "auto", save: str = "auto",
              accel: str | None = None, timeouts: Timeouts | None = None, raw_via: str = "disk",
              report: Callable[[str], None] | None = None,
-             guest_out: str | os.PathLike | None = None, arch: str = "amd64") -> VmResult:
+             guest_out: str | os.PathLike | None = None, arch: str = "amd64",
+             extra_files: dict[str, Path] | None = None, during_crash: Callable[[Guest], None] | None = None,
+             qemu_extra: list[str] | None = None) -> VmResult:
     """Boot ``kernel``'s current Debian kernel, arm, load, crash, save; see the module docstring.
 
     ``arm`` is ``"kdumplab"``, ``"kexec"`` or ``"auto"`` (kdumplab when ``kdumplab arm`` exists); ``save`` is
@@ -231,8 +233,10 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
     the 9p share (``"9p"``). ``guest_out`` is the absolute path at which the guest sees OUT (default: OUT's
     own), so that a dump built in a staging directory names its final place in what the guest writes
     (kdumplab's meta.json). ``crashkernel`` defaults to :data:`CRASHKERNEL` of ``arch``. ``arch`` is ``amd64`` or ``arm64`` (TCG only, in its own userland; ``save="auto"``
-    saves raw there until kdumplab's memory layer reads arm64). Raises
-    :class:`~kdumplab.testing.vm.qemu.VmError` naming the failed phase.
+    saves raw there until kdumplab's memory layer reads arm64). ``extra_files`` go into the initramfs
+    (:class:`InitConfig`), ``qemu_extra`` onto QEMU's command line, and ``during_crash(guest)`` runs on the host
+    once the crash step has begun (to act from outside, as :mod:`kdumplab.testing.vm.crashes` injects an NMI).
+    Raises :class:`~kdumplab.testing.vm.qemu.VmError` naming the failed phase.
     """
     say = report or (lambda message: print(f"kdumplab vm: {message}", file=sys.stderr, flush=True))
     if workload not in workload_mod.WORKLOADS:
@@ -340,12 +344,13 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
         shares = [Share("hostroot", userland, readonly=True), Share("out", out),
                   Share("hostfs", Path("/"), readonly=True)]
     build_initramfs(files, InitConfig(release=files.release, out_dir=str(gout), first_steps=first,
-                                      kdump_steps=kdump, host_env=env, keep_tmp=keep, binds=binds), initrd,
+                                      kdump_steps=kdump, host_env=env, keep_tmp=keep, binds=binds,
+                                      extra_files=dict(extra_files or {})), initrd,
                     userland=userland)
     accel = "tcg" if userland is not None else accel or detect_accel()
     qcfg = QemuConfig(kernel=files.vmlinuz, initrd=initrd, console=out / "console.log", memory=memory,
                       append=f"console={console_device(arch)} crashkernel={crashkernel} panic=1 no_timer_check",
-                      shares=shares, disks=disks, accel=accel, arch=arch)
+                      shares=shares, disks=disks, accel=accel, arch=arch, extra=list(qemu_extra or []))
     result = VmResult(out=out, suite=kernel, release=files.release, version=files.version, vmlinux=files.vmlinux,
                       vmlinuz=files.vmlinuz, console=qcfg.console, accel=accel, memory=memory,
                       crashkernel=crashkernel, workload=workload, crash_command=crash_command, arm_mode=arm,
@@ -355,7 +360,7 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
         f"workload {workload}, arm with {arm}, save {save}; console {qcfg.console}")
     try:
         with cache_lock("vm-guest"):  # one guest at a time on this machine
-            _run_guest(qcfg, result, first, kdump, timeouts, say)
+            _run_guest(qcfg, result, first, kdump, timeouts, say, during_crash)
     except VmError as error:
         result.error = str(error)
         result.save()
@@ -412,7 +417,7 @@ def _tail(path: Path, count: int = 40) -> str:
 
 
 def _run_guest(qcfg: QemuConfig, result: VmResult, first: list[Step], kdump: list[Step], timeouts: Timeouts,
-               say: Callable[[str], None]) -> None:
+               say: Callable[[str], None], during_crash: Callable[[Guest], None] | None = None) -> None:
     marker = r"@@kdumplab-vm "
     fatal = {"the guest's init failed": marker + r"fatal", "the kernel panicked": r"Kernel panic - not syncing"}
     timings = result.timings
@@ -426,6 +431,8 @@ def _run_guest(qcfg: QemuConfig, result: VmResult, first: list[Step], kdump: lis
             _, _, begin = guest.expect(step.name, {"begin": marker + rf"begin {step.name}$"}, timeouts.setup, fatal)
             if step.name == "crash":
                 say("crashing the first kernel")
+                if during_crash is not None:
+                    during_crash(guest)
                 no_panic = {"the guest's init failed": fatal["the guest's init failed"]}
                 name, match, end = guest.expect("crash", {"kdump": marker + r"init kernel=kdump",
                                                           "returned": marker + r"end crash rc=(\d+)"},
@@ -524,18 +531,26 @@ def cached_dump(kernel: str = "bookworm", workload: str = "idle", memory: str | 
         if require_kdumplab and save == "raw":
             raise VmError("setup", "a dump saved by kdumplab was asked for, but this checkout has no "
                                    "`kdumplab save --from-config` yet")
-        staging = out.parent.with_name("vm-dumps.staging") / out.name
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        out.mkdir(parents=True, exist_ok=True)  # the guest mounts the staging directory over it
-        result = crash_vm(staging, kernel=kernel, memory=memory, workload=workload, save=save, guest_out=out,
-                          arch=arch)
-        _relocate(result, staging, out)
-        old = staging.with_name(staging.name + f".old-{os.getpid()}")  # outside vm-dumps: never looks like a dump
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.exists():
-            out.rename(old)
-        staging.rename(out)
-        result.save()
-        shutil.rmtree(old, ignore_errors=True)
-        return result
+        return swap_in(out, lambda staging: crash_vm(staging, kernel=kernel, memory=memory, workload=workload,
+                                                     save=save, guest_out=out, arch=arch))
+
+
+def swap_in(out: Path, make: Callable[[Path], VmResult], after: Callable[[], Any] | None = None) -> Any:
+    """Build a cached dump with ``make(staging)`` (a guest that sees the staging directory at ``out``) beside
+    the cache, then swap it in for ``out`` by renaming, so a reader of the old one is not cut off mid-way.
+    Returns the :class:`VmResult` (paths now under ``out``), or ``after()`` when given. The caller holds
+    the cache entry's lock."""
+    staging = out.parent.with_name("vm-dumps.staging") / out.name
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)  # the guest mounts the staging directory over it
+    result = make(staging)
+    _relocate(result, staging, out)
+    old = staging.with_name(staging.name + f".old-{os.getpid()}")  # outside vm-dumps: never looks like a dump
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        out.rename(old)
+    staging.rename(out)
+    result.save()
+    shutil.rmtree(old, ignore_errors=True)
+    return after() if after else result

@@ -83,7 +83,8 @@ class InitConfig:
     checkout or a venv the steps run from). When the root the steps chroot into is not the host's (an arm64
     guest's own userland, :mod:`kdumplab.testing.vm.userland`), the host's root is also exported as
     ``hostfs_tag`` and each of ``binds`` (absolute host paths: the checkout, the kernel cache) is bound from it
-    onto the same path inside the chroot.
+    onto the same path inside the chroot. ``extra_files`` maps paths in the archive to host files copied in
+    (a test module the crash step loads: ``{"lib/modules/extra/crashmod.ko": Path(...)}``).
     """
 
     release: str
@@ -97,6 +98,7 @@ class InitConfig:
     keep_tmp: list[str] = field(default_factory=list)
     binds: list[str] = field(default_factory=list)
     hostfs_tag: str = "hostfs"
+    extra_files: dict[str, Path] = field(default_factory=dict)
 
 
 def _steps(steps: list[Step]) -> str:
@@ -255,6 +257,8 @@ def build_initramfs(kernel: KernelFiles, cfg: InitConfig, dest: Path, userland: 
     for module in order:
         w.file(f"lib/modules/{module}", (kernel.modules / module).read_bytes())
     w.file("lib/modules/load-order", "".join(m + "\n" for m in order).encode())
+    for name, source in cfg.extra_files.items():
+        w.file(name, Path(source).read_bytes())
     script = render_init(cfg)
     w.file("init", script.encode(), 0o755)
     dest.parent.mkdir(parents=True, exist_ok=True)
