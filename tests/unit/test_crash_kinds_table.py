@@ -82,8 +82,8 @@ def test_unsupported_reason_names_kernel_rule(monkeypatch):
     assert crashes.unsupported_reason("nmi", "6.12.118+deb13-amd64", "tcg") is None
 
 
-def test_representative_kinds_are_an_oops_and_a_lockup():
-    assert {KINDS[k].expected.kind for k in REPRESENTATIVE} == {"null-deref", "soft-lockup"}
+def test_representative_kinds_are_an_oops_a_lockup_and_a_deadlock():
+    assert {KINDS[k].expected.kind for k in REPRESENTATIVE} == {"null-deref", "soft-lockup", "deadlock"}
 
 
 def test_source_hash_covers_the_sources():

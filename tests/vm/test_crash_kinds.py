@@ -28,8 +28,8 @@ from kdumplab.testing.vm.crashes import KINDS, REPRESENTATIVE, console_matches
 pytestmark = pytest.mark.vm
 
 SUITES = ("bookworm", "trixie")
-CASES = [pytest.param("bookworm", kind, id=f"bookworm-{kind}") for kind in REPRESENTATIVE] + [
-    pytest.param(suite, kind, id=f"{suite}-{kind}", marks=pytest.mark.matrix)
+CASES = [pytest.param(("bookworm", kind), id=f"bookworm-{kind}") for kind in REPRESENTATIVE] + [
+    pytest.param((suite, kind), id=f"{suite}-{kind}", marks=pytest.mark.matrix)
     for suite in SUITES for kind in KINDS if (suite, kind) not in {("bookworm", k) for k in REPRESENTATIVE}]
 
 _made: dict[tuple[str, str], object] = {}
@@ -233,6 +233,6 @@ def test_blocked_tasks_of_the_deadlock(crash):
     for lock in crash.kind.expected.locks:
         # No debug info for the module: the mutex's address from the module's symbol table, its type the kernel's.
         mutex = drgn.Object(prog, "struct mutex", address=prog.symbol(lock).address)
-        owner = mutex.owner.counter.value_() & ~0x7  # the low bits are flags
+        owner = mutex.owner.counter.value_() & 0xFFFF_FFFF_FFFF_FFF8  # an s64 whose low 3 bits are flags
         owners[lock] = next(c for c, t in tasks.items() if t.value_() == owner)
     assert owners == {"crashmod_mutex_a": "crashmod_abba_a", "crashmod_mutex_b": "crashmod_abba_b"}

@@ -241,8 +241,8 @@ KINDS: dict[str, CrashKind] = {k.name: k for k in (
         stack="crashmod_list_corrupt"),
 )}
 
-#: The kinds ``make test`` runs on bookworm (an oops, the soft lockup); the rest are matrix.
-REPRESENTATIVE = ("oops-null", "soft-lockup")
+#: The kinds ``make test`` runs on bookworm (an oops, the soft lockup, the ABBA deadlock); the rest are matrix.
+REPRESENTATIVE = ("oops-null", "soft-lockup", "hung-deadlock")
 
 #: Kinds a kernel cannot produce here: (kind, release regex, accelerator or None for any) -> the reason.
 UNSUPPORTED: dict[tuple[str, str, str | None], str] = {}
