@@ -57,7 +57,7 @@ def test_real_oops_report_in_chromium(tmp_path):
                           "-o", str(out)], capture_output=True, text=True, timeout=900,
                          env=dict(os.environ, COLUMNS="200"))
     assert run.returncode == 0, run.stderr
-    shown = render(out, tmp_path / "oops.png", height=6000)
+    shown = render(out, tmp_path / "oops.png", height=9000)  # a real oops block is long: the plots come later
     assert shown.console == []
     text = inspect_html(shown.dom).text
     block = text[text.index("BUG: kernel NULL pointer dereference"):]
