@@ -54,10 +54,10 @@ def test_real_oops_report_in_chromium(tmp_path):
     dump, vmlinux = found
     out = tmp_path / "report.html"
     run = subprocess.run([sys.executable, "-m", "kdumplab.cli", "report", str(dump), "--vmlinux", str(vmlinux),
-                          "-o", str(out)], capture_output=True, text=True, timeout=900,
+                          "-o", str(out), "--notebook", "01-triage"], capture_output=True, text=True, timeout=900,
                          env=dict(os.environ, COLUMNS="200"))
     assert run.returncode == 0, run.stderr
-    shown = render(out, tmp_path / "oops.png", height=9000)  # a real oops block is long: the plots come later
+    shown = render(out, tmp_path / "oops.png", height=9000)  # a real oops block is long: the log plot comes later
     assert shown.console == []
     text = inspect_html(shown.dom).text
     block = text[text.index("BUG: kernel NULL pointer dereference"):]
@@ -65,4 +65,4 @@ def test_real_oops_report_in_chromium(tmp_path):
         assert part in block, part
     assert re.search(r"\[\s*\d+\.\d{6}\] BUG: kernel NULL pointer dereference", text)
     assert "The first frame outside the panic and exception machinery is" in text
-    assert colourfulness(shown.screenshot) >= 8
+    assert colourfulness(shown.screenshot) >= 3  # 01-triage alone: the log-over-time plot
