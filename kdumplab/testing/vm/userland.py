@@ -33,9 +33,10 @@ PACKAGES = ("python3", "python3-numpy", "python3-zstandard", "python3-lzo", "pyt
             "python3-pyelftools", "kexec-tools", "makedumpfile", "busybox-static", "mount", "util-linux",
             "procps", "e2fsprogs")
 
-#: The suite the userland comes from: trixie, whose kexec-tools (2.0.29) has arm64's kexec_file_load. Debian 12's
-#: 2.0.25 has not; its kexec_load fallback wrote an ELF core header whose PT_LOAD offsets were kernel virtual
-#: addresses for Debian's arm64 6.1 under QEMU's virt board (a /proc/vmcore of negative size in the kdump kernel).
+#: The suite the userland comes from: trixie (Python 3.13, kexec-tools 2.0.29, makedumpfile 1.7.6). Open defect:
+#: on Debian's arm64 6.1 under QEMU's virt board, kexec_file_load is refused as unavailable and kexec_load (2.0.25
+#: and 2.0.29 alike) writes an ELF core header whose PT_LOAD offsets are kernel virtual addresses, so the kdump
+#: kernel's /proc/vmcore has a negative size and neither kdumplab save nor makedumpfile can read it.
 SUITE = "trixie"
 
 #: Bumped when what the userland holds changes; an older one is rebuilt.
