@@ -43,6 +43,24 @@ COMMANDS = {
 }
 
 
+def _one_line_warnings() -> None:
+    """Print kdumplab's own warnings (a partial dump, an interrupted save) as one ``kdumplab: warning:`` line on
+    stderr, not Python's two-line form with a source line."""
+    import warnings
+
+    from kdumplab.errors import KdumplabWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, KdumplabWarning):
+            click.echo(f"kdumplab: warning: {message}", err=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 class _Group(click.Group):
     """A lazy group: commands are imported from :data:`COMMANDS` on first use. Turns a KdumplabError into one
     clear line and exit status 1 instead of a traceback."""
@@ -52,6 +70,7 @@ class _Group(click.Group):
         self.lazy_commands = dict(lazy_commands or {})
 
     def invoke(self, ctx):
+        _one_line_warnings()
         try:
             return super().invoke(ctx)
         except KdumplabError as error:

@@ -76,6 +76,15 @@ class DumpWriterError(KdumplabError, ValueError):
     ``finish()``, bitmaps of the wrong size. The message names the pfn or argument."""
 
 
+class KdumplabWarning(UserWarning):
+    """Base of the warnings kdumplab gives (the CLI prints them as one ``kdumplab: warning:`` line)."""
+
+
+class PartialDumpWarning(KdumplabWarning):
+    """A dump was cut short (a full disk, an interrupted copy or save) and is read from what is there: the
+    message says how much is missing; pages past the cut read as missing."""
+
+
 class ConfigKeyError(ConfigError):
     """One key of the configuration file is invalid; ``path`` is the file, ``key`` the dotted key."""
 

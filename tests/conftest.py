@@ -21,3 +21,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for marker, (variable, reason) in _OPT_IN.items():
             if marker in item.keywords and os.environ.get(variable) != "1":
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture
+def umask_000():
+    """Run a test under umask 000, where only an explicit mode keeps a file private."""
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)

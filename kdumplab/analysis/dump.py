@@ -45,6 +45,10 @@ __all__ = ["Dump", "open_dump", "resolve_dump_path"]
 DUMP_FILE_NAMES = ("vmcore", "dump", "vmcore.kdump", "vmcore.flat", "vmcore.elf", "dumpfile", "vmcore.incomplete")
 
 
+#: What a ``kdumplab save`` killed mid-write leaves: the dump under its hidden temporary name.
+PART_FILE_NAMES = tuple(f".{name}.part" for name in ("vmcore", "vmcore.flat", "dump"))
+
+
 def _is_dump_dir(directory: Path) -> Path | None:
     try:  # kdumplab save names its file in meta.json ("dump_file"); an incomplete save keeps vmcore.incomplete
         named = json.loads((directory / "meta.json").read_text()).get("dump_file")
@@ -52,7 +56,7 @@ def _is_dump_dir(directory: Path) -> Path | None:
             return directory / Path(named).name
     except (OSError, ValueError, AttributeError):
         pass
-    for name in DUMP_FILE_NAMES:
+    for name in DUMP_FILE_NAMES + PART_FILE_NAMES:
         if (directory / name).is_file():
             return directory / name
     return None
@@ -92,24 +96,52 @@ class Dump:
         release: ``OSRELEASE``; build_id: ``BUILD-ID`` (lowercase hex, or None on kernels before 5.9).
         vmlinux: the vmlinux matched to this dump, or None when none was found (see :attr:`debuginfo_error`).
         debuginfo_error: why there is no vmlinux (the places searched), or None.
+        partial: the file's :class:`~kdumplab.formats.dumpfile.Partial` when it was cut short (a full disk, an
+            interrupted copy or save): how many pages are missing; the tables answer from the rest, and a table
+            that needs a missing page says so. None for a whole dump.
+        interrupted: True when the file is a ``.part`` left by a ``kdumplab save`` that never finished.
+        warnings: what opening the dump warned about (a cut file, an interrupted save, a damaged BUILD-ID), as
+            one-line messages for the report and the CLI; each is also given as a Python warning.
     """
 
     def __init__(self, path: str | os.PathLike, vmlinux: str | os.PathLike | None = None,
                  debug_dirs: Iterable[str | os.PathLike] | None = None, fetch_debuginfo: bool = False):
         from kdumplab.formats import dumpfile as _dumpfile
 
+        import warnings
+
+        from kdumplab.errors import KdumplabWarning, PartialDumpWarning
+
         self.source = Path(path)
         file_path, self.directory = resolve_dump_path(path)
         self.path = file_path
         self.meta: dict[str, Any] = self._read_meta()
-        self.file = _dumpfile.open_dumpfile(file_path)
+        self.warnings: list[str] = []
+        self.interrupted = file_path.name in PART_FILE_NAMES
+        if self.interrupted:
+            self._warn(PartialDumpWarning(
+                f"{file_path}: an interrupted save: kdumplab save was stopped before it finished this dump "
+                "(no meta.json, the file keeps its temporary name); reading what it wrote"))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", KdumplabWarning)
+            self.file = _dumpfile.open_dumpfile(file_path)
+        for w in caught:
+            if isinstance(w.message, KdumplabWarning):
+                self._warn(w.message)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        self.partial = self.file.partial
         if self.file.vmcoreinfo is None:
             raise VmcoreinfoError(
                 f"{file_path}: the dump has no VMCOREINFO note, so it is not a Linux kernel dump kdumplab can read "
                 f"(a QEMU 'dump-guest-memory' without vmcoreinfo, or a process core?)")
         self.vmcoreinfo = self.file.vmcoreinfo
         self.release: str | None = self.vmcoreinfo.osrelease
-        self.build_id: str | None = self.vmcoreinfo.build_id
+        try:
+            self.build_id: str | None = self.vmcoreinfo.build_id
+        except VmcoreinfoError as error:  # a damaged BUILD-ID only costs the search by build ID
+            self.build_id = None
+            self._warn(KdumplabWarning(f"{error}; the vmlinux cannot be found by build ID"))
         self.debug_dirs: list[Path] = [Path(d) for d in (debug_dirs or [])]
         self.vmlinux_match: VmlinuxMatch | None = None
         self.debuginfo_error: str | None = None
@@ -124,6 +156,12 @@ class Dump:
             self._search_vmlinux()
             if self.vmlinux_match is None and fetch_debuginfo:
                 self.fetch_debuginfo()
+
+    def _warn(self, message: Warning) -> None:
+        import warnings
+
+        self.warnings.append(str(message))
+        warnings.warn(message, stacklevel=4)
 
     # -- what the dump is -------------------------------------------------------------------------------
     def _read_meta(self) -> dict[str, Any]:
@@ -198,7 +236,7 @@ class Dump:
             self.vmlinux_match = find_vmlinux(
                 self.vmcoreinfo, dump_dir=self.directory or self.path.parent, debug_dirs=self.debug_dirs)
             self.debuginfo_error = None
-        except DebugInfoError as error:
+        except KdumplabError as error:  # not found, or a VMCOREINFO too damaged to search with
             self.debuginfo_error = str(error)
 
     def fetch_debuginfo(self) -> Path:
@@ -240,14 +278,23 @@ class Dump:
         return self.prog
 
     def _load_prog(self) -> "drgn.Program":
+        """The drgn Program on this dump: every exception drgn raises here becomes a KdumplabError
+        (:mod:`kdumplab.analysis.drgn_errors`): a core it rejects is a DumpFormatError, a vmlinux it cannot use a
+        DebugInfoError."""
         import drgn
+
+        from kdumplab.analysis.drgn_errors import is_drgn_error
 
         prog = drgn.Program()
         core = os.fspath(self.file.path)  # for a flattened stream: the reassembled file
         try:
             prog.set_core_dump(core)
-        except (drgn.FaultError, ValueError, OSError) as error:
-            raise DumpFormatError(core, None, "core dump", f"drgn cannot open it: {error}") from None
+        except Exception as error:  # noqa: BLE001 - drgn's own types, and ValueError/OverflowError/OSError
+            if not (is_drgn_error(error) or isinstance(error, (ValueError, OverflowError, OSError))):
+                raise
+            culprit = self._vmcoreinfo_problem()
+            raise DumpFormatError(core, None, "core dump", f"drgn cannot open it: {error}"
+                                  + (f" ({culprit})" if culprit else "")) from None
         # Only local files: never the network (debuginfod) from inside a table.
         try:
             prog.set_enabled_debug_info_finders(["standard"])
@@ -264,7 +311,9 @@ class Dump:
                 prog.main_module("kernel", create=True).try_file(vmlinux, force=True)
             else:
                 prog.load_debug_info([vmlinux], main=True)
-        except drgn.MissingDebugInfoError as error:
+        except Exception as error:  # noqa: BLE001 - as above
+            if not (is_drgn_error(error) or isinstance(error, (ValueError, OverflowError, OSError, LookupError))):
+                raise
             raise DebugInfoError(f"{vmlinux}: drgn could not use it for {self.path}: {error}") from None
         # Module debug info where it exists (Debian -dbg modules extracted next to the vmlinux); best effort.
         # drgn logs a warning per module without debug info; modules() reports that as a column instead.
@@ -276,16 +325,32 @@ class Dump:
             logger.setLevel(logging.ERROR)
             try:
                 prog.load_debug_info(default=True)
-            except drgn.MissingDebugInfoError:
-                pass
+            except Exception as error:  # noqa: BLE001 - best effort, but never hide a bug of ours
+                if not (is_drgn_error(error) or isinstance(error, (ValueError, OSError))):
+                    raise
             finally:
                 logger.setLevel(level)
         _add_module_kallsyms(prog)
         return prog
 
+    def _vmcoreinfo_problem(self) -> str | None:
+        """The first VMCOREINFO value kdumplab's own checks reject (what drgn's terse messages do not name), as
+        ``KEY=VALUE: problem``, or None."""
+        info = self.vmcoreinfo
+        checks = [lambda: info.page_size, lambda: info.kerneloffset, lambda: info.build_id, lambda: info.crashtime]
+        checks += [lambda kind=kind: info.keyed(kind) for kind in ("SYMBOL", "LENGTH", "NUMBER", "SIZE", "OFFSET")]
+        for check in checks:
+            try:
+                check()
+            except VmcoreinfoError as error:
+                return str(error).split("VMCOREINFO ", 1)[-1]
+        return None
+
     def _module_debug_dirs(self) -> list[Path]:
+        from kdumplab.safefile import is_component
+
         dirs = list(self.debug_dirs)
-        if self.release:
+        if self.release and is_component(self.release):  # OSRELEASE comes from the dump: never "../.."
             dirs.append(cache_dir() / "kernels" / self.release)
         return [d for d in dirs if d.is_dir()]
 
@@ -309,18 +374,24 @@ class Dump:
         return value.copy() if hasattr(value, "copy") else value
 
     def guarded(self, what: str, compute):
-        """``compute()``, with drgn's memory faults turned into :class:`MemoryReadError` naming the table: a
-        filtered dump may lack a page a table needs (makedumpfile 1.7.2 drops 6.12's slab pages, for one)."""
+        """``compute()``, with drgn's errors turned into KdumplabErrors naming the table
+        (:func:`kdumplab.analysis.drgn_errors.translate`): a memory fault becomes :class:`MemoryReadError` (a
+        filtered dump may lack a page a table needs: makedumpfile 1.7.2 drops 6.12's slab pages, for one; a cut
+        dump lacks the pages past the cut), data drgn rejects a :class:`~kdumplab.errors.CorruptDumpError`."""
+        from kdumplab.analysis.drgn_errors import translate
+
         try:
             return compute()
         except Exception as error:
-            if type(error).__name__ != "FaultError" or type(error).__module__ not in ("_drgn", "drgn"):
-                raise
             level = self.dump_level
             hint = (f" The dump was filtered at dump level {level}: the page may have been dropped as "
                     f"{'free, cache, user or zero' if level else 'absent'} memory." if level else "")
-            raise MemoryReadError(f"{self.path}: {what}() needs memory that is not in the dump: {error}.{hint}"
-                                  ) from None
+            if self.partial is not None:
+                hint += f" The dump is partial: {self.partial.missing_pages} pages are missing."
+            translated = translate(error, self.path, what, hint)
+            if translated is None:
+                raise
+            raise translated from None
 
     def close(self) -> None:
         self.file.close()

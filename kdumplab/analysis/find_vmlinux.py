@@ -130,7 +130,11 @@ def _walk_vmlinux(root: Path, max_depth: int = 4) -> Iterator[Path]:
 
 def _places(info: VmcoreInfo, dump_dir: Path | None, debug_dirs: Iterable[str | os.PathLike]) -> Iterator[
         tuple[str, Iterable[Path]]]:
+    from kdumplab.safefile import is_component
+
     release, build_id = info.osrelease, info.build_id
+    if release is not None and not is_component(release):
+        release = None  # OSRELEASE from the dump becomes a path component: a crafted one ("../..") is not used
     for d in debug_dirs:
         root = Path(d)
         yield str(root), candidate_paths(root, release, build_id)

@@ -85,6 +85,7 @@ class SaveOptions:
         identity, known_hosts, ssh_options: for ssh targets (``-i``, ``UserKnownHostsFile``, extra options).
         verify_samples: pages compared with the source after writing.
         keep: retention for directory targets: keep the newest N dumps (0 keeps all).
+        force: save even when DEST is SOURCE itself or lies inside SOURCE's dump directory.
     """
 
     dump_level: int = 31
@@ -96,6 +97,7 @@ class SaveOptions:
     ssh_options: list[str] = field(default_factory=list)
     verify_samples: int = 256
     keep: int = 0
+    force: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.dump_level <= 31:
@@ -220,6 +222,113 @@ def raw_notes(dump: Any) -> bytes:
         except (OSError, struct.error):
             pass
     return b"".join(build_note(n.name, n.type, n.desc) for n in getattr(dump, "notes", []))
+
+
+def check_source_dest(source: str, dest: str, force: bool = False) -> None:
+    """Refuse (SourceInvalidError) to save over the source itself, or into the source's own dump directory
+    (which would nest a copy of the dump inside it), unless ``force``.
+
+    >>> check_source_dest("/var/crash/x/vmcore", "/var/crash/x/vmcore")
+    Traceback (most recent call last):
+      ...
+    kdumplab.capture.exitcodes.SourceInvalidError: /var/crash/x/vmcore: DEST is SOURCE itself: the unfiltered source would be replaced by its filtered copy; give another DEST, or --force
+    """
+    if force or dest.startswith("ssh://"):
+        return
+    src = os.path.realpath(source)
+    dst = os.path.realpath(dest.rstrip("/") or dest)
+    if src == dst or (os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst)):
+        raise SourceInvalidError(f"{dest}: DEST is SOURCE itself: the unfiltered source would be replaced by its "
+                                 "filtered copy; give another DEST, or --force")
+    from kdumplab.capture.targets import dump_file_of
+
+    src_dir = os.path.dirname(src)
+    if dump_file_of(src_dir) is not None and (dst == src_dir or dst.startswith(src_dir + os.sep)):
+        raise SourceInvalidError(f"{dest}: DEST is inside the dump directory {src_dir} of SOURCE: the copy would be "
+                                 "nested inside the dump it comes from; give another DEST, or --force")
+
+
+def crash_identity(dump: Any, mem: Any, meta: dict[str, Any]) -> tuple[int | None, str | None, tuple | None]:
+    """``(crash time, hostname, utsname)`` for naming and meta.json. These only feed metadata, so a bad value
+    (a damaged CRASHTIME, an unreadable utsname) is recorded in ``meta["warnings"]`` and replaced by None
+    (the directory then takes the current time or "unknown"): it never stops the save."""
+    info = dump.vmcoreinfo
+    crash_time = None
+    if info is not None:
+        try:
+            crash_time = info.crashtime
+        except KdumplabError as error:
+            meta["warnings"].append(f"crash time replaced by the save time: {error}")
+    try:
+        uts = read_utsname(mem) if mem is not None else None
+    except Exception as error:  # noqa: BLE001 - metadata only
+        meta["warnings"].append(f"utsname unreadable: {type(error).__name__}: {error}")
+        uts = None
+    hostname = uts[1] if uts else None
+    if hostname is not None and (not hostname.isprintable() or len(hostname) > 64):
+        meta["warnings"].append(f"hostname {hostname!r} is not a host name; replaced by 'unknown' in names")
+    return crash_time, hostname, uts
+
+
+class SourceView:
+    """The source as the save reads it: the dump, with what its headers claim beyond the file's real content cut
+    away. A PT_LOAD of a damaged or cut file may claim terabytes that neither the file (no data) nor the kernel
+    (no struct page) has; planning them would allocate bitmaps for 2^40 pfns and read zeros for hours. Everything
+    else is the dump's own attribute.
+
+    ``max_pfn``: one past the last pfn that has data in the file or a struct page in the kernel's mem_map;
+    ``segments`` (ELF): ``p_filesz`` cut to what the file holds (the pages past the cut read as zero).
+    """
+
+    def __init__(self, dump: Any, max_pfn: int, segments: list | None) -> None:
+        self._dump = dump
+        self.max_pfn = max_pfn
+        if segments is not None:
+            self.segments = segments
+
+    def present_pfns(self) -> list[tuple[int, int]]:
+        return [(s, min(e, self.max_pfn)) for s, e in self._dump.present_pfns() if s < self.max_pfn]
+
+    def dumpable_pfns(self) -> list[tuple[int, int]]:
+        return [(s, min(e, self.max_pfn)) for s, e in self._dump.dumpable_pfns() if s < self.max_pfn]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._dump, name)
+
+    def __enter__(self) -> "SourceView":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._dump.close()
+
+
+def source_view(dump: Any, mem: Any, meta: dict[str, Any], progress: Progress) -> Any:
+    """``dump``, or a :class:`SourceView` of it when its headers claim more than it has (see there); what was
+    cut goes to ``meta["warnings"]``."""
+    segments = None
+    partial = getattr(dump, "partial", None)
+    if partial is not None:
+        msg = f"the source is partial: {partial.describe(getattr(dump, 'path', '?'))}"
+        meta["warnings"].append(msg)
+        progress.log(f"warning: {msg}")
+        if getattr(dump, "segments", None) is not None and hasattr(dump, "_in_file"):
+            segments = [s._replace(filesz=n) for s, n in zip(dump.segments, dump._in_file)]
+    end = max((e for _, e in dump.dumpable_pfns()), default=0)
+    if mem is not None and dump.max_pfn > end:
+        try:
+            from kdumplab.memory.mem_map import MemMap
+
+            ranges = MemMap(mem).ranges
+            end = max([end] + [r.end_pfn for r in ranges])
+        except Exception:  # noqa: BLE001 - no mem_map: the file's data is the only measure
+            pass
+    if end >= dump.max_pfn or end == 0:
+        return dump if segments is None else SourceView(dump, dump.max_pfn, segments)
+    msg = (f"the headers describe memory up to pfn {dump.max_pfn:#x}, but neither the file's data nor the kernel's "
+           f"mem_map goes past pfn {end:#x}: saving pfns below {end:#x}")
+    meta["warnings"].append(msg)
+    progress.log(f"warning: {msg}")
+    return SourceView(dump, end, segments)
 
 
 def _kernel_memory(dump: Any) -> tuple[Any | None, str | None]:
@@ -483,6 +592,7 @@ def save(source: str, dest: str, options: SaveOptions | None = None, progress: P
 
     options = options or SaveOptions()
     progress = progress or Progress()
+    check_source_dest(source, dest, options.force)
     meta = _meta_base(source, dest, options)
     started = time.perf_counter()
     try:
@@ -505,9 +615,8 @@ def _save(dump: Any, source: str, dest: str, options: SaveOptions, progress: Pro
     info = dump.vmcoreinfo
     with progress.phase("open", unit="pages"):
         mem, mem_error = _kernel_memory(dump)
-        uts = read_utsname(mem) if mem is not None else None
-        crash_time = info.crashtime if info is not None else None
-        hostname = uts[1] if uts else None
+        crash_time, hostname, uts = crash_identity(dump, mem, meta)
+        dump = source_view(dump, mem, meta, progress)
         target = parse_target(dest, identity=options.identity, known_hosts=options.known_hosts,
                               ssh_options=options.ssh_options)
         try:
@@ -555,12 +664,14 @@ def _save(dump: Any, source: str, dest: str, options: SaveOptions, progress: Pro
                 break
             except SourceReadError:
                 raise
-            except Exception as error:  # noqa: BLE001 - any failure to filter falls back, it never stops the save
+            except (Exception, MemoryError) as error:  # noqa: BLE001 - a failure to filter falls back
                 reason = f"{error}" if isinstance(error, KdumplabError) else f"{type(error).__name__}: {error}"
                 meta["fallbacks"].append({"from_dump_level": level, "struct_pages": use_struct_pages,
                                           "reason": reason})
                 progress.log(f"warning: cannot filter at dump level {level} ({reason}); falling back")
-    assert plan is not None
+    if plan is None:  # even an unfiltered copy could not be planned: the source's headers are unusable
+        reasons = "; ".join(f["reason"] for f in meta["fallbacks"])
+        raise SourceInvalidError(f"{source}: cannot plan the dump at any dump level: {reasons}")
     page_fallback = classifier.fallback_json(level) if classifier is not None else None
     if page_fallback is not None:
         progress.log(f"warning: {page_fallback['pages']} pages with damaged struct pages kept: "

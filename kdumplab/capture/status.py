@@ -24,7 +24,6 @@ estimator plugs in through :data:`DUMP_SIZE_ESTIMATOR`.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -121,11 +120,11 @@ def read_armed_state(root: Path) -> dict[str, Any] | None:
 
 def write_armed_state(root: Path, state: dict[str, Any]) -> Path:
     """Record what was loaded, atomically (temporary file, then rename)."""
+    from kdumplab import safefile
+
     path = under(root, STATE_FILE)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    safefile.write_atomic(path, (json.dumps(state, indent=2, sort_keys=True) + "\n").encode(), 0o644, fsync=False)
     return path
 
 

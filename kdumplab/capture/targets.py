@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from kdumplab import safefile
 from kdumplab.capture.exitcodes import NoSpaceError, SaveError, TargetError
 
 if TYPE_CHECKING:
@@ -51,8 +52,12 @@ _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 def crash_dir_name(crash_time: int | None, hostname: str | None) -> str:
-    """``<crash time UTC>-<hostname>``: sortable, and safe as a file name on any host."""
-    stamp = time.strftime("%Y-%m-%d-%H%M%S", time.gmtime(crash_time if crash_time is not None else time.time()))
+    """``<crash time UTC>-<hostname>``: sortable, and safe as a file name on any host. A crash time that is no
+    time (a damaged header) gives the current time."""
+    try:
+        stamp = time.strftime("%Y-%m-%d-%H%M%S", time.gmtime(crash_time if crash_time is not None else time.time()))
+    except (OverflowError, OSError, ValueError, TypeError):
+        stamp = time.strftime("%Y-%m-%d-%H%M%S", time.gmtime())
     host = re.sub(r"[^A-Za-z0-9._-]", "_", hostname or "") or "unknown"
     return f"{stamp}-{host.lstrip('.') or 'unknown'}"
 
@@ -64,17 +69,7 @@ def space_error(error: OSError) -> bool:
 
 def _mkdir_private(path: Path) -> None:
     """``mkdir -p`` with 0700 for the directories it makes (the umask cannot widen them)."""
-    missing = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        try:
-            os.mkdir(d, DIR_MODE)
-        except FileExistsError:
-            continue
-        os.chmod(d, DIR_MODE)
+    safefile.private_dir(path, DIR_MODE)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -86,22 +81,16 @@ def _fsync_dir(path: Path) -> None:
 
 
 def open_private(path: Path, mode: str = "w+b") -> BinaryIO:
-    """Create (or truncate) ``path`` with mode 0600 and open it; the umask cannot make it wider."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
-    os.fchmod(fd, FILE_MODE)
-    return os.fdopen(fd, mode)
+    """Create ``path`` afresh with mode 0600 and open it: whatever had that name (a stale ``.part``, a planted
+    symlink) is removed first and the new file is made with O_EXCL|O_NOFOLLOW (:mod:`kdumplab.safefile`)."""
+    return os.fdopen(safefile.create_exclusive(path, FILE_MODE, replace_stale=True), mode)
 
 
 def write_file_atomic(path: Path, data: bytes) -> None:
-    """Write a small file under a temporary name, fsync it, rename it: readers see all of it or nothing."""
-    tmp = path.with_name(f".{path.name}.part")
+    """Write a small file under a random temporary name (O_EXCL|O_NOFOLLOW, 0600), fsync it, rename it: readers
+    see all of it or nothing, and no planted symlink is ever followed."""
     try:
-        with open_private(tmp) as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        safefile.write_atomic(path, data, FILE_MODE)
     except OSError as error:
         if space_error(error):
             raise NoSpaceError(f"{path}: {error.strerror}; free space on {path.parent} and save again") from error
@@ -206,15 +195,32 @@ class LocalTarget:
 
 @dataclass
 class LocalFile(LocalTarget):
-    """DEST is a file name: the dump is DEST itself, the side files ``DEST.dmesg.txt`` and ``DEST.meta.json``."""
+    """DEST is a file name: the dump is DEST itself, the side files ``DEST.dmesg.txt`` and ``DEST.meta.json``.
+
+    When DEST is the dump file of a ``kdumplab save`` directory (its ``meta.json`` names it), the side files are
+    that directory's own ``meta.json`` and ``dmesg.txt``, so that meta.json describes the file now there.
+    """
+
+    in_dump_dir: bool = False
 
     @classmethod
     def from_path(cls, path: str | os.PathLike) -> "LocalFile":
         path = Path(os.path.abspath(path))
-        return cls(directory=path.parent, name=path.name)
+        return cls(directory=path.parent, name=path.name, in_dump_dir=dump_file_of(path.parent) == path.name)
 
     def side_path(self, name: str) -> Path:
-        return self.directory / f"{self.name}.{name}"
+        return self.directory / (name if self.in_dump_dir else f"{self.name}.{name}")
+
+
+def dump_file_of(directory: str | os.PathLike) -> str | None:
+    """The name of the dump file a ``kdumplab save`` directory's ``meta.json`` names, or None (no such file)."""
+    import json
+
+    try:
+        named = json.loads((Path(directory) / "meta.json").read_text()).get("dump_file")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return os.path.basename(named) if isinstance(named, str) and named else None
 
 
 @dataclass

@@ -85,8 +85,9 @@ def _final_action(action: str, echo) -> None:
 @click.option("--keep", type=click.IntRange(0), default=None, help="Keep only the newest N dumps in DEST.")
 @click.option("--no-action", is_flag=True, help="With --from-config: never reboot, halt or start a shell.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress, only errors.")
+@click.option("--force", is_flag=True, help="Save even when DEST is SOURCE or lies inside SOURCE's dump directory.")
 def save(source, dest, dump_level, codec, fmt, threads, from_config, config_path, ssh_key, known_hosts,
-         ssh_options, keep, no_action, quiet):
+         ssh_options, keep, no_action, quiet, force):
     """Save the crash dump SOURCE (default /proc/vmcore) to DEST, filtered and compressed.
 
     \b
@@ -124,7 +125,8 @@ def save(source, dest, dump_level, codec, fmt, threads, from_config, config_path
                        ("keep", keep)):
         if value is not None:
             values[key] = value
-    options = SaveOptions(identity=ssh_key, known_hosts=known_hosts, ssh_options=list(ssh_options), **values)
+    options = SaveOptions(identity=ssh_key, known_hosts=known_hosts, ssh_options=list(ssh_options), force=force,
+                          **values)
     progress = Progress(quiet=quiet)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     status = ExitCode.OK
@@ -149,20 +151,20 @@ def save(source, dest, dump_level, codec, fmt, threads, from_config, config_path
 @click.argument("out", type=click.Path(dir_okay=False))
 def reassemble(flat, out):
     """Rebuild a dump file OUT from the flattened stream FLAT ("-" for stdin), as makedumpfile -R does."""
+    from kdumplab import safefile
     from kdumplab.capture.exitcodes import ExitCode
-    from kdumplab.capture.targets import FILE_MODE
-    from kdumplab.formats.flat import reassemble as do_reassemble
+    from kdumplab.formats.flat import reassemble_into
 
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)  # 0600 before any byte lands
-    os.close(fd)
-    try:
-        size = do_reassemble(sys.stdin.buffer if flat == "-" else flat, out)
-    except BaseException:
-        # a cut stream leaves no file that looks whole
-        part = f"{out}.incomplete"
-        os.replace(out, part)
-        click.echo(f"kdumplab: what was reassembled is in {part}", err=True)
-        raise
+    # Written 0600 under a private temporary name; renamed to OUT only when the stream was whole, so a cut
+    # stream leaves no file that looks whole: what arrived goes to OUT.incomplete.
+    target = safefile.AtomicFile(out)
+    with target as f:
+        size, cut = reassemble_into(sys.stdin.buffer if flat == "-" else flat, f.fileno())
+        if cut is not None:
+            target.rename_to(f"{out}.incomplete")
+    if cut is not None:
+        click.echo(f"kdumplab: error: {cut}; what was reassembled is in {out}.incomplete", err=True)
+        sys.exit(int(ExitCode.ERROR))
     click.echo(f"{out}: {size} bytes", err=True)
     sys.exit(int(ExitCode.OK))
 

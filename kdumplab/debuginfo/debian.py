@@ -407,16 +407,30 @@ def kernel_packages(abi: str, suite: str | AptSuite) -> tuple[PackageInfo, Packa
     return image, dbg
 
 
+def check_release(abi: str) -> str:
+    """``abi`` when it can be a kernel release (``6.1.0-56-amd64``) and so a path component and a package name;
+    :class:`~kdumplab.errors.DebugInfoError` otherwise. The release comes from the dump's OSRELEASE: a damaged or
+    crafted one (``x/../../../../tmp/evil``) must never lead a path out of the cache."""
+    from kdumplab.safefile import is_component
+
+    if not is_component(abi) or not abi[0].isalnum():
+        raise DebugInfoError(f"OSRELEASE {abi!r} is not a kernel release (letters, digits, '.', '_', '+', '~', '-'): "
+                             "refusing to use it as a file or package name")
+    return abi
+
+
 def kernel_dir(abi: str) -> Path:
     """``<cache>/kernels/<abi>/``: where a kernel's vmlinux (and the test harness's vmlinuz, modules) live."""
-    return cache_root() / "kernels" / abi
+    return cache_root() / "kernels" / check_release(abi)
 
 
 @contextlib.contextmanager
 def cache_lock(name: str) -> Iterator[None]:
     """Hold an exclusive lock ``<cache>/locks/<name>.lock`` (``fcntl.flock``) while a cache entry is built, so
     that two processes (two test sessions) never download or extract the same thing at once."""
-    path = cache_root() / "locks" / f"{name}.lock"
+    from kdumplab.safefile import component
+
+    path = cache_root() / "locks" / f"{component(name)}.lock"  # the name may carry a dump's OSRELEASE
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -436,7 +450,7 @@ def fetch_vmlinux(abi: str, suite: str | AptSuite | None = None, keep_deb: bool 
     unless ``keep_deb``, deletes the 0.9 GB package afterwards. Raises
     :class:`~kdumplab.errors.DebugInfoError` naming what failed.
     """
-    target = kernel_dir(abi) / f"vmlinux-{abi}"
+    target = kernel_dir(abi) / f"vmlinux-{abi}"  # kernel_dir refuses an abi that is not a release
     if target.exists():
         return target
     with cache_lock(f"vmlinux-{abi}"):
@@ -469,6 +483,7 @@ def fetch_kernel_debs(abi: str, suite: str | AptSuite | None = None,
     ``linux-binary-<abi>`` (vmlinuz), ``linux-modules-<abi>`` (the modules) and ``linux-base-<abi>``
     (modules.order and the other lists) it depends on; downloaded into
     ``<cache>/debs/<suite>/``, the image first."""
+    check_release(abi)
     suite = _suite(suite, abi)
     image = suite.package(f"linux-image-{abi}")
     parts = re.findall(rf"\b(linux-(?:binary|modules|base)-{re.escape(abi)})\b", image.depends)

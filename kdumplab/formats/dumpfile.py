@@ -26,10 +26,12 @@ keyed by the stream's path, size and mtime, so a second open is immediate.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from types import TracebackType
+from typing import NamedTuple
 
-from kdumplab.errors import CorruptDumpError, TruncatedDumpError
+from kdumplab.errors import CorruptDumpError, KdumplabError, PartialDumpWarning, TruncatedDumpError
 from kdumplab.formats.notes import Note, PrStatus
 from kdumplab.formats.vmcoreinfo import VmcoreInfo
 
@@ -37,6 +39,35 @@ ELF_MAGIC = b"\x7fELF"
 KDUMP_SIGNATURE = b"KDUMP   "
 DISKDUMP_SIGNATURE = b"DISKDUMP"
 FLAT_SIGNATURE = b"makedumpfile\0\0\0\0"
+
+
+class Partial(NamedTuple):
+    """What is missing from a dump that was cut short (a full disk, an interrupted copy, a killed save).
+
+    Attributes:
+        file_size: bytes in the file.
+        expected_size: bytes the headers announce (None when they cannot say, e.g. compressed page data).
+        missing_pages: pages whose data lies past the cut (they read as missing).
+        dumped_pages: pages the dump meant to hold.
+        cause: ``"truncated"`` (the file ends early), ``"interrupted"`` (page descriptors never written: a save
+            killed before it finished) or ``"incomplete"`` (the writer flagged it: status 0x8).
+    """
+
+    file_size: int
+    expected_size: int | None
+    missing_pages: int
+    dumped_pages: int
+    cause: str = "truncated"
+
+    def describe(self, path: str) -> str:
+        """One line for the user: what happened and how much is missing."""
+        pct = 100.0 * self.missing_pages / self.dumped_pages if self.dumped_pages else 0.0
+        what = {"truncated": "was cut short", "interrupted": "was never finished (an interrupted save)",
+                "incomplete": "was flagged incomplete by its writer (a full disk or a stopped save)"}[self.cause]
+        size = (f" at {self.file_size} of {self.expected_size} bytes" if self.expected_size
+                else f" at {self.file_size} bytes")
+        return (f"{path}: the dump {what}{size}: {self.missing_pages} of {self.dumped_pages} dumped pages "
+                f"({pct:.1f}%) are missing and read as absent; the rest is analysed")
 
 
 class DumpFile:
@@ -54,6 +85,8 @@ class DumpFile:
         prstatus: the decoded ``NT_PRSTATUS`` notes, one per CPU, in note order.
         max_pfn: one past the highest page frame number in the dump.
         file_size: size of ``path`` in bytes when it was opened.
+        partial: a :class:`Partial` when the file was cut short and is read from what is there, else None
+            (opening such a file also gives a :class:`~kdumplab.errors.PartialDumpWarning`).
     """
 
     format: str = ""
@@ -63,6 +96,7 @@ class DumpFile:
     notes: list[Note]
     prstatus: list[PrStatus]
     max_pfn: int = 0
+    partial: Partial | None = None
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
@@ -85,6 +119,11 @@ class DumpFile:
         if len(data) != size:  # the file shrank under us
             raise TruncatedDumpError(self.path, offset, what, f"read {len(data)} of {size} bytes")
         return data
+
+    def _set_partial(self, partial: Partial) -> None:
+        """Record that the file is cut short and say so once, as a :class:`PartialDumpWarning`."""
+        self.partial = partial
+        warnings.warn(PartialDumpWarning(partial.describe(self.path)), stacklevel=4)
 
     # -- the interface ----------------------------------------------------------------------------------
     def read_phys(self, paddr: int, size: int) -> bytes:
@@ -159,23 +198,23 @@ def reassembled_path(path: str | os.PathLike) -> Path:
 
 
 def _reassemble_cached(path: str) -> str:
-    import tempfile
-
-    from kdumplab.formats.flat import reassemble
+    from kdumplab import safefile
+    from kdumplab.formats.flat import reassemble_into
 
     target = reassembled_path(path)
     if target.exists():
         return str(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Reassemble under a temporary name and rename, so a crash half-way never leaves a bad cache entry.
-    fd, tmp = tempfile.mkstemp(prefix=".reassemble-", dir=target.parent)
-    os.close(fd)
+    safefile.private_dir(target.parent)  # the cache holds dump contents: 0700, files 0600
+    # Reassemble under a private temporary name and rename, so a crash half-way never leaves a bad cache entry.
+    # A stream cut short (an interrupted ssh transfer) keeps what arrived: the dump reader then says what is missing.
     try:
-        reassemble(path, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        with safefile.AtomicFile(target, fsync=False) as out:
+            _size, cut = reassemble_into(path, out.fileno())
+    except OSError as error:
+        raise KdumplabError(f"{path}: cannot reassemble the flattened stream into {target.parent}: "
+                            f"{error.strerror or error}") from None
+    if cut is not None:
+        warnings.warn(PartialDumpWarning(f"{cut}: reading what arrived"), stacklevel=3)
     return str(target)
 
 
@@ -207,4 +246,4 @@ def open_dumpfile(path: str | os.PathLike) -> DumpFile:
     return dump
 
 
-__all__ = ["DumpFile", "cache_dir", "detect_format", "open_dumpfile", "reassembled_path"]
+__all__ = ["DumpFile", "Partial", "cache_dir", "detect_format", "open_dumpfile", "reassembled_path"]

@@ -105,7 +105,10 @@ class ElfCoreWriter:
         segments = [placed[i] for i in range(len(loads))]
         self.segments = segments
         self.size = offset
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        # Dump contents: 0600, created afresh (O_EXCL|O_NOFOLLOW: a planted symlink is removed, never followed).
+        from kdumplab.safefile import create_exclusive
+
+        self._fd = create_exclusive(self.path, 0o600, replace_stale=True)
         header = _EHDR.pack(b"\x7fELF\x02\x01\x01" + b"\0" * 9, ET_CORE, machine, 1, 0, _EHDR.size, 0,
                             e_flags, _EHDR.size, _PHDR.size, phnum, 0, 0, 0)
         phdrs = [_PHDR.pack(PT_NOTE, 0, self.note_offset, 0, 0, len(notes), len(notes), 0)]

@@ -17,8 +17,11 @@ overlaps one of them physically (any covering segment serves a read). Bytes past
 b'\\xf3\\x0f\\x1e\\xfa'
 
 Errors name the file and the header or segment: :class:`~kdumplab.errors.UnsupportedDumpError` for an ELF
-that is not an x86_64 or aarch64 ET_CORE, :class:`~kdumplab.errors.TruncatedDumpError` for program headers or a segment
-past the end of the file, :class:`~kdumplab.errors.CorruptDumpError` for bad note sizes.
+that is not an x86_64 or aarch64 ET_CORE, :class:`~kdumplab.errors.TruncatedDumpError` for program headers or notes past
+the end of the file, :class:`~kdumplab.errors.CorruptDumpError` for bad note sizes or a segment past 2^52. A file
+cut inside the segment data (a full disk, an interrupted copy) opens with a
+:class:`~kdumplab.errors.PartialDumpWarning`; ``partial`` says how much is missing, and the pages past the cut
+read as missing (``read_phys`` raises MemoryReadError, ``read_pfns`` gives zeros), as drgn reads them.
 """
 
 from __future__ import annotations
@@ -68,7 +71,17 @@ class LoadSegment(NamedTuple):
 class _Piece(NamedTuple):
     start: int  # physical, inclusive
     end: int  # physical, exclusive
-    offset: int | None  # file offset of ``start``; None: reads as zero
+    offset: int | None  # file offset of ``start``; None: reads as zero; _MISSING: past the end of a cut file
+
+
+_MISSING = -1
+#: x86_64's architectural limit on physical addresses (MAX_PHYSMEM_BITS is 46 or 52).
+_PHYS_LIMIT = 1 << 52
+_NO_PADDR = (1 << 64) - 1  # /proc/kcore's vmalloc, vmemmap and module segments
+
+
+def _shift(offset: int | None, delta: int) -> int | None:
+    return offset if offset is None or offset == _MISSING else offset + delta
 
 
 def _merge(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -147,6 +160,7 @@ class ElfVmcore(DumpFile):
             raise TruncatedDumpError(self.path, phoff, "program headers",
                                      f"{len(table)} of {phnum * phentsize} bytes could be read")
         self.segments: list[LoadSegment] = []
+        self._in_file: list[int] = []  # bytes of each PT_LOAD's p_filesz that the file really holds
         note_ranges: list[tuple[int, int, int]] = []
         for i in range(phnum):
             ptype, _pflags, off, vaddr, paddr, filesz, memsz, _align = _PHDR64.unpack_from(table, i * phentsize)
@@ -156,12 +170,17 @@ class ElfVmcore(DumpFile):
                         self.path, phoff + i * phentsize, f"program header {i} (PT_LOAD) p_filesz",
                         f"p_filesz={filesz} is larger than p_memsz={memsz}",
                     )  # fmt: skip
-                if filesz and off + filesz > self.file_size:
-                    raise TruncatedDumpError(
-                        self.path, off, f"PT_LOAD segment {i} (paddr {paddr:#x})",
-                        f"its data runs from {off} to {off + filesz}, the file ends at {self.file_size}",
+                if paddr != _NO_PADDR and paddr + memsz > _PHYS_LIMIT:
+                    raise CorruptDumpError(
+                        self.path, phoff + i * phentsize, f"program header {i} (PT_LOAD) p_paddr/p_memsz",
+                        f"p_paddr={paddr:#x} p_memsz={memsz:#x} end past 2^52, the limit of x86_64 physical memory",
                     )  # fmt: skip
+                if off + filesz > (1 << 63):
+                    raise CorruptDumpError(self.path, phoff + i * phentsize, f"program header {i} (PT_LOAD) p_offset",
+                                           f"p_offset={off:#x} p_filesz={filesz:#x} end past 2^63")
                 self.segments.append(LoadSegment(paddr, vaddr, off, filesz, memsz))
+                # A file cut short (a full disk, an interrupted copy) keeps what it has: the rest reads as missing.
+                self._in_file.append(min(filesz, max(0, self.file_size - off)))
             elif ptype == _PT_NOTE:
                 if off + filesz > self.file_size:
                     raise TruncatedDumpError(
@@ -179,6 +198,15 @@ class ElfVmcore(DumpFile):
         if self.vmcoreinfo is not None and "PAGESIZE" in self.vmcoreinfo:
             page_size = self.vmcoreinfo.page_size
         self.page_size = page_size
+        missing = [(s, s.filesz - n) for s, n in zip(self.segments, self._in_file) if n < s.filesz]
+        if missing:
+            ps = page_size
+            lost = sum(-(-(s.paddr + s.filesz) // ps) - (s.paddr + s.filesz - gone) // ps for s, gone in missing)
+            dumped = sum(-(-(s.paddr + s.filesz) // ps) - s.paddr // ps for s in self.segments if s.filesz)
+            expected = max(s.offset + s.filesz for s in self.segments)
+            from kdumplab.formats.dumpfile import Partial
+
+            self._set_partial(Partial(self.file_size, expected, lost, dumped))
 
     def _build_map(self) -> None:
         """Disjoint physical pieces: file-backed parts first, so they win over another segment's zero tail."""
@@ -191,23 +219,26 @@ class ElfVmcore(DumpFile):
                 if p.end <= cur or p.start >= end:
                     continue
                 if p.start > cur:
-                    pieces.append(_Piece(cur, p.start, None if offset is None else offset + (cur - start)))
+                    pieces.append(_Piece(cur, p.start, _shift(offset, cur - start)))
                 cur = max(cur, p.end)
                 if cur >= end:
                     break
             if cur < end:
-                pieces.append(_Piece(cur, end, None if offset is None else offset + (cur - start)))
+                pieces.append(_Piece(cur, end, _shift(offset, cur - start)))
 
-        for s in self.segments:
-            if s.filesz:
-                add(s.paddr, s.paddr + s.filesz, s.offset)
+        for s, n in zip(self.segments, self._in_file):
+            if n:
+                add(s.paddr, s.paddr + n, s.offset)
+        for s, n in zip(self.segments, self._in_file):
+            if n < s.filesz:
+                add(s.paddr + n, s.paddr + s.filesz, _MISSING)
         for s in self.segments:
             if s.memsz > s.filesz:
                 add(s.paddr + s.filesz, s.paddr + s.memsz, None)
         self._pieces = sorted(pieces)
         self._starts = [p.start for p in self._pieces]
         ps = self.page_size
-        self.max_pfn = max((-(-(s.paddr + s.memsz) // ps) for s in self.segments), default=0)
+        self.max_pfn = max((-(-(s.paddr + s.memsz) // ps) for s in self.segments if s.paddr != _NO_PADDR), default=0)
 
     # -- reading ---------------------------------------------------------------------------------------------
     def _fill(self, out: bytearray, paddr: int, strict: bool) -> None:
@@ -228,7 +259,11 @@ class ElfVmcore(DumpFile):
                     raise MemoryReadError(f"{self.path}: physical address {cur:#x} is not in the dump (a memory hole)")
                 cur = piece.start
             stop = min(end, piece.end)
-            if piece.offset is not None:
+            if piece.offset == _MISSING:
+                if strict:
+                    raise MemoryReadError(f"{self.path}: physical address {cur:#x} is missing: its data lies past the "
+                                          f"end of the file, which was cut short at {self.file_size} bytes")
+            elif piece.offset is not None:
                 n = stop - cur
                 data = self._pread(piece.offset + (cur - piece.start), n, "PT_LOAD data")
                 mv[cur - paddr : stop - paddr] = data
@@ -262,9 +297,10 @@ class ElfVmcore(DumpFile):
         return _merge([(s.paddr // ps, -(-(s.paddr + s.memsz) // ps)) for s in self.segments if s.memsz])
 
     def dumpable_pfns(self) -> list[tuple[int, int]]:
-        """pfn runs with data in the file (``p_filesz``; a partly covered page counts)."""
+        """pfn runs with data in the file (``p_filesz``, as far as a cut file holds it; a partly covered page
+        counts)."""
         ps = self.page_size
-        return _merge([(s.paddr // ps, -(-(s.paddr + s.filesz) // ps)) for s in self.segments if s.filesz])
+        return _merge([(s.paddr // ps, -(-(s.paddr + n) // ps)) for s, n in zip(self.segments, self._in_file) if n])
 
 
 __all__ = ["ElfVmcore", "LoadSegment"]

@@ -25,6 +25,7 @@ b'KDMPabcd'
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from typing import BinaryIO
@@ -86,16 +87,34 @@ def _read_exact(stream: BinaryIO, size: int) -> bytes:
 def reassemble(src: str | os.PathLike | BinaryIO, dst: str | os.PathLike) -> int:
     """Rebuild the dump file ``dst`` from the flattened stream ``src`` (a path or a binary stream).
 
-    Returns the size of ``dst``. Raises :class:`CorruptDumpError` for a bad signature, type or record, and
+    ``dst`` is written under a private temporary name (0600, O_EXCL|O_NOFOLLOW) and renamed when the stream is
+    whole. Returns the size of ``dst``. Raises :class:`CorruptDumpError` for a bad signature, type or record, and
     :class:`TruncatedDumpError` (naming the stream offset) when the stream ends before the end marker.
     """
+    from kdumplab.safefile import AtomicFile
+
+    with AtomicFile(dst, fsync=False) as out:
+        size, cut = reassemble_into(src, out.fileno())
+        if cut is not None:
+            raise cut
+    return size
+
+
+def reassemble_into(src: str | os.PathLike | BinaryIO, fd: int) -> tuple[int, TruncatedDumpError | None]:
+    """Reassemble the stream ``src`` into the open file ``fd``; returns ``(size, cut)`` where ``cut`` is the
+    :class:`TruncatedDumpError` of a stream that ends before its end marker (what came before it is written:
+    a partial dump, readable as such) or None. Bad records still raise :class:`CorruptDumpError`."""
     if isinstance(src, (str, os.PathLike)):
         with open(src, "rb") as f:
-            return _reassemble(f, os.fspath(src), dst)
-    return _reassemble(src, getattr(src, "name", None) if isinstance(getattr(src, "name", None), str) else None, dst)
+            return _reassemble(f, os.fspath(src), fd)
+    return _reassemble(src, getattr(src, "name", None) if isinstance(getattr(src, "name", None), str) else None, fd)
 
 
-def _reassemble(stream: BinaryIO, name: str | None, dst: str | os.PathLike) -> int:
+#: Largest dump file a stream may describe: x86_64's 2^52 bytes of physical memory, and then some.
+MAX_DUMP_SIZE = 1 << 53
+
+
+def _reassemble(stream: BinaryIO, name: str | None, fd: int) -> tuple[int, TruncatedDumpError | None]:
     label = name or "<flattened stream>"
     head = _read_exact(stream, FLAT_HEADER_SIZE)
     if head[:16] != FLAT_SIGNATURE:
@@ -107,38 +126,42 @@ def _reassemble(stream: BinaryIO, name: str | None, dst: str | os.PathLike) -> i
         raise CorruptDumpError(label, 16, "flattened header type", f"type {ftype}, expected {TYPE_FLAT_HEADER}")
     pos = FLAT_HEADER_SIZE
     end = 0
-    fd = os.open(os.fspath(dst), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        while True:
-            raw = _read_exact(stream, RECORD.size)
-            if len(raw) < RECORD.size:
-                raise TruncatedDumpError(
-                    label, pos, "flattened record header", "the stream ends before the end marker (-1, -1)"
-                )
-            offset, size = RECORD.unpack(raw)
-            if offset == -1 and size == -1:
-                break
-            if offset < 0 or size < 0:
-                raise CorruptDumpError(label, pos, "flattened record header", f"offset {offset}, size {size}")
-            pos += RECORD.size
-            left = size
-            while left:
-                chunk = stream.read(min(left, _COPY_CHUNK))
-                if not chunk:
-                    raise TruncatedDumpError(
-                        label, pos, "flattened record data",
-                        f"the stream ends {left} bytes into a {size}-byte record for offset {offset}",
-                    )  # fmt: skip
-                view = memoryview(chunk)
-                while view:
+    while True:
+        raw = _read_exact(stream, RECORD.size)
+        if len(raw) < RECORD.size:
+            cut = TruncatedDumpError(label, pos, "flattened record header",
+                                     "the stream ends before the end marker (-1, -1)")
+            return max(end, os.fstat(fd).st_size), cut
+        offset, size = RECORD.unpack(raw)
+        if offset == -1 and size == -1:
+            break
+        if offset < 0 or size < 0 or offset + size > MAX_DUMP_SIZE:
+            raise CorruptDumpError(label, pos, "flattened record header",
+                                   f"offset {offset}, size {size}: not a place in a dump file")
+        pos += RECORD.size
+        left = size
+        while left:
+            chunk = stream.read(min(left, _COPY_CHUNK))
+            if not chunk:
+                cut = TruncatedDumpError(
+                    label, pos, "flattened record data",
+                    f"the stream ends {left} bytes into a {size}-byte record for offset {offset}",
+                )  # fmt: skip
+                return max(end, os.fstat(fd).st_size), cut
+            view = memoryview(chunk)
+            while view:
+                try:
                     n = os.pwrite(fd, view, offset)
-                    view, offset = view[n:], offset + n
-                left -= len(chunk)
-                pos += len(chunk)
-            end = max(end, offset)
-        return max(end, os.fstat(fd).st_size)
-    finally:
-        os.close(fd)
+                except OSError as error:
+                    if error.errno in (errno.EFBIG, errno.EINVAL, errno.EOVERFLOW):
+                        raise CorruptDumpError(label, pos, "flattened record header",
+                                               f"offset {offset}: {error.strerror}") from None
+                    raise
+                view, offset = view[n:], offset + n
+            left -= len(chunk)
+            pos += len(chunk)
+        end = max(end, offset)
+    return max(end, os.fstat(fd).st_size), None
 
 
-__all__ = ["FLAT_HEADER_SIZE", "FLAT_SIGNATURE", "RECORD", "FlatSink", "reassemble"]
+__all__ = ["FLAT_HEADER_SIZE", "FLAT_SIGNATURE", "RECORD", "FlatSink", "reassemble", "reassemble_into"]

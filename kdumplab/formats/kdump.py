@@ -354,19 +354,54 @@ class KdumpFile(DumpFile):
 
         self.desc_offset = bitmap_end
         self.data_offset = self.desc_offset + self.num_dumpable * PAGE_DESC.size
-        if self.data_offset > self.file_size and not self.incomplete:
-            raise TruncatedDumpError(
-                self.path, self.desc_offset, "page_desc table",
-                f"{self.num_dumpable} descs end at {self.data_offset}, the file ends at {self.file_size}",
-            )  # fmt: skip
+        self._cut = False
+        if self.num_dumpable:
+            self._check_complete()
         self._zero_offset = None
         if self.num_dumpable and self.data_offset + bs <= self.file_size and self.dump_level & 1:
             if not any(self._pread(self.data_offset, bs, "shared zero page")):
                 self._zero_offset = self.data_offset
-        if self.num_dumpable and not self.incomplete:
-            # Catch a file cut inside the page data at open time: the last page's data must be there.
-            last = self._read_descs(self.num_dumpable - 1, 1)
-            self._check_descs(last, np.array([self._last_dumpable_pfn()]), lost_ok=False)
+
+    def _check_complete(self) -> None:
+        """Catch a file cut short or never finished at open time: the last page's desc and data must be there.
+
+        When they are not, the file is read from what it holds (pages whose desc or data is missing read as
+        absent, as drgn reads them) and :attr:`partial` says how many pages are missing.
+        """
+        end_of_table = self.data_offset > self.file_size
+        if not end_of_table and not self.incomplete:
+            last = self._read_descs(self.num_dumpable - 1, 1)[0]
+            o, size = int(last["offset"]), int(last["size"])
+            if o != 0 and o + size <= self.file_size:
+                self._check_descs(np.array([last]), np.array([self._last_dumpable_pfn()]), lost_ok=False)
+                return
+        self._cut = True
+        lost = self._count_lost()
+        if not lost and not self.incomplete:
+            return
+        from kdumplab.formats.dumpfile import Partial
+
+        if self.incomplete:
+            cause = "incomplete"
+        else:
+            cause = "truncated" if end_of_table or lost[1] else "interrupted"
+        self._set_partial(Partial(self.file_size, None, lost[0] + lost[1], self.num_dumpable, cause))
+
+    def _count_lost(self) -> tuple[int, int]:
+        """``(descs never written or past the end, descs whose data is past the end)`` over the whole table,
+        read in chunks."""
+        never = past = 0
+        chunk = 1 << 18
+        in_file = max(0, min(self.num_dumpable, (self.file_size - self.desc_offset) // PAGE_DESC.size))
+        for i in range(0, in_file, chunk):
+            n = min(chunk, in_file - i)
+            raw = os.pread(self._fd, n * PAGE_DESC.size, self.desc_offset + i * PAGE_DESC.size)
+            descs = np.frombuffer(raw, dtype=PAGE_DESC_DTYPE, count=len(raw) // PAGE_DESC.size)
+            off = descs["offset"]
+            never += int((off == 0).sum())
+            past += int(((off != 0) & (off + descs["size"].astype(np.int64) > self.file_size)).sum())
+        never += self.num_dumpable - in_file
+        return never, past
 
     def _last_dumpable_pfn(self) -> int:
         part = self.bitmap2[: (self._desc_end + 7) >> 3]
@@ -455,12 +490,18 @@ class KdumpFile(DumpFile):
         off = self.desc_offset + index * PAGE_DESC.size
         size = count * PAGE_DESC.size
         avail = max(0, min(size, self.file_size - off))
-        if avail < size and not self.incomplete:
+        if avail < size and not (self.incomplete or self._cut):
             raise TruncatedDumpError(
                 self.path, off, "page_desc table", f"needs {size} bytes, the file ends at {self.file_size}"
             )
         raw = os.pread(self._fd, avail, off) if avail else b""
-        return np.frombuffer(raw.ljust(size, b"\0"), dtype=PAGE_DESC_DTYPE)
+        descs = np.frombuffer(raw.ljust(size, b"\0"), dtype=PAGE_DESC_DTYPE)
+        if self._cut:  # data past the end of a cut file is lost, like a desc never written
+            past = descs["offset"] + descs["size"].astype(np.int64) > self.file_size
+            if past.any():
+                descs = descs.copy()
+                descs["offset"][past] = 0
+        return descs
 
     def page_desc(self, pfn: int) -> PageDesc | None:
         """The page_desc of ``pfn``, or None if the pfn has none (excluded, a hole, past max_pfn)."""
@@ -502,6 +543,10 @@ class KdumpFile(DumpFile):
                 )  # fmt: skip
         if lost.any() and not lost_ok:
             pfn = int(pfns[int(np.flatnonzero(lost)[0])])
+            if self._cut and not self.incomplete:
+                raise MemoryReadError(
+                    f"{self.path}: pfn {pfn:#x} is missing: the dump was cut short or never finished before its data "
+                    "was written")
             if self.incomplete:
                 raise MemoryReadError(
                     f"{self.path}: pfn {pfn:#x} was not written: the dump is incomplete (status 0x8, the writer ran "
@@ -578,11 +623,13 @@ class KdumpFile(DumpFile):
         off = self.desc_offset + index * PAGE_DESC.size
         raw = os.pread(self._fd, PAGE_DESC.size, off) if off + PAGE_DESC.size <= self.file_size else b""
         o, s, f, _ = PAGE_DESC.unpack(raw.ljust(PAGE_DESC.size, b"\0"))
+        if self._cut and o + s > self.file_size:
+            o = 0
         ps = self.page_size
         if o == 0 or f not in (0, 0x1, 0x2, 0x4, 0x20) or s > ps or s == 0 or (f == 0 and s != ps) \
                 or o < self.data_offset or o + s > self.file_size:  # fmt: skip
             descs = np.frombuffer(PAGE_DESC.pack(o, s, f, 0), dtype=PAGE_DESC_DTYPE)
-            if not raw and not self.incomplete:
+            if not raw and not (self.incomplete or self._cut):
                 self._read_descs(index, 1)  # raises the truncation error
             self._check_descs(descs, np.array([pfn]), lost_ok=False)  # raises the precise error
         if o == self._zero_offset:

@@ -34,7 +34,7 @@ from typing import BinaryIO, NamedTuple, Protocol
 
 import numpy as np
 
-from kdumplab.errors import DumpWriterError
+from kdumplab.errors import DumpWriterError, KdumplabError
 from kdumplab.formats.arch import machine_from_vmcoreinfo, normalize_machine
 from kdumplab.formats.codecs import Codec, compress_many, compress_rows, get_codec
 from kdumplab.formats.dumpfile import KDUMP_SIGNATURE
@@ -355,7 +355,10 @@ class KdumpWriter:
         if nr_cpus is None:
             nr_cpus = sum(1 for n in parsed if n.name == "CORE" and n.type == NT_PRSTATUS)
         if crashtime is None:
-            crashtime = (vmci.crashtime if vmci else None) or 0
+            try:
+                crashtime = (vmci.crashtime if vmci else None) or 0
+            except KdumplabError:  # a damaged CRASHTIME only feeds the header's timestamp
+                crashtime = 0
         utsname = list(utsname) if utsname is not None else ["", "", "", "", "", ""]
         if len(utsname) != 6:
             raise DumpWriterError(f"utsname needs 6 fields (sysname ... domainname), got {len(utsname)}")

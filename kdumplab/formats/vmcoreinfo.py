@@ -21,7 +21,20 @@ from dataclasses import dataclass, field
 
 from kdumplab.errors import VmcoreinfoError
 
+#: What each kind of key may hold at all (readers check tighter bounds where they use a value): addresses are
+#: unsigned 64-bit, structure sizes and member offsets below 1 MiB, array lengths below 2^32, numbers any 64-bit
+#: value (signed or not).
+BOUNDS = {
+    "SYMBOL": (0, (1 << 64) - 1),
+    "SIZE": (1, 1 << 20),
+    "OFFSET": (0, (1 << 20) - 1),
+    "LENGTH": (0, (1 << 32) - 1),
+    "NUMBER": (-(1 << 63), (1 << 64) - 1),
+}
 _KEYED = re.compile(r"^(SYMBOL|SIZE|OFFSET|LENGTH|NUMBER)\((.+)\)$")
+
+
+_HEX = re.compile(r"[0-9A-Fa-f]+")
 
 
 def _int_auto(text: str) -> int:
@@ -65,6 +78,9 @@ class VmcoreInfo:
     def _where(self) -> str:
         return f"{self.source}: " if self.source else ""
 
+    def _bad(self, key: str, text: str, problem: str) -> VmcoreinfoError:
+        return VmcoreinfoError(f"{self._where()}VMCOREINFO {key}={text!r}: {problem}")
+
     def _typed(self, kind: str, name: str, default: int | None, required: bool) -> int | None:
         key = f"{kind}({name})"
         text = self.entries.get(key)
@@ -73,9 +89,29 @@ class VmcoreInfo:
                 raise VmcoreinfoError(f"{self._where()}VMCOREINFO has no {key}")
             return default
         try:
-            return int(text, 16) if kind == "SYMBOL" else _int_auto(text)
+            value = int(text, 16) if kind == "SYMBOL" else _int_auto(text)
         except ValueError:
-            raise VmcoreinfoError(f"{self._where()}VMCOREINFO {key}={text!r} is not a number") from None
+            raise self._bad(key, text, "is not a number") from None
+        lo, hi = BOUNDS[kind]
+        if not lo <= value <= hi:
+            raise self._bad(key, text, f"is outside {lo}..{hi}, impossible for a {kind.lower()}")
+        return value
+
+    def bounded(self, kind: str, name: str, lo: int, hi: int, default: int | None = None) -> int | None:
+        """``kind(name)`` checked against ``[lo, hi]`` (what the reader using it can work with); ``default``
+        when the key is absent (required when ``default`` is None).
+
+        >>> info = VmcoreInfo.parse("LENGTH(zone.free_area)=0", source="vmcore")
+        >>> info.bounded("LENGTH", "zone.free_area", 1, 64)
+        Traceback (most recent call last):
+          ...
+        kdumplab.errors.VmcoreinfoError: vmcore: VMCOREINFO LENGTH(zone.free_area)='0': must be in 1..64
+        """
+        key = f"{kind}({name})"
+        value = self._typed(kind, name, default, default is None)
+        if key in self.entries and not lo <= value <= hi:  # type: ignore[operator]
+            raise self._bad(key, self.entries[key], f"must be in {lo}..{hi}")
+        return value
 
     def symbol(self, name: str, default: int | None = None, *, required: bool | None = None) -> int | None:
         """Address of ``SYMBOL(name)``. Raises :class:`VmcoreinfoError` when missing and no default is given."""
@@ -124,8 +160,13 @@ class VmcoreInfo:
 
     @property
     def build_id(self) -> str | None:
+        """``BUILD-ID`` in lowercase hex; None when absent or blank (kernels before 5.9 have none)."""
         value = self.entries.get("BUILD-ID")
-        return value.lower() if value else None
+        if not value:
+            return None
+        if not _HEX.fullmatch(value) or len(value) % 2 or len(value) > 128:
+            raise self._bad("BUILD-ID", value, "is not a build ID (an even number of hex digits, at most 64 bytes)")
+        return value.lower()
 
     @property
     def page_size(self) -> int:
@@ -136,8 +177,9 @@ class VmcoreInfo:
             value = int(text, 10)
         except ValueError:
             raise VmcoreinfoError(f"{self._where()}VMCOREINFO PAGESIZE={text!r} is not a number") from None
-        if value <= 0 or value & (value - 1):
-            raise VmcoreinfoError(f"{self._where()}VMCOREINFO PAGESIZE={value} is not a power of two")
+        if value < 1024 or value > (1 << 18) or value & (value - 1):
+            raise VmcoreinfoError(f"{self._where()}VMCOREINFO PAGESIZE={value} is not a power of two, a page size "
+                                  "(1 KiB to 256 KiB)")
         return value
 
     @property
@@ -146,10 +188,12 @@ class VmcoreInfo:
         text = self.entries.get("KERNELOFFSET")
         if text is None:
             return 0
-        try:
-            return int(text, 16)
-        except ValueError:
-            raise VmcoreinfoError(f"{self._where()}VMCOREINFO KERNELOFFSET={text!r} is not hex") from None
+        if not _HEX.fullmatch(text):
+            raise self._bad("KERNELOFFSET", text, "is not a hex number")
+        value = int(text, 16)
+        if value >= 1 << 40:  # the KASLR offset moves the kernel inside its 1 GiB map; allow far more
+            raise self._bad("KERNELOFFSET", text, "is not a KASLR offset (it must be below 2^40)")
+        return value
 
     @property
     def crashtime(self) -> int | None:
@@ -157,10 +201,9 @@ class VmcoreInfo:
         text = self.entries.get("CRASHTIME")
         if text is None:
             return None
-        try:
-            return int(text, 10)
-        except ValueError:
-            raise VmcoreinfoError(f"{self._where()}VMCOREINFO CRASHTIME={text!r} is not a number") from None
+        if not text.isdigit() or len(text) > 12:  # seconds since 1970 fit in 12 digits until the year 33658
+            raise self._bad("CRASHTIME", text, "is not a time (seconds since the epoch)")
+        return int(text, 10)
 
     def to_bytes(self) -> bytes:
         """The text as a note descriptor holds it."""

@@ -58,6 +58,7 @@ _SECTION_PRESENT = 0x1
 # pointer (mem_map - section_start_pfn) is at least 64-byte aligned (a huge-page-aligned vmemmap base, or an
 # aligned allocation minus a multiple of 32768 * SIZE(page)), so clearing 6 bits is safe on every kernel.
 _SECTION_FLAGS_MASK = 0x3F
+_MAX_SECTIONS = 1 << 22  # 512 TiB of memory in 128 MiB sections
 _KERNEL_HALF = 0xFF00000000000000  # the lowest kernel address with 5-level paging (4-level: 0xffff8...)
 
 
@@ -102,7 +103,7 @@ class MemMap:
     def __init__(self, mem, max_pfn: int | None = None):
         self.mem = mem
         info = self.info = mem.info
-        self.page_struct_size = info.size("page")
+        self.page_struct_size = info.bounded("SIZE", "page", 16, 4096)
         if max_pfn is None:
             max_pfn = getattr(mem.dumpfile, "max_pfn", None)
         if not max_pfn:
@@ -112,7 +113,8 @@ class MemMap:
         if self.vmemmap is None and hasattr(mem, "vmemmap_hint"):  # arm64 before SYMBOL(vmemmap): the layout's
             self.vmemmap = mem.vmemmap_hint(self.page_struct_size)
         page_shift = mem.page_size.bit_length() - 1
-        self.section_size_bits = info.number("SECTION_SIZE_BITS", getattr(mem, "default_section_size_bits", 27))
+        self.section_size_bits = info.bounded("NUMBER", "SECTION_SIZE_BITS", max(page_shift, 20), 40,
+                                              getattr(mem, "default_section_size_bits", 27))
         self.pages_per_section = 1 << (self.section_size_bits - page_shift)
         self._fields = self._field_layout()
 
@@ -133,13 +135,19 @@ class MemMap:
     # -- locating ---------------------------------------------------------------------------------------
     def _sparsemem(self) -> list[MemMapRange]:
         info, mem = self.info, self.mem
-        sec_size = info.size("mem_section")
-        max_physmem_bits = info.number("MAX_PHYSMEM_BITS", getattr(mem, "default_max_physmem_bits", 46))
+        sec_size = info.bounded("SIZE", "mem_section", 8, mem.page_size)
+        info.bounded("OFFSET", "mem_section.section_mem_map", 0, sec_size - 8)
+        max_physmem_bits = info.bounded("NUMBER", "MAX_PHYSMEM_BITS", self.section_size_bits, 52,
+                                        getattr(mem, "default_max_physmem_bits", 46))
         nr_mem_sections = 1 << (max_physmem_bits - self.section_size_bits)
         per_root = mem.page_size // sec_size
         extreme_roots = -(-nr_mem_sections // per_root)
         extreme = not info.has_length("mem_section") or info.length("mem_section") == extreme_roots
         nr_sections = min(-(-self.max_pfn // self.pages_per_section), nr_mem_sections)
+        if nr_sections > _MAX_SECTIONS:  # 8 bytes each while decoding: a bound on what a bad header can allocate
+            raise MemoryReadError(
+                f"{mem.name}: mem_section: {nr_sections} memory sections for max_pfn {self.max_pfn:#x} with "
+                f"SECTION_SIZE_BITS={self.section_size_bits}: more than the {_MAX_SECTIONS} kdumplab reads")
         symbol = info.symbol("mem_section")
         if not extreme:
             self.model = "sparsemem"
@@ -212,25 +220,31 @@ class MemMap:
         self._addr_pfn = np.array([r.start_pfn for r in by_addr], dtype=np.int64)
 
     def _field_layout(self) -> dict[str, tuple[int, str]]:
-        """Offsets of the fields read from each struct page record (and from the next one)."""
+        """Offsets of the fields read from each struct page record (and from the next one), each checked to lie
+        inside ``SIZE(page)``."""
         info = self.info
         size = self.page_struct_size
-        fields: dict[str, tuple[int, str]] = {"flags": (info.offset("page.flags"), "<u8"),
-                                              "mapcount": (info.offset("page._mapcount"), "<i4")}
-        for name, keys, fmt in (("compound_head", ("page.compound_head", "page.compound_info"), "<u8"),
-                                ("mapping", ("page.mapping",), "<u8"), ("private", ("page.private",), "<u8"),
-                                ("refcount", ("page._refcount", "page._count"), "<i4")):
-            for key in keys:
+        keys: dict[str, tuple[str, int, str]] = {"flags": ("page.flags", info.offset("page.flags"), "<u8"),
+                                                 "mapcount": ("page._mapcount", info.offset("page._mapcount"), "<i4")}
+        for name, candidates, fmt in (("compound_head", ("page.compound_head", "page.compound_info"), "<u8"),
+                                      ("mapping", ("page.mapping",), "<u8"), ("private", ("page.private",), "<u8"),
+                                      ("refcount", ("page._refcount", "page._count"), "<i4")):
+            for key in candidates:
                 if info.has_offset(key):
-                    fields[name] = (info.offset(key), fmt)
+                    keys[name] = (key, info.offset(key), fmt)
                     break
         for name, page_key, folio_key in (("order", "page.compound_order", "folio._folio_order"),
                                           ("dtor", "page.compound_dtor", "folio._folio_dtor")):
             if info.has_offset(page_key):
-                fields[name] = (info.offset(page_key), "u1")
+                keys[name] = (page_key, info.offset(page_key), "u1")
             elif info.has_offset(folio_key):  # the folio overlays page[0..]: minus SIZE(page) is page[1]'s field
-                fields[name] = (info.offset(folio_key) - size, "u1")
-        return fields
+                keys[name] = (folio_key, info.offset(folio_key) - size, "u1")
+        for name, (key, offset, fmt) in keys.items():
+            if not 0 <= offset <= size - np.dtype(fmt).itemsize:
+                raise VmcoreinfoError(f"{self.mem.name}: VMCOREINFO OFFSET({key})={info.get(f'OFFSET({key})')!r} puts "
+                                      f"struct page's {name} outside SIZE(page)={size}: the offset or the size is "
+                                      "corrupt")
+        return {name: (offset, fmt) for name, (_key, offset, fmt) in keys.items()}
 
     # -- lookups -----------------------------------------------------------------------------------------
     def page_addr(self, pfn: int) -> int:

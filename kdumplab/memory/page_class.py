@@ -165,6 +165,9 @@ class ClassRules:
         def num(name: str) -> int | None:
             return info.number(name) if info.has_number(name) else None
 
+        def bit(name: str) -> int | None:  # a page flag's bit number
+            return info.bounded("NUMBER", name, 0, 63) if info.has_number(name) else None
+
         if info.has_offset("page.compound_order") or info.has_offset("folio._folio_order"):
             order_source = "field"
         elif any(info.has_number(k) for k in ("PAGE_HUGETLB_MAPCOUNT_VALUE", "PG_hugetlb",
@@ -174,15 +177,16 @@ class ClassRules:
             order_source = None
         has_dtor = info.has_offset("page.compound_dtor") or info.has_offset("folio._folio_dtor")
         return cls(
-            pg_lru=num("PG_lru"), pg_private=num("PG_private"), pg_swapcache=num("PG_swapcache"),
-            pg_swapbacked=num("PG_swapbacked"), pg_slab=num("PG_slab"), pg_hwpoison=num("PG_hwpoison"),
-            pg_hugetlb=num("PG_hugetlb"), head_mask=num("PG_head_mask") or 0,
+            pg_lru=bit("PG_lru"), pg_private=bit("PG_private"), pg_swapcache=bit("PG_swapcache"),
+            pg_swapbacked=bit("PG_swapbacked"), pg_slab=bit("PG_slab"), pg_hwpoison=bit("PG_hwpoison"),
+            pg_hugetlb=bit("PG_hugetlb"), head_mask=(num("PG_head_mask") or 0) & ((1 << 64) - 1),
             slab_value=num("PAGE_SLAB_MAPCOUNT_VALUE"),
             buddy_value=num("PAGE_BUDDY_MAPCOUNT_VALUE") if info.has_offset("page.private") else None,
             offline_value=num("PAGE_OFFLINE_MAPCOUNT_VALUE"), unaccepted_value=num("PAGE_UNACCEPTED_MAPCOUNT_VALUE"),
             hugetlb_value=num("PAGE_HUGETLB_MAPCOUNT_VALUE"),
-            hugetlb_dtor=num("HUGETLB_PAGE_DTOR") if has_dtor else None,
-            order_source=order_source, max_order=info.length("zone.free_area", 11),
+            hugetlb_dtor=info.bounded("NUMBER", "HUGETLB_PAGE_DTOR", 0, 255) if has_dtor and info.has_number(
+                "HUGETLB_PAGE_DTOR") else None,
+            order_source=order_source, max_order=info.bounded("LENGTH", "zone.free_area", 1, 63, 11),
         )
 
 
@@ -477,6 +481,12 @@ def scan_dump(dumpfile: Any, window: int = 65536, zero_scope: str = "kernel", *,
     rules = ClassRules.from_vmcoreinfo(mem.info)
     state = ClassifyState()
     page_size = mem.page_size
+    # Pfns past the last struct page have no class (a header that claims more memory than the kernel's mem_map
+    # describes): clipping them keeps a damaged p_memsz from walking 2^40 pfns of nothing.
+    ranges = getattr(mem_map, "ranges", None)
+    if ranges:
+        last = max(r.end_pfn for r in ranges)
+        runs = [(s, min(e, last)) for s, e in runs if s < last]
     for start, count in _windows(runs, window):
         pages = mem_map.read_pages(start, count)
         classes = classify(pages, rules, start, state)

@@ -39,6 +39,11 @@ _DESC_ID_MASK = ~(3 << _DESC_STATE_SHIFT) & _MASK64
 _DESC_COMMITTED, _DESC_FINALIZED = 1, 2
 _NO_LPOS = 0x3  # a record without text (allowed); FAILED_LPOS (0x1) is a lost one
 _CALLER_CPU = 0x80000000
+# Bounds on what a (possibly corrupt) ring buffer header makes us read: the kernel's largest log (log_buf_len=
+# at boot) is far below 256 MiB of text and 4 Mi records.
+_MAX_SIZE_BITS = 28
+_MAX_COUNT_BITS = 22
+_MAX_LOG_BUF = 1 << 28
 
 
 class PrintkRecord(NamedTuple):
@@ -97,6 +102,10 @@ def _struct(info, prefix: str, fields: dict[str, tuple[str, str]], itemsize: int
             off = info.offset(f"{prefix}.{member}")
         else:
             continue
+        if off < 0 or off + np.dtype(fmt).itemsize > itemsize:
+            raise VmcoreinfoError(f"{info.source or '<dump>'}: VMCOREINFO puts {prefix}.{member} at offset {off}, "
+                                  f"outside the {itemsize}-byte struct {prefix}: the offsets or SIZE({prefix}) are "
+                                  "corrupt")
         names.append(name)
         formats.append(fmt)
         offsets.append(off)
@@ -124,7 +133,7 @@ def _read_lockless(mem: Any) -> list[PrintkRecord]:
     tr = info.offset("printk_ringbuffer.text_data_ring")
     size_bits = u32(tr + info.offset("prb_data_ring.size_bits"))
     data_addr = u64(tr + info.offset("prb_data_ring.data"))
-    if count_bits > 30 or size_bits > 34:
+    if count_bits > _MAX_COUNT_BITS or size_bits > _MAX_SIZE_BITS or count_bits > size_bits:
         raise MemoryReadError(f"{mem.name}: printk ring buffer at {rb:#x} has implausible sizes "
                               f"(count_bits={count_bits}, size_bits={size_bits})")
     count = 1 << count_bits
@@ -194,8 +203,15 @@ def _dev_info_reader(mem: Any, infos_addr: int, count: int):
     if not (info.has_offset("printk_info.dev_info") and info.has_offset("dev_printk_info.subsystem")):
         return lambda i: {}
     base = info.offset("printk_info.dev_info")
-    fields = [("SUBSYSTEM", base + info.offset("dev_printk_info.subsystem"), info.length("printk_info_subsystem", 16)),
-              ("DEVICE", base + info.offset("dev_printk_info.device", 16), info.length("printk_info_device", 48))]
+    fields = [("SUBSYSTEM", base + info.offset("dev_printk_info.subsystem"),
+               info.bounded("LENGTH", "printk_info_subsystem", 1, 4096, 16)),
+              ("DEVICE", base + info.offset("dev_printk_info.device", 16),
+               info.bounded("LENGTH", "printk_info_device", 1, 4096, 48))]
+    itemsize = info.size("printk_info")
+    for name, off, length in fields:
+        if off + length > itemsize:
+            raise VmcoreinfoError(f"{info.source or '<dump>'}: VMCOREINFO puts printk_info's {name.lower()} at "
+                                  f"{off}..{off + length}, past SIZE(printk_info)={itemsize}")
     dt = np.dtype({"names": [f[0] for f in fields], "formats": [f"S{f[2]}" for f in fields],
                    "offsets": [f[1] for f in fields], "itemsize": info.size("printk_info")})
     arr = mem.read_array(infos_addr, count, dt)
@@ -212,10 +228,17 @@ def _dev_info_reader(mem: Any, infos_addr: int, count: int):
     return get
 
 
+def _log_buf_len(mem: Any) -> int:
+    buf_len = mem.read_u32(mem.info.symbol("log_buf_len"))
+    if not 0 < buf_len <= _MAX_LOG_BUF:
+        raise MemoryReadError(f"{mem.name}: log_buf_len is {buf_len}: not a kernel log size")
+    return buf_len
+
+
 def _read_structured(mem: Any) -> list[PrintkRecord]:
     info = mem.info
     buf_addr = mem.read_u64(info.symbol("log_buf"))
-    buf_len = mem.read_u32(info.symbol("log_buf_len"))
+    buf_len = _log_buf_len(mem)
     first = mem.read_u32(info.symbol("log_first_idx"))
     next_idx = mem.read_u32(info.symbol("log_next_idx"))
     buf = mem.read(buf_addr, buf_len)
@@ -261,7 +284,7 @@ _PLAIN_PREFIX = re.compile(rb"^<(\d+)>(?:\[\s*(\d+)\.(\d{6})\] )?")
 def _read_plain(mem: Any) -> list[PrintkRecord]:
     info = mem.info
     buf_addr = mem.read_u64(info.symbol("log_buf"))
-    buf_len = mem.read_u32(info.symbol("log_buf_len"))
+    buf_len = _log_buf_len(mem)
     end = mem.read_u32(info.symbol("log_end"))
     buf = mem.read(buf_addr, buf_len)
     text = buf[:end] if end <= buf_len else buf[end % buf_len :] + buf[: end % buf_len]

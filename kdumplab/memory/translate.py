@@ -106,7 +106,7 @@ class KernelMemory:
 
         segments = list(getattr(dumpfile, "segments", None) or [])
         self.phys_base = self._find_phys_base(segments)
-        self.kernel_image_size = info.number("KERNEL_IMAGE_SIZE", _DEFAULT_IMAGE_SIZE)
+        self.kernel_image_size = info.bounded("NUMBER", "KERNEL_IMAGE_SIZE", 1 << 20, 1 << 31, _DEFAULT_IMAGE_SIZE)
         self.page_offset, self._direct_end = self._find_page_offset(segments)
 
         root = None
@@ -159,7 +159,8 @@ class KernelMemory:
     # -- setup -----------------------------------------------------------------------------------------
     def _find_phys_base(self, segments: list) -> int:
         if self.info.has_number("phys_base"):
-            return self.info.number("phys_base")  # signed on purpose: the kernel prints it with %ld
+            # signed on purpose: the kernel prints it with %ld
+            return self.info.bounded("NUMBER", "phys_base", -(1 << 52), 1 << 52)
         for seg in segments:  # makedumpfile's fallback: the kernel-text PT_LOAD
             if seg.vaddr >= KERNEL_MAP_START and seg.paddr != _MASK64:
                 return seg.paddr - (seg.vaddr - KERNEL_MAP_START)

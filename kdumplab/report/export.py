@@ -117,16 +117,18 @@ def format_for(out: str | os.PathLike) -> str:
 def export(run: ReportRun, out: str | os.PathLike, fmt: str | None = None) -> Path:
     """Write ``run`` to ``out`` in ``fmt`` (default: by suffix, see :func:`format_for`) and return the path.
 
-    The file is written under a temporary name and renamed, so a reader never sees half a report.
+    The file is written 0600 under a random temporary name (O_EXCL|O_NOFOLLOW: :mod:`kdumplab.safefile`) and
+    renamed, so a reader never sees half a report and no planted symlink is followed.
     """
     out = Path(out)
     fmt = fmt or format_for(out)
     render = {"html": to_html, "markdown": to_markdown, "json": to_json}[fmt]
     text = render(run)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
+    from kdumplab import safefile
+
+    safefile.private_dir(out.parent)
+    # A report holds dump contents (the log, task names, memory): 0600, through a private temporary name.
+    safefile.write_atomic(out, text.encode("utf-8"), fsync=False)
     return out
 
 

@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from kdumplab import safefile
 from kdumplab.errors import KdumplabError
 from kdumplab.formats.elf_writer import ElfCoreWriter, LoadSpec
 from kdumplab.formats.notes import NT_PRSTATUS, build_note, build_prstatus
@@ -147,8 +148,7 @@ def build_synthetic(out_dir: str | os.PathLike, memory: int = 256 << 20, tasks: 
     if mix not in ("general", "server"):
         raise KdumplabError(f"unknown memory mix {mix!r}: choose general or server")
     params = SynthParams(memory, tasks, seed, era, cpus, bug, mix)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = safefile.private_dir(out_dir)  # a vmcore holds (synthetic) dump contents: 0700 directories, 0600 files
     if cache:
         cached = synth_kernel.cache_root() / "synth" / params.key()
         if not (cached / "manifest.json").exists():
@@ -178,7 +178,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def _sparse_copy(src: Path, dst: Path, chunk: int = 1 << 20) -> None:
     zero = bytes(chunk)
-    with open(src, "rb") as fi, open(dst, "wb") as fo:
+    with open(src, "rb") as fi, os.fdopen(safefile.create_exclusive(dst, 0o600, replace_stale=True), "wb") as fo:
         while True:
             data = fi.read(chunk)
             if not data:
@@ -195,7 +195,7 @@ def _sparse_copy(src: Path, dst: Path, chunk: int = 1 << 20) -> None:
 
 def _build(out: Path, params: SynthParams) -> None:
     started = time.monotonic()
-    out.mkdir(parents=True, exist_ok=True)
+    safefile.private_dir(out)
     era, seed, nr_cpus = params.era, params.seed, params.cpus
     rng = np.random.default_rng([seed, 0xD0C])
     layout = plan_memory(params.memory)

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from kdumplab.errors import CorruptDumpError, MemoryReadError, TruncatedDumpError, UnsupportedDumpError
+from kdumplab.errors import (
+    CorruptDumpError,
+    MemoryReadError,
+    PartialDumpWarning,
+    TruncatedDumpError,
+    UnsupportedDumpError,
+)
 from kdumplab.formats import open_dumpfile
 from kdumplab.formats.elfcore import ElfVmcore, LoadSegment
 from kdumplab.formats.notes import NT_PRSTATUS, build_note, build_prstatus
@@ -144,14 +150,27 @@ def test_truncated_in_program_headers(core, tmp_path):
     assert str(cut) in str(info.value) and "program headers" in str(info.value)
 
 
-def test_truncated_in_a_segment(core, tmp_path):
+def test_truncated_in_a_segment_opens_partial(core, tmp_path):
+    """A core cut inside the page data (a full disk) opens with a warning; pages past the cut read as missing."""
     path, offsets = core
+    data = path.read_bytes()
+    cut_at = offsets["segments"][2] + 3 * PAGE
     cut = tmp_path / "cut-segment"
-    cut.write_bytes(path.read_bytes()[: offsets["segments"][2] + 3 * PAGE])
-    with pytest.raises(TruncatedDumpError) as info:
-        ElfVmcore(cut)
-    msg = str(info.value)
-    assert str(cut) in msg and "PT_LOAD segment 3" in msg and str(offsets["segments"][2]) in msg
+    cut.write_bytes(data[:cut_at])
+    with ElfVmcore(path) as whole:
+        segs = whole.segments
+        lost = sum(-(-(s.offset + s.filesz - max(s.offset, cut_at)) // PAGE) for s in segs if s.offset + s.filesz > cut_at)
+        dumped = sum(-(-s.filesz // PAGE) for s in segs if s.filesz)
+        before = whole.read_phys(segs[2].paddr + 2 * PAGE, PAGE)
+    with pytest.warns(PartialDumpWarning, match=f"cut short at {cut_at} of {len(data)} bytes: {lost} of {dumped}"):
+        c = ElfVmcore(cut)
+    with c:
+        assert c.partial is not None and (c.partial.missing_pages, c.partial.dumped_pages) == (lost, dumped)
+        assert c.read_phys(segs[2].paddr + 2 * PAGE, PAGE) == before
+        with pytest.raises(MemoryReadError, match="cut short"):
+            c.read_phys(segs[2].paddr + 3 * PAGE, 8)
+        assert c.read_pfns(segs[2].paddr // PAGE + 3, 1) == bytes(PAGE)
+        assert (segs[2].paddr + 3 * PAGE) // PAGE not in {p for a, b in c.dumpable_pfns() for p in range(a, b)}
 
 
 def test_truncated_in_notes(core, tmp_path):

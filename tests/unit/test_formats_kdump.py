@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from kdumplab.errors import (
+    PartialDumpWarning,
     CorruptDumpError,
     DumpWriterError,
     MemoryReadError,
@@ -377,21 +378,51 @@ def test_bad_header_fields(tmp_path, zstd_dump):
     assert_names(info, sub, "sub_hdr_size")
 
 
-@pytest.mark.parametrize("where", ["header", "bitmaps", "descs", "data"])
+@pytest.mark.parametrize("where", ["header", "bitmaps"])
 def test_truncated_kdump(tmp_path, zstd_dump, where):
     with KdumpFile(zstd_dump) as k:
-        cut_at = {
-            "header": 300,
-            "bitmaps": k.bitmap_offset + 100,
-            "descs": k.desc_offset + 240,
-            "data": (k.data_offset + k.file_size) // 2,
-        }[where]
+        cut_at = {"header": 300, "bitmaps": k.bitmap_offset + 100}[where]
     cut = tmp_path / f"cut-{where}"
     cut.write_bytes(zstd_dump.read_bytes()[:cut_at])
     with pytest.raises(TruncatedDumpError) as info:
         KdumpFile(cut)
-    field = {"header": "disk_dump_header", "bitmaps": "bitmaps", "descs": "page_desc table", "data": "page_desc"}
-    assert_names(info, cut, field[where], str(cut_at))
+    field = {"header": "disk_dump_header", "bitmaps": "bitmaps"}[where]
+    assert_names(info, cut, field, str(cut_at))
+
+
+@pytest.mark.parametrize("where", ["descs", "data", "unwritten"])
+def test_cut_kdump_opens_partial(tmp_path, zstd_dump, where):
+    """Cut in the desc table or the page data, or with descs never written (a killed save): the file opens with a
+    warning that counts the missing pages; the pages before the cut read as before, the others as missing."""
+    data = bytearray(zstd_dump.read_bytes())
+    with KdumpFile(zstd_dump) as k:
+        pfns = [p for a, b in k.dumpable_pfns() for p in range(a, b)]
+        first, last = pfns[0], pfns[-1]
+        first_page = k.read_phys(first * PAGE, PAGE)
+        total = k.num_dumpable
+        if where == "descs":
+            cut_at = k.desc_offset + 240  # 10 descs, whose data lies past the cut too: every page is missing
+            lost, cause = total, "cut short"
+        elif where == "data":
+            cut_at = (k.data_offset + k.file_size) // 2
+            lost, cause = None, "cut short"
+        else:  # the last 5 descs are holes: the writer was killed before it flushed them
+            cut_at = len(data)
+            data[k.desc_offset + (total - 5) * 24 : k.desc_offset + total * 24] = bytes(5 * 24)
+            lost, cause = 5, "never finished"
+    cut = tmp_path / f"cut-{where}"
+    cut.write_bytes(bytes(data[:cut_at]))
+    with pytest.warns(PartialDumpWarning, match=cause):
+        c = KdumpFile(cut)
+    with c:
+        assert c.partial is not None and c.partial.dumped_pages == total and 0 < c.partial.missing_pages <= total
+        if lost is not None:
+            assert c.partial.missing_pages == lost
+        if where != "descs":
+            assert c.read_phys(first * PAGE, PAGE) == first_page
+        with pytest.raises(MemoryReadError, match="missing"):
+            c.read_phys(last * PAGE, 8)
+        assert c.read_pfns(last, 1) == bytes(PAGE)
 
 
 # -- drgn (libkdumpfile) reads what we write ---------------------------------------------------------------------------
