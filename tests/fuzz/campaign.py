@@ -106,12 +106,16 @@ def run_one(fmt: str, data: bytes, vmlinux: str, work: Path, timeout: float,
     path = case_dir / f"vmcore.{suffix}"
     path.write_bytes(data)
     # A flattened stream is reassembled into the cache; give every case its own cache so nothing is reused.
+    old = os.environ.get("XDG_CACHE_HOME")
     os.environ["XDG_CACHE_HOME"] = str(case_dir / "cache")
     try:
         return [run_case(str(path), entry, vmlinux=vmlinux, workdir=str(case_dir / f"w-{entry}"), timeout=timeout)
                 for entry in entries]
     finally:
-        os.environ.pop("XDG_CACHE_HOME", None)
+        if old is None:
+            os.environ.pop("XDG_CACHE_HOME", None)
+        else:
+            os.environ["XDG_CACHE_HOME"] = old
 
 
 def run_cases(bases: dict[str, bytes], vmlinux: str, work: Path, files: int, *, seed_base: int = 0,

@@ -133,7 +133,65 @@ def _child(path: str, entry: str, vmlinux: str | None, workdir: str, out_fd: int
 
 
 def run_case(path: str, entry: str, *, vmlinux: str | None, workdir: str, timeout: float = 20.0) -> Outcome:
-    """Run ``entry`` on the dump ``path`` in a forked child; see the module docstring."""
+    """Run ``entry`` on the dump ``path`` in a child forked by the zygote (:class:`Zygote`): a fresh process that
+    only imported kdumplab, so no thread of the caller (drgn's, started by an earlier test in the same pytest
+    process) is copied into a child half-held."""
+    return Zygote.get().run(path, entry, vmlinux, workdir, timeout)
+
+
+class Zygote:
+    """A long-lived ``python -m tests.fuzz.runner --serve`` that imports everything once and forks one child per
+    case (:func:`_run_forked`); requests and answers are JSON lines on its stdin and stdout."""
+
+    _instance: "Zygote | None" = None
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        import kdumplab
+
+        roots = [str(Path(__file__).resolve().parents[2]), str(Path(kdumplab.__file__).resolve().parents[1])]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(roots + [os.environ.get("PYTHONPATH", "")]).rstrip(":"))
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.fuzz.runner", "--serve"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
+
+    @classmethod
+    def get(cls) -> "Zygote":
+        if cls._instance is None or cls._instance.proc.poll() is not None:
+            cls._instance = cls()
+        return cls._instance
+
+    def run(self, path: str, entry: str, vmlinux: str | None, workdir: str, timeout: float) -> Outcome:
+        request = {"path": path, "entry": entry, "vmlinux": vmlinux, "workdir": workdir, "timeout": timeout,
+                   "env": {k: os.environ[k] for k in ("XDG_CACHE_HOME", "KDUMPLAB_CACHE") if k in os.environ}}
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        line = self.proc.stdout.readline()  # the zygote's own watchdog bounds this
+        if not line:
+            Zygote._instance = None
+            return Outcome(entry, "crash", "the zygote died", 0.0)
+        return Outcome(*json.loads(line))
+
+
+def _serve() -> None:
+    import sys
+
+    preload()
+    for line in sys.stdin:
+        req = json.loads(line)
+        for key in ("XDG_CACHE_HOME", "KDUMPLAB_CACHE"):
+            os.environ.pop(key, None)
+        os.environ.update(req["env"])
+        out = _run_forked(req["path"], req["entry"], vmlinux=req["vmlinux"], workdir=req["workdir"],
+                          timeout=req["timeout"])
+        sys.stdout.write(json.dumps(list(out)) + "\n")
+        sys.stdout.flush()
+
+
+def _run_forked(path: str, entry: str, *, vmlinux: str | None, workdir: str, timeout: float = 20.0) -> Outcome:
+    """Run ``entry`` on the dump ``path`` in a forked child with a watchdog; see the module docstring."""
     os.makedirs(workdir, exist_ok=True)
     r, w = os.pipe()
     started = time.monotonic()
@@ -172,3 +230,10 @@ def run_case(path: str, entry: str, *, vmlinux: str | None, workdir: str, timeou
         return Outcome(entry, answer["kind"], answer["detail"], seconds)
     except (ValueError, KeyError):
         return Outcome(entry, "crash", f"child exited with status {os.WEXITSTATUS(status)} and no answer", seconds)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--serve"]:
+        _serve()
