@@ -279,7 +279,7 @@ class ElfVmcore(DumpFile):
         i = bisect.bisect_right(self._starts, paddr) - 1
         if i >= 0:  # the common case, one PT_LOAD's file data holds it all: one read, no copy
             piece = self._pieces[i]
-            if piece.offset is not None and piece.start <= paddr and paddr + size <= piece.end:
+            if piece.offset not in (None, _MISSING) and piece.start <= paddr and paddr + size <= piece.end:
                 return self._pread(piece.offset + (paddr - piece.start), size, "PT_LOAD data")
         out = bytearray(size)
         self._fill(out, paddr, strict=True)
