@@ -21,8 +21,10 @@ __all__ = ["is_drgn_error", "translate"]
 
 
 def is_drgn_error(error: BaseException) -> bool:
-    """True for the exception types drgn defines (``drgn.FaultError``, ``drgn.BadDataError``, ...)."""
-    return type(error).__module__ in ("_drgn", "drgn")
+    """True for the exception types drgn defines (``drgn.FaultError``, ``drgn.BadDataError``, ...), and for the
+    bare ``Exception`` drgn raises with libelf's and libkdumpfile's messages ("libelf error: invalid ELF file
+    data", "kdump_vmcoreinfo_raw: ... is not set"): kdumplab itself never raises a bare Exception."""
+    return type(error).__module__ in ("_drgn", "drgn") or type(error) is Exception
 
 
 def translate(error: BaseException, path: str | os.PathLike, what: str, hint: str = "") -> KdumplabError | None:
@@ -38,4 +40,6 @@ def translate(error: BaseException, path: str | os.PathLike, what: str, hint: st
         return DebugInfoError(f"{path}: {what}(): drgn lacks debug info: {error}")
     if name == "ObjectNotFoundError":
         return DebugInfoError(f"{path}: {what}(): the vmlinux does not define what it needs: {error}")
+    if type(error) is Exception:
+        return CorruptDumpError(path, None, f"{what}()", f"drgn cannot read the dump: {error}")
     return CorruptDumpError(path, None, f"{what}()", f"drgn rejects the dump's data ({name}): {error}")

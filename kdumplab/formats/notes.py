@@ -176,7 +176,7 @@ def find_note(notes: Iterable[Note], name: str, ntype: int | None = None) -> Not
 
 def build_note(name: str, type: int, desc: bytes) -> bytes:  # noqa: A002 - the ELF field's name
     """Encode one note: header, NUL-terminated name and descriptor, each padded to 4 bytes."""
-    raw_name = name.encode("ascii") + b"\0"
+    raw_name = name.encode("ascii", "replace") + b"\0"  # a damaged name read with U+FFFD keeps a "?" there
     return b"".join(
         (
             NOTE_HEADER.pack(len(raw_name), len(desc), type),

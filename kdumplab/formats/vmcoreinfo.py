@@ -207,4 +207,4 @@ class VmcoreInfo:
 
     def to_bytes(self) -> bytes:
         """The text as a note descriptor holds it."""
-        return self.raw.encode("ascii")
+        return self.raw.encode("ascii", "replace")  # bytes that were not ASCII were read as U+FFFD: now "?"
