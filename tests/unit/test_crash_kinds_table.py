@@ -88,3 +88,18 @@ def test_representative_kinds_are_an_oops_a_lockup_and_a_deadlock():
 
 def test_source_hash_covers_the_sources():
     assert re.fullmatch(r"[0-9a-f]{16}", source_hash())
+
+
+def test_cli_lists_the_kinds_and_refuses_mixed_options(tmp_path):
+    from click.testing import CliRunner
+
+    from kdumplab.cli import main
+
+    runner = CliRunner()
+    listed = runner.invoke(main, ["vm", "crash", "--list-crashes"])
+    assert listed.exit_code == 0, listed.output
+    assert [line.split()[0] for line in listed.output.splitlines()] == list(KINDS)
+    unknown = runner.invoke(main, ["vm", "crash", str(tmp_path / "out"), "--crash", "oops"])
+    assert unknown.exit_code != 0 and "unknown crash kind 'oops'" in unknown.output + str(unknown.exception)
+    mixed = runner.invoke(main, ["vm", "crash", str(tmp_path / "out"), "--crash", "bug", "--crash-command", "true"])
+    assert mixed.exit_code == 2 and "--crash KIND sets the crash itself" in mixed.output
