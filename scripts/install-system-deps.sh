@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kdumplab's tests and demo use: the oracles (makedumpfile, crash, drgn's needs),
 # gcc for the synthetic mini kernel, liblzo2-dev for python-lzo, QEMU and friends for the real-kernel tests,
-# sshd for the ssh target tests, chromium for the report test. Idempotent; skips what is installed.
+# sshd for the ssh target tests, chromium for the report test, mmdebstrap and e2fsprogs (mkfs.ext4 -d, debugfs)
+# for the installed-system images. Idempotent; skips what is installed.
 set -euo pipefail
 packages=(gcc make python3-venv python3-dev liblzo2-dev makedumpfile crash kexec-tools qemu-system-x86
           qemu-utils busybox-static cpio zstd openssh-server openssh-client chromium rsync file
-          qemu-system-arm qemu-user-static binfmt-support mmdebstrap arch-test)
+          qemu-system-arm qemu-user-static binfmt-support mmdebstrap arch-test e2fsprogs)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

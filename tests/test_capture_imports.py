@@ -1,5 +1,8 @@
 """kdumplab.capture runs in the kdump kernel: it must import without drgn, pandas, matplotlib or jupyter.
 
+A capture-only install (``pip install kdumplab``, no ``[analysis]`` extra) has no pyelftools or rich either, so
+the capture modules and the first kernel's commands (save, arm, status, install...) must run without them.
+
 A subprocess marks those packages unimportable (a ``None`` entry in ``sys.modules`` makes ``import`` raise) and
 then imports every module of kdumplab.capture, the ``kdumplab save`` command module and the memory and formats
 packages it builds on. It also runs ``kdumplab save --help`` that way.
@@ -11,7 +14,8 @@ import subprocess
 import sys
 import textwrap
 
-BANNED = ("drgn", "pandas", "matplotlib", "jupyter", "jupyterlab", "IPython", "nbformat", "papermill", "dask")
+BANNED = ("drgn", "pandas", "matplotlib", "jupyter", "jupyterlab", "IPython", "nbformat", "papermill", "dask",
+          "elftools", "rich")
 
 _SCRIPT = textwrap.dedent("""
     import sys, importlib, pkgutil
@@ -19,7 +23,7 @@ _SCRIPT = textwrap.dedent("""
         sys.modules[name] = None
     import kdumplab.capture
     names = ["kdumplab.capture." + m.name for m in pkgutil.iter_modules(kdumplab.capture.__path__)]
-    for extra in ("kdumplab.commands.capture", "kdumplab.memory", "kdumplab.formats"):
+    for extra in ("kdumplab.commands.capture", "kdumplab.commands.arm", "kdumplab.memory", "kdumplab.formats"):
         try:
             importlib.import_module(extra)
             names.append(extra)
@@ -49,3 +53,14 @@ def test_save_help_without_analysis_stack():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "--dump-level" in out.stdout and "Exit status" in out.stdout
+
+
+def test_capture_commands_without_analysis_stack():
+    """The commands a capture-only server runs, with the analysis extra's packages unimportable."""
+    for command in ("arm", "disarm", "status", "test", "install", "uninstall", "propagate", "dmesg", "mem-usage",
+                    "reassemble"):
+        script = (f"import sys\nfor n in {BANNED!r}: sys.modules[n] = None\n"
+                  f"sys.argv = ['kdumplab', {command!r}, '--help']\nfrom kdumplab.cli import main\nmain()\n")
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+        assert out.returncode == 0, (command, out.stderr)
+        assert "Usage:" in out.stdout, command

@@ -113,6 +113,12 @@ def arm(config: Config, root: Path = Path("/"), runner: Runner | None = None, dr
     echo(f"crash kernel: {kernel}")
     if not kernel.is_file():
         problem(f"crash kernel image {kernel} not found{where}")
+    if config.capture == "initrd" and config.initrd is None and kernel.is_file():
+        from kdumplab.capture.kdump_initrd import ensure_kdump_initrd
+
+        release = kernel.name.removeprefix("vmlinuz-")
+        initrd = ensure_kdump_initrd(root, release, config.path, dry_run=dry_run, echo=echo)
+        _warn_target_device(config, echo)
     echo(f"initrd: {initrd if initrd else 'none'}")
     if initrd is None and config.initrd is None:
         echo("warning: no initrd found for the crash kernel (/boot/initrd.img-RELEASE or /boot/initramfs-RELEASE.img);"
@@ -120,19 +126,22 @@ def arm(config: Config, root: Path = Path("/"), runner: Runner | None = None, dr
     if config.initrd and initrd is not None and not initrd.is_file():
         problem(f"initrd {initrd} not found (set initrd = in {config.path or 'the configuration'})")
 
-    reservation = check_reservation(root, kernel, initrd, capture_in_initrd=bool(config.init))
+    reservation = check_reservation(root, kernel, initrd, capture_in_initrd=bool(config.init) or config.capture == "initrd",
+                                    capture=config.capture)
     reserved = "nothing" if not reservation.reserved else format_mib(reservation.reserved)
     echo(f"reservation: {reserved} reserved, about {format_mib(reservation.needed)} needed "
          f"(recommended: {reservation.recommended_line})")
     for note in reservation.notes:
         echo(f"note: {note}")
+    for warning in reservation.warnings:
+        echo(f"warning: {warning}")
     if reservation.problems:
         too_small = bool(reservation.reserved)
         if too_small and ignore_size:
             for message in reservation.problems:
-                echo(f"warning: {message} (going on: --ignore-size)")
+                echo(f"warning: {message} (going on: --force)")
         else:
-            hint = [] if not too_small else ["or use --ignore-size to load anyway"]
+            hint = []
             problem("; ".join(reservation.problems + hint), ReservationError(reservation.problems + hint))
 
     proc_cmdline = read_text(root, "/proc/cmdline") or ""
@@ -170,6 +179,19 @@ def arm(config: Config, root: Path = Path("/"), runner: Runner | None = None, dr
     else:
         echo(f"armed: a crash now will be captured to {config.target}")
     return result
+
+
+def _warn_target_device(config: Config, echo: Echo) -> None:
+    """A target file system that cannot be found now will not be found after a crash either: say so (arming
+    goes on: the disk may be attached later, and a capture that fails is recorded for status)."""
+    if not config.target_device:
+        return
+    from kdumplab.capture.mount import MountError, resolve_device
+
+    try:
+        echo(f"target file system: {config.target_device} is {resolve_device(config.target_device)}")
+    except MountError as error:
+        echo(f"warning: {error}")
 
 
 def disarm(root: Path = Path("/"), runner: Runner | None = None, dry_run: bool = False,

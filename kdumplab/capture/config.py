@@ -37,6 +37,7 @@ DEFAULT_CONFIG = "/etc/kdumplab/kdumplab.toml"
 CODECS = ("zstd", "lzo", "zlib", "snappy", "none")
 FORMATS = ("kdump", "elf", "flat")
 ACTIONS = ("reboot", "halt", "poweroff", "shell")
+CAPTURES = ("rootfs", "initrd")
 
 # A host name, an IPv4 address or a bracketed IPv6 address. Nothing starting with '-': the host ends up in an
 # ssh argument list, and "-oProxyCommand=..." must never be read as an option.
@@ -45,6 +46,9 @@ _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _MODULE = re.compile(r"^[A-Za-z0-9_-]+$")
 _SYSCTL = re.compile(r"^[A-Za-z0-9_-]+(?:[./][A-Za-z0-9_:@+-]+)+$")
 _UNIT = re.compile(r"^[A-Za-z0-9:_.@-]+\.(?:service|target)$")
+# A file system as fstab and kdump.conf name it: UUID=, LABEL=, PARTUUID=, PARTLABEL= or a /dev path.
+_DEVICE = re.compile(r"^(?:(?:UUID|LABEL|PARTUUID|PARTLABEL)=[^\s\0]+|/dev/[^\s\0]+)$")
+_FSTYPE = re.compile(r"^[a-z0-9_.]+$")
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,15 @@ class Config:
     failure_action: str = "reboot"
     final_action: str = "reboot"
     ssh_key: str = "/root/.ssh/kdumplab_id_ed25519"
+    #: The file system that holds a directory target, as kdump.conf's ``ext4 UUID=...``: ``target`` is then a
+    #: path inside it. None: ``target`` is a path of the running system (the rootfs way mounts it as usual).
+    target_device: str | None = None
+    target_fstype: str | None = None  # None: let mount find the type
+    target_options: str = ""
+    #: Where the kdump kernel captures: ``rootfs`` boots the normal root into ``capture_unit``; ``initrd``
+    #: loads a kdump initrd built with the kdumplab initramfs hook (:mod:`kdumplab.capture.kdump_initrd`),
+    #: which saves before any root is mounted (then set ``target_device``).
+    capture: str = "rootfs"
     path: str | None = None  # the file this came from, None for defaults
 
     def to_save_options(self) -> dict[str, Any]:
@@ -181,6 +194,9 @@ class Config:
         if self.initrd is not None:
             return under(root, self.initrd) if self.initrd else None
         release = osrelease(root)
+        if self.capture == "initrd":  # built by kdumplab arm (kdumplab.capture.kdump_initrd)
+            name = self.kernel_path(root).name
+            return under(root, f"/var/lib/kdumplab/initrd.img-{name.removeprefix('vmlinuz-') or release}")
         for name in (f"/boot/initrd.img-{release}", f"/boot/initramfs-{release}.img"):
             if under(root, name).exists():
                 return under(root, name)
@@ -208,6 +224,7 @@ def action_argv(action: str, systemd: bool = True) -> list[str] | None:
 _KNOWN = {
     "target", "dump_level", "compress", "format", "threads", "retention", "kernel", "initrd", "cmdline_append",
     "cmdline_remove", "blacklist", "capture_unit", "init", "sysctls", "failure_action", "final_action", "ssh_key",
+    "target_device", "target_fstype", "target_options", "capture",
 }
 
 
@@ -360,4 +377,25 @@ def config_from_dict(data: dict[str, Any], source: Path | str | None = None) -> 
         cfg.final_action = choice("final_action", data["final_action"], ACTIONS)
     if "ssh_key" in data:
         cfg.ssh_key = abs_path("ssh_key", data["ssh_key"])
+    if "target_device" in data:
+        device = string("target_device", data["target_device"])
+        if not _DEVICE.match(device):
+            raise bad("target_device", f"{device!r} is not UUID=..., LABEL=..., PARTUUID=..., PARTLABEL=... or a "
+                                       "/dev/ path")
+        if cfg.target.kind != "dir":
+            raise bad("target_device", "only a directory target lives on a file system: remove it or make "
+                                       "target a path inside that file system")
+        cfg.target_device = device
+    if "target_fstype" in data:
+        fstype = string("target_fstype", data["target_fstype"])
+        if not _FSTYPE.match(fstype):
+            raise bad("target_fstype", f"{fstype!r} is not a file system type such as ext4 or xfs")
+        cfg.target_fstype = fstype
+    if "target_options" in data:
+        options = string("target_options", data["target_options"])
+        if any(c.isspace() for c in options):
+            raise bad("target_options", "mount options are comma-separated, without spaces")
+        cfg.target_options = options
+    if "capture" in data:
+        cfg.capture = choice("capture", data["capture"], CAPTURES)
     return cfg

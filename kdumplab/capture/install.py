@@ -122,6 +122,12 @@ def _systemctl(root: Path, *args: str) -> list[str]:
     return ["systemctl", *args] if is_real_root(root) else ["systemctl", f"--root={root}", *args]
 
 
+def systemd_running() -> bool:
+    """True when systemd is the running init (sd_booted()); not in a chroot or an image being built, where
+    ``systemctl enable`` works on the files and ``daemon-reload`` cannot."""
+    return Path("/run/systemd/system").is_dir()
+
+
 def plan_install(root: Path, assets: Path, enable: bool = True) -> list[Action]:
     """The steps ``install`` takes, in order."""
     root = Path(root)
@@ -132,7 +138,7 @@ def plan_install(root: Path, assets: Path, enable: bool = True) -> list[Action]:
     if not under(root, CONFIG_DEST).exists():
         actions.append(Action("copy", dest=CONFIG_DEST, src=assets / CONFIG_ASSET, mode=0o644, keep=True))
     if enable:
-        if is_real_root(root):
+        if is_real_root(root) and systemd_running():
             actions.append(Action("run", argv=_systemctl(root, "daemon-reload")))
         actions.append(Action("run", argv=_systemctl(root, "enable", *UNITS_ENABLED)))
     return actions
@@ -193,7 +199,7 @@ def uninstall(root: Path = Path("/"), dry_run: bool = False, runner: Runner | No
     dracut_dir = under(root, "/usr/lib/dracut/modules.d/99kdumplab")
     if not dry_run and dracut_dir.is_dir() and not any(dracut_dir.iterdir()):
         dracut_dir.rmdir()
-    if not dry_run and is_real_root(root):
+    if not dry_run and is_real_root(root) and systemd_running():
         run(_systemctl(root, "daemon-reload"))
     return actions
 

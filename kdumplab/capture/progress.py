@@ -22,6 +22,7 @@ True
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
@@ -45,6 +46,8 @@ def draws_bars(stream: TextIO | None) -> bool:
     except (OSError, ValueError, AttributeError):
         return False
     if os.environ.get("TERM", "") in PLAIN_TERMS:
+        return False
+    if importlib.util.find_spec("rich") is None:  # a capture-only install (no [analysis] extra) has no bars
         return False
     return not (name == "/dev/console" or name.startswith(("/dev/ttyS", "/dev/ttyAMA", "/dev/hvc", "/dev/ttyUSB")))
 

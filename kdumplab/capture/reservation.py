@@ -90,6 +90,9 @@ class Reservation:
     recommended_line: str
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: the measured floor of the capture way (bytes; None when not measured) and what arming warns about
+    floor: int | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -315,7 +318,7 @@ def recommend(mem_total: int, needed: int, arch: str, *, release: str | None = N
 
 
 def check_reservation(root: Path = Path("/"), kernel: Path | None = None, initrd: Path | None = None,
-                      capture_in_initrd: bool = False) -> Reservation:
+                      capture_in_initrd: bool = False, capture: str | None = None) -> Reservation:
     """Read /proc/cmdline, /sys/kernel/kexec_crash_size, /proc/iomem and /proc/meminfo under ``root``.
 
     ``kernel`` and ``initrd`` are the files the crash kernel will be loaded from (their sizes feed the
@@ -374,13 +377,43 @@ def check_reservation(root: Path = Path("/"), kernel: Path | None = None, initrd
                 f"crashkernel={requested[-1]} is on the kernel command line but no memory was reserved{why}: "
                 f"the kernel log says why (dmesg | grep -i crashkernel); replace it with {line} {instead}")
         return result
-    if reserved < needed:
-        result.problems.append(
-            f"reserved {format_mib(reserved)}, need about {format_mib(needed)}: the kdump kernel would run out of "
-            f"memory; replace crashkernel= with {line} {instead}")
+    if _below_floor(result, reserved, capture or ("initrd" if capture_in_initrd else "rootfs"), instead):
+        pass
     elif not ranges and iomem_text is not None:
         result.notes.append("no Crash kernel range in /proc/iomem although kexec_crash_size is set")
     return result
+
+
+def _below_floor(result: Reservation, reserved: int, capture: str, instead: str) -> bool:
+    """Judge ``reserved`` against the measured floor of ``capture`` (:mod:`kdumplab.capture.floors`): a problem
+    only below it; a warning near it, or under the estimate; without a measurement the estimate only warns
+    (refusing on a guess leaves the machine with no dump). True when a problem was added."""
+    from kdumplab.capture.floors import NEAR_MIB, measured_floor
+
+    floor = measured_floor(capture, result.arch)
+    if floor is not None:
+        result.floor = floor.floor_mib * MiB
+        if result.recommended < result.floor + NEAR_MIB * MiB:
+            result.recommended = -(-(result.floor + NEAR_MIB * MiB) // (64 * MiB)) * 64 * MiB
+            result.recommended_line = re.sub(r"crashkernel=[^,\s]+", f"crashkernel={format_size(result.recommended)}",
+                                             result.recommended_line)
+        if reserved < result.floor:
+            result.problems.append(
+                f"reserved {format_mib(reserved)}, below {floor.floor_mib} MiB, the smallest reservation kdumplab "
+                f"was measured to capture with ({floor.describe()}): replace crashkernel= with "
+                f"{result.recommended_line} {instead}, or arm with --force to try anyway")
+            return True
+        if reserved < result.floor + NEAR_MIB * MiB:
+            result.warnings.append(
+                f"reserved {format_mib(reserved)} is within {NEAR_MIB} MiB of the measured floor, {floor.floor_mib} "
+                f"MiB ({floor.describe()}): a bigger machine or initrd may need more ({result.recommended_line})")
+        return False
+    if reserved < result.needed:
+        result.warnings.append(
+            f"reserved {format_mib(reserved)}, the estimate says about {format_mib(result.needed)} and capture = "
+            f"\"{capture}\" was not measured on {result.arch}: arming anyway; if the capture fails, use "
+            f"{result.recommended_line}")
+    return False
 
 
 def format_mib(nbytes: int) -> str:

@@ -35,6 +35,7 @@ from kdumplab.capture.arm_root import meminfo, under
 from kdumplab.capture.arm_ssh import ssh_argv
 from kdumplab.capture.config import Config
 from kdumplab.capture.kexec import Runner, crash_loaded, lockdown
+from kdumplab.capture.last_capture import read_record
 from kdumplab.capture.reservation import check_reservation
 from kdumplab.capture.retention import list_dumps
 from kdumplab.capture.sysctl import PANIC_SYSCTLS, read_sysctls
@@ -164,6 +165,8 @@ class Status:
     configured_sysctls: dict[str, str]
     target: TargetStatus
     last_dumps: list[dict[str, Any]] = field(default_factory=list)
+    #: what the last ``kdumplab save --from-config`` in a kdump kernel recorded (:mod:`.last_capture`), or None
+    last_capture: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -208,7 +211,13 @@ def target_status(config: Config, root: Path, runner: Runner | None, dump_level:
                           estimate_method=estimate.method)
     if target.kind == "dir":
         # a missing directory is fine: kdumplab save creates it; the free space is that of its parent
-        status.exists, status.free = _free_space(under(root, target.path))
+        from kdumplab.capture.mount import target_directory
+
+        directory, why_not = target_directory(config, root)
+        if directory is None:
+            status.problem = why_not
+            return status
+        status.exists, status.free = _free_space(directory)
     elif runner is not None:
         key = config.ssh_key if under(root, config.ssh_key).exists() else None
         probe = runner(ssh_argv(target, key, "df", "-Pk", "--", target.path))
@@ -236,7 +245,8 @@ def collect_status(config: Config, root: Path = Path("/"), runner: Runner | None
     root = Path(root)
     kernel = config.kernel_path(root)
     initrd = config.initrd_path(root)
-    reservation = check_reservation(root, kernel, initrd, capture_in_initrd=bool(config.init))
+    reservation = check_reservation(root, kernel, initrd, capture_in_initrd=bool(config.init) or config.capture == "initrd",
+                                    capture=config.capture)
     loaded = crash_loaded(root)
     armed = read_armed_state(root)
     sysctls = read_sysctls(list(dict.fromkeys([*PANIC_SYSCTLS, *config.sysctls])), root)
@@ -253,10 +263,17 @@ def collect_status(config: Config, root: Path = Path("/"), runner: Runner | None
         problems.append(target.problem)
     dumps = []
     if config.target.kind == "dir":
-        dumps = [d.to_dict() for d in list_dumps(under(root, config.target.path))[:last]]
+        from kdumplab.capture.mount import target_directory
+
+        directory, _ = target_directory(config, root)
+        dumps = [d.to_dict() for d in list_dumps(directory)[:last]] if directory is not None else []
+    last_capture = read_record(root)
+    if last_capture and last_capture.get("status") != "complete":
+        problems.append(f"the last capture failed (exit status {last_capture.get('exit_code')}): "
+                        f"{last_capture.get('error') or 'no reason recorded'}")
     if armed and armed.get("time"):
         armed = dict(armed, age_seconds=int(time.time() - float(armed["time"])))
     return Status(reservation=reservation.to_dict(), loaded=loaded, armed=armed,
                   kernel=str(kernel), initrd=str(initrd) if initrd else None, lockdown=lockdown(root),
                   sysctls=sysctls, configured_sysctls=dict(config.sysctls), target=target, last_dumps=dumps,
-                  problems=problems)
+                  last_capture=last_capture, problems=problems)

@@ -32,7 +32,8 @@ def _load(config_path: Path | None, root: Path):
 @_root
 @_config
 @_dry
-@click.option("--ignore-size", is_flag=True, help="Load even if the reservation looks smaller than the estimate.")
+@click.option("--force", "--ignore-size", "ignore_size", is_flag=True,
+              help="Load even below the reservation the capture was measured to need.")
 def arm(root, config_path, dry_run, ignore_size):
     """Load the crash kernel (kexec -s -p, falling back to kexec -p) and set the panic sysctls."""
     from kdumplab.capture.arm_ops import arm as do_arm

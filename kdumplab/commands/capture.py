@@ -6,6 +6,7 @@ the commands, so ``kdumplab save`` starts quickly in the kdump kernel and never 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -33,6 +34,15 @@ def _lean_start() -> None:
 
     gc.disable()
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def _target_mount(cfg):
+    """The configured target file system mounted (or found mounted), or nothing to mount."""
+    if not cfg.target_device:
+        return contextlib.nullcontext(None)
+    from kdumplab.capture.mount import mounted
+
+    return mounted(cfg.target_device, cfg.target_fstype, cfg.target_options)
 
 
 def _raise_interrupt(signum, frame):  # SIGTERM (systemd stopping the unit) is handled like Ctrl-C
@@ -103,6 +113,7 @@ def save(source, dest, dump_level, codec, fmt, threads, from_config, config_path
 
     values = {"dump_level": 31, "codec": "zstd", "format": "kdump", "threads": 1, "keep": 0}
     actions = None
+    cfg = target = None
     if from_config:
         from kdumplab.capture.config import load_config
 
@@ -128,18 +139,32 @@ def save(source, dest, dump_level, codec, fmt, threads, from_config, config_path
     options = SaveOptions(identity=ssh_key, known_hosts=known_hosts, ssh_options=list(ssh_options), force=force,
                           **values)
     progress = Progress(quiet=quiet)
+    from_vmcore = from_config and os.path.realpath(source) == "/proc/vmcore"
+    # the configured target's file system (target_device), mounted here when it is not yet (the kdump initrd)
+    mount = _target_mount(cfg) if from_vmcore and dest == target else contextlib.nullcontext(None)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     status = ExitCode.OK
+    outcome: dict = {"status": "complete", "target": dest, "target_device": cfg.target_device if from_config else None}
     try:
-        do_save(source, dest, options, progress)
+        with mount as base:
+            if base is not None:
+                dest = os.path.join(base, cfg.target.path.lstrip("/"))
+            result = do_save(source, dest, options, progress)
+            outcome.update(dump=result.dump, directory=result.directory)
     except SaveError as error:
         status = error.exit_code
+        outcome.update(status="failed", error=str(error), dump=error.partial)
         click.echo(f"kdumplab: error: {error}", err=True)
     except KeyboardInterrupt:
         status = ExitCode.INTERRUPTED
+        outcome.update(status="failed", error="interrupted")
         click.echo("kdumplab: error: interrupted", err=True)
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if from_vmcore:
+        from kdumplab.capture.last_capture import record_outcome
+
+        record_outcome(dict(outcome, exit_code=int(status)), lambda m: click.echo(m, err=True))
     run_action = actions is not None and not no_action and os.path.realpath(source) == "/proc/vmcore"
     if run_action:
         _final_action(actions[0] if status == ExitCode.OK else actions[1], lambda m: click.echo(m, err=True))

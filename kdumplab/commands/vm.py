@@ -75,5 +75,37 @@ def crash(out, crash_kind, kernel, arch, memory, crashkernel, workload, crash_co
     click.echo(json.dumps(result.to_json(), indent=2))
 
 
+@vm.command("image")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--suite", type=click.Choice(["bookworm", "trixie"]), default="bookworm", show_default=True)
+@click.option("--kind", type=click.Choice(["kdumplab", "kdump-tools"]), default="kdumplab", show_default=True,
+              help="kdumplab installed from this checkout's wheel, or Debian's kdump-tools (the anchor).")
+def image_command(out, suite, kind):
+    """Build (or take from the cache) a bootable disk image of an installed Debian system; copy it to OUT."""
+    from kdumplab.testing.vm.image import build_image
+
+    click.echo(json.dumps(build_image(suite, kind, out).to_json(), indent=2))
+
+
+@vm.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--suite", type=click.Choice(["bookworm", "trixie"]), default="bookworm", show_default=True)
+@click.option("--capture", type=click.Choice(["initrd", "rootfs", "kdump-tools"]), default="initrd",
+              show_default=True, help="Save from kdumplab's kdump initrd, from the installed root, or with "
+                                      "Debian's kdump-tools.")
+@click.option("--memory", default="2G", show_default=True, help="Guest memory.")
+@click.option("--crashkernel", default="256M", show_default=True, help="crashkernel= reservation.")
+@click.option("--workload", type=click.Choice(["idle", "realistic"]), default="idle", show_default=True)
+@click.option("--fault", type=click.Choice(["wrong-uuid", "full"]), default=None,
+              help="Break the deployed path first: a target file system that does not exist, or one too small.")
+def deploy(out, suite, capture, memory, crashkernel, workload, fault):
+    """Boot an installed Debian image, arm at boot, crash it, capture, boot again; OUT/vm.json says how."""
+    from kdumplab.testing.vm.deploy import deploy_vm
+
+    result = deploy_vm(out, suite=suite, capture=capture, memory=memory, crashkernel=crashkernel,
+                       workload=workload, fault=fault)
+    click.echo(json.dumps(result.to_json(), indent=2, default=str))
+
+
 def register(group: click.Group) -> None:
     group.add_command(vm)

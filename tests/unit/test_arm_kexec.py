@@ -92,10 +92,15 @@ def test_missing_reservation_stops_before_kexec(tmp_path):
     assert runner.calls == []
 
 
-def test_small_reservation_and_ignore_size(tmp_path):
+def test_small_reservation_and_ignore_size(tmp_path, monkeypatch):
+    from kdumplab.capture import floors
+
+    measured = tmp_path / "floors.json"
+    measured.write_text('{"floors": [{"capture": "rootfs", "arch": "x86_64", "suite": "bookworm", "floor_mib": 160}]}')
+    monkeypatch.setattr(floors, "FLOORS_FILE", measured)
     make_tree(tmp_path, cmdline="crashkernel=128M", crash_size=128 * MiB, initrd_size=80 * MiB)
     cfg = load_config(None, tmp_path)
-    with pytest.raises(ReservationError, match=r"reserved 128 MiB, need about \d+ MiB"):
+    with pytest.raises(ReservationError, match=r"reserved 128 MiB, below 160 MiB, the smallest reservation"):
         arm(cfg, tmp_path, runner=RecordingRunner())
     runner = RecordingRunner(effects={("kexec",): kexec_sets_loaded(tmp_path)})
     arm(cfg, tmp_path, runner=runner, ignore_size=True)

@@ -1,0 +1,128 @@
+"""The deployed capture against Debian's kdump-tools: the smallest crashkernel= that still saves, and how fast.
+
+For each suite and capture way (kdumplab's kdump initrd, kdumplab from the installed root, kdump-tools with
+makedumpfile), an installed Debian image (:mod:`kdumplab.testing.vm.image`) with a realistic 2 GiB workload is
+crashed under QEMU (:func:`kdumplab.testing.vm.deploy.deploy_vm`), and ``crashkernel=`` is searched in 16 MiB
+steps (bisection between a size that saves and one that does not) for the smallest that still saves the dump.
+Each row gives that floor, panic_to_saved at the floor and at the starting size, the kdump initrd's size and
+the dump's; the ratio columns are ours / kdump-tools' on the same suite, measured in the same run.
+
+    .venv/bin/python benchmarks/deploy.py                                   # bookworm, all three ways
+    .venv/bin/python benchmarks/deploy.py --suites bookworm,trixie --write  # and record the floors in
+                                                                            # kdumplab/capture/floors.json
+
+``--write`` records the floors the package ships, which ``kdumplab arm`` refuses below. Benchmarks are never
+run by the tests; one run takes an hour or more under TCG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kdumplab.testing.vm.deploy import deploy_vm  # noqa: E402
+from kdumplab.testing.vm.qemu import VmError  # noqa: E402
+
+FLOORS = Path(__file__).resolve().parents[1] / "kdumplab" / "capture" / "floors.json"
+
+
+def attempt(out: Path, suite: str, capture: str, mib: int, memory: str, workload: str, log: list) -> dict | None:
+    """One crash at ``mib``: the result's figures when the dump was saved, else None."""
+    started = time.monotonic()
+    try:
+        result = deploy_vm(out / f"{suite}-{capture}-{mib}", suite=suite, capture=capture, memory=memory,
+                           crashkernel=f"{mib}M", workload=workload, report=False)
+    except VmError as error:
+        log.append({"suite": suite, "capture": capture, "mib": mib, "saved": False, "why": str(error)[:300]})
+        print(f"  {mib}M: not saved ({error.phase}: {error.problem[:120]})", flush=True)
+        return None
+    saved = result.capture_failed is None and "panic_to_saved" in result.timings
+    row = {"suite": suite, "capture": capture, "mib": mib, "saved": saved, "release": result.release,
+           "panic_to_saved": result.timings.get("panic_to_saved"), "initrd_bytes": result.initrd_bytes,
+           "dump_bytes": result.dump.stat().st_size if result.dump else None,
+           "seconds": round(time.monotonic() - started)}
+    log.append(row)
+    print(f"  {mib}M: {'saved' if saved else 'not saved'} {row}", flush=True)
+    return row if saved else None
+
+
+def floor(out: Path, suite: str, capture: str, start: int, low: int, step: int, memory: str, workload: str,
+          log: list) -> tuple[dict | None, dict | None]:
+    """Bisect in ``step`` MiB between ``low`` (assumed too small) and ``start``: (row at the floor, row at
+    ``start``)."""
+    print(f"{suite} {capture}: from {start}M down to {low}M in {step}M steps", flush=True)
+    top = attempt(out, suite, capture, start, memory, workload, log)
+    if top is None:
+        return None, None
+    good, good_row, bad = start, top, low
+    while good - bad > step:
+        middle = bad + ((good - bad) // step // 2) * step
+        middle = max(middle, bad + step)
+        row = attempt(out, suite, capture, middle, memory, workload, log)
+        if row is None:
+            bad = middle
+        else:
+            good, good_row = middle, row
+    return good_row, top
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suites", default="bookworm")
+    parser.add_argument("--captures", default="initrd,rootfs,kdump-tools")
+    parser.add_argument("--start", type=int, default=256, help="MiB known to be enough")
+    parser.add_argument("--low", type=int, default=64, help="MiB assumed too small")
+    parser.add_argument("--step", type=int, default=16)
+    parser.add_argument("--memory", default="2G")
+    parser.add_argument("--workload", default="realistic")
+    parser.add_argument("--out", default=None, help="where the guests' directories go [a temporary directory]")
+    parser.add_argument("--write", action="store_true", help="record the floors in kdumplab/capture/floors.json")
+    args = parser.parse_args(argv)
+    out = Path(args.out or tempfile.mkdtemp(prefix="kdumplab-deploy-bench-"))
+    log: list[dict] = []
+    rows = []
+    for suite in args.suites.split(","):
+        for capture in args.captures.split(","):
+            at_floor, at_start = floor(out, suite, capture, args.start, args.low, args.step, args.memory,
+                                       args.workload, log)
+            rows.append({"suite": suite, "capture": capture, "floor": at_floor, "start": at_start})
+            (out / "deploy-bench.json").write_text(json.dumps({"rows": rows, "log": log}, indent=2) + "\n")
+    print("\n| suite | capture | smallest crashkernel= | panic_to_saved at it | at %dM | kdump initrd | dump |"
+          % args.start)
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        f, s = row["floor"] or {}, row["start"] or {}
+        mib = lambda n: f"{n / (1 << 20):.1f} MiB" if n else "-"  # noqa: E731
+        print(f"| {row['suite']} | {row['capture']} | {f.get('mib', 'none') }M | {f.get('panic_to_saved', '-')} s | "
+              f"{s.get('panic_to_saved', '-')} s | {mib(f.get('initrd_bytes'))} | {mib(f.get('dump_bytes'))} |")
+    for suite in args.suites.split(","):
+        theirs = next((r for r in rows if r["suite"] == suite and r["capture"] == "kdump-tools" and r["floor"]), None)
+        for row in rows:
+            if row["suite"] != suite or row["capture"] == "kdump-tools" or not row["floor"] or not theirs:
+                continue
+            print(f"{suite} {row['capture']} / kdump-tools: floor {row['floor']['mib'] / theirs['floor']['mib']:.2f}, "
+                  f"panic_to_saved at {args.start}M "
+                  f"{(row['start']['panic_to_saved'] or 0) / (theirs['start']['panic_to_saved'] or 1):.2f}")
+    if args.write:
+        today = time.strftime("%Y-%m-%d")
+        data = {"source": "benchmarks/deploy.py", "floors": [
+            {"capture": r["capture"], "arch": "x86_64", "suite": r["suite"], "release": r["floor"]["release"],
+             "floor_mib": r["floor"]["mib"], "memory": args.memory, "workload": args.workload, "measured": today,
+             "panic_to_saved": r["floor"]["panic_to_saved"], "initrd_bytes": r["floor"]["initrd_bytes"]}
+            for r in rows if r["floor"] and r["capture"] != "kdump-tools"],
+            "kdump_tools": [{"suite": r["suite"], "floor_mib": r["floor"]["mib"], "measured": today}
+                            for r in rows if r["floor"] and r["capture"] == "kdump-tools"]}
+        FLOORS.write_text(json.dumps(data, indent=2) + "\n")
+        print(f"wrote {FLOORS}")
+    print(f"details: {out / 'deploy-bench.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Capture as it is deployed: an installed Debian image, armed by systemd, saved by its own kdump, read back.
+
+``make test`` runs the initrd capture on bookworm (:func:`deployed`: one guest, booted twice); the other capture
+ways, trixie and the faults are ``matrix`` tests (``make test-matrix``). Every dump here is copied out of the
+guest's disk image after the guest powered off, and opened by drgn and by ``kdumplab.open`` with the crashed
+task's stack.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.vm
+
+
+def _skip_reason() -> str | None:
+    from kdumplab.testing.vm.qemu import qemu_available
+
+    reason = qemu_available()
+    if reason:
+        return reason
+    for tool in ("mmdebstrap", "debugfs", "mkfs.ext4"):
+        if shutil.which(tool) is None and not Path(f"/sbin/{tool}").exists():
+            return f"{tool} is not installed (make deps)"
+    return None
+
+
+def _deploy(tmp_path_factory, name: str, **kwargs):
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from kdumplab.testing.vm.deploy import deploy_vm
+
+    return deploy_vm(tmp_path_factory.mktemp(name), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """bookworm, capture from kdumplab's kdump initrd onto the root file system named by UUID."""
+    return _deploy(tmp_path_factory, "deploy-bookworm-initrd", suite="bookworm", capture="initrd")
+
+
+def _check_captured(result) -> None:
+    assert result.ok, result.error or result.capture_failed
+    assert result.dump is not None and result.dump.exists()
+    assert stat.S_IMODE(result.dump.stat().st_mode) == 0o600
+    data = json.loads((result.out / "vm.json").read_text())
+    for key in ("release", "vmlinux", "capture", "crashkernel", "initrd_bytes", "timings", "dump",
+                "status_after_reboot"):
+        assert data.get(key) is not None, key
+    assert 0 < data["timings"]["panic_to_saved"] < data["timings"]["panic_to_up"]
+    assert data["initrd_bytes"] > 1 << 20
+
+
+def _check_stack(result) -> None:
+    """drgn and kdumplab.open both read the crashed task's stack out of the copied dump."""
+    drgn = pytest.importorskip("drgn")
+    prog = drgn.Program()
+    prog.set_core_dump(str(result.dump))
+    prog.load_debug_info([str(result.vmlinux)])
+    assert prog["init_uts_ns"].name.release.string_().decode() == result.release
+    frames = [frame.name for frame in prog.crashed_thread().stack_trace()]
+    assert "sysrq_handle_crash" in frames, frames
+
+    import kdumplab
+
+    dump = kdumplab.open(result.dump, vmlinux=result.vmlinux)
+    functions = list(dump.backtrace()["function"])
+    assert "sysrq_handle_crash" in functions, functions
+
+
+def test_initrd_capture_vm_json(deployed):
+    _check_captured(deployed)
+    assert deployed.capture == "initrd" and deployed.release.startswith("6.1.")
+
+
+def test_armed_by_systemd_at_boot_and_again_after_the_reboot(deployed):
+    assert deployed.armed_first_boot is True
+    status = deployed.status_after_reboot["status"]
+    assert status["loaded"] is True and status["armed"]["initrd"].startswith("/var/lib/kdumplab/initrd.img-")
+    newest = status["last_dumps"][0]
+    assert newest["name"] == deployed.dump_dir.name and newest["status"] == "complete"
+    assert status["last_capture"]["status"] == "complete"
+
+
+def test_saved_from_the_initrd_before_any_root_mount(deployed):
+    """The capture ran in initramfs-tools' init-premount, not in systemd on the root file system."""
+    log = deployed.capture_log
+    saved = next(i for i, line in enumerate(log) if "kdumplab save: saved" in line)
+    assert any("kdumplab: saving the crash dump" in line for line in log[:saved])
+    assert not any("Welcome to" in line or "systemd[1]" in line for line in log[:saved])
+
+
+def test_initrd_dump_has_the_crashed_stack(deployed):
+    _check_stack(deployed)
+
+
+def test_nothing_of_the_host_is_visible_to_the_guest(deployed):
+    """No 9p share, no network, no chroot: the guest had its own disks and a serial console only."""
+    for argv in deployed.qemu_argv:
+        text = " ".join(argv)
+        for option in ("-virtfs", "-fsdev", "-netdev", "-nic", "9p"):
+            assert option not in argv and option not in text.replace("9p2000", ""), (option, text)
+        drives = [argv[i + 1] for i, a in enumerate(argv) if a == "-drive"]
+        assert drives and all(d.startswith(f"file={deployed.out}/") for d in drives), drives
+    report = deployed.status_after_reboot
+    assert " 9p " not in report["mounts"] and "virtiofs" not in report["mounts"]
+    # virtio device ids: 2 is a block device; 1 (net) or 9 (9p) would be a way out
+    assert set(report["virtio_devices"].split()) == {"0x0002"}, report["virtio_devices"]
+
+
+@pytest.mark.matrix
+@pytest.mark.parametrize("suite,capture", [("bookworm", "rootfs"), ("bookworm", "kdump-tools"),
+                                           ("trixie", "initrd"), ("trixie", "rootfs"), ("trixie", "kdump-tools")])
+def test_deploy_matrix(tmp_path_factory, suite, capture):
+    result = _deploy(tmp_path_factory, f"deploy-{suite}-{capture}", suite=suite, capture=capture)
+    _check_captured(result)
+    if capture != "kdump-tools":
+        assert result.status_after_reboot["status"]["last_dumps"][0]["name"] == result.dump_dir.name
+    else:
+        assert result.dump_dir.name in result.status_after_reboot["listing"]
+    _check_stack(result)
+
+
+@pytest.mark.matrix
+@pytest.mark.parametrize("fault", ["wrong-uuid", "full"])
+def test_target_fault_is_reported_after_the_reboot(tmp_path_factory, fault):
+    """The failure action runs (the machine comes back), nothing claims to be complete, and the first kernel's
+    status says what failed and why."""
+    result = _deploy(tmp_path_factory, f"deploy-fault-{fault}", suite="bookworm", capture="initrd", fault=fault)
+    assert not result.ok and result.capture_failed
+    assert result.timings.get("panic_to_up")  # back up in the first kernel by itself
+    status = result.status_after_reboot["status"]
+    last = status["last_capture"]
+    assert last["status"] == "failed" and last["exit_code"] == {"wrong-uuid": 4, "full": 3}[fault]
+    why = {"wrong-uuid": "not found", "full": "space"}[fault]
+    assert why in last["error"]
+    assert any("the last capture failed" in p and why in p for p in status["problems"])
+    assert status["ready"] is False
+    assert not any(d["status"] == "complete" for d in status["last_dumps"])
