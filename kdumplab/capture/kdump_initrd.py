@@ -109,6 +109,12 @@ def ensure_kdump_initrd(root: Path, release: str, config_path: str | None, dry_r
                               text=True, env=dict(os.environ, KDUMPLAB_INITRAMFS="1"), timeout=900)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise ArmError(f"cannot build the kdump initrd with mkinitramfs: {error} (is initramfs-tools installed?)")
+    if done.returncode != 0 and "failed to determine device" in done.stderr:
+        # MODULES=dep cannot tell the root disk (a chroot, an unusual root): all the storage drivers then
+        echo("mkinitramfs cannot find the root device for MODULES=dep: building with MODULES=most")
+        (confdir / "conf.d" / "zz-kdumplab").unlink(missing_ok=True)
+        done = subprocess.run(["mkinitramfs", "-d", str(confdir), "-o", str(tmp), release], capture_output=True,
+                              text=True, env=dict(os.environ, KDUMPLAB_INITRAMFS="1"), timeout=900)
     if done.returncode != 0:
         tmp.unlink(missing_ok=True)
         said = (done.stderr or done.stdout).strip()[-1500:]

@@ -95,6 +95,10 @@ def _render_status(st) -> None:
         for d in st.last_dumps:
             flag = " (incomplete)" if d["incomplete"] else ""
             click.echo(f"  {d['crash_time']}  {_mib(d['size']):>10}  {d['path']}{flag}")
+    if st.last_capture:
+        last = st.last_capture
+        where = last.get("dump") or last.get("target")
+        click.echo(f"last capture: {last.get('status')} (exit status {last.get('exit_code')}) {where or ''}".rstrip())
     for p in st.problems:
         click.echo(f"problem:      {p}")
 

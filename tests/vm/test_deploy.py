@@ -143,3 +143,18 @@ def test_target_fault_is_reported_after_the_reboot(tmp_path_factory, fault):
     assert any("the last capture failed" in p and why in p for p in status["problems"])
     assert status["ready"] is False
     assert not any(d["status"] == "complete" for d in status["last_dumps"])
+
+
+@pytest.mark.matrix
+def test_upgrade_rearms_and_the_next_crash_uses_the_new_initrd(tmp_path_factory):
+    """The kernel image rewritten in place (a package upgrade) and the configuration changed: kdumplab-arm.path
+    re-arms, the kdump initrd is rebuilt, and the dump is saved by the new one (its lzo pages say so)."""
+    result = _deploy(tmp_path_factory, "deploy-upgrade", suite="bookworm", capture="initrd", fault="upgrade")
+    _check_captured(result)
+    assert result.rearmed and "loaded=1" in result.rearmed
+    meta = json.loads((result.dump_dir / "meta.json").read_text())
+    assert meta["options"]["codec"] == "lzo", meta["options"]
+    from kdumplab.formats.dumpfile import open_dumpfile
+
+    with open_dumpfile(result.dump) as dump:
+        assert dump.compression == "lzo"

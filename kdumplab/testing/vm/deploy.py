@@ -97,6 +97,7 @@ class DeployResult:
     dump_dir: Path | None = None
     status_after_reboot: dict[str, Any] | None = None
     armed_first_boot: bool | None = None
+    rearmed: str | None = None  # the upgrade fault: what the first kernel said after kdumplab-arm.path re-armed
     capture_log: list[str] = field(default_factory=list)
     capture_failed: str | None = None
     qemu_argv: list[list[str]] = field(default_factory=list)
@@ -184,6 +185,33 @@ def _qemu(out: Path, image: Image, disks: list[Path], boot: int, release: str, m
                       memory=memory, disks=disks, accel=accel)
 
 
+#: The ``upgrade`` fault's first boot: the configuration changes (lzo pages, to tell which initrd saved the
+#: dump) and the kernel image is rewritten in place as a package upgrade does; kdumplab-arm.path must then
+#: re-arm, rebuilding the kdump initrd, before the crash.
+UPGRADE_SCRIPT = r"""
+set -u
+release=$(uname -r)
+mark() { echo "@@kdumplab-deploy $*"; }
+echo 'compress = "lzo"' >> /etc/kdumplab/kdumplab.toml
+sleep 2
+upgraded=$(date +%s)
+cp "/boot/vmlinuz-$release" /tmp/vmlinuz && cat /tmp/vmlinuz > "/boot/vmlinuz-$release"
+mark "upgraded at=$upgraded"
+for i in $(seq 1 900); do
+    armed=$(stat -c %Y /run/kdumplab/armed.json 2>/dev/null || echo 0)
+    if [ "$armed" -gt "$upgraded" ] && [ "$(systemctl show -p ActiveState --value kdumplab-rearm.service)" = inactive ]; then
+        mark "rearmed after=$((armed - upgraded)) initrd_mtime=$(stat -c %Y /var/lib/kdumplab/initrd.img-$release) loaded=$(cat /sys/kernel/kexec_crash_loaded)"
+        break
+    fi
+    sleep 1
+done
+journalctl -b -u kdumplab-rearm.service --no-pager | tail -n 20
+mark "crash"
+sync
+echo c > /proc/sysrq-trigger
+"""
+
+
 def _config_for(capture: str, fault: str | None, image: Image) -> str | None:
     """The configuration to put in the image before the first boot, when it differs from the image's."""
     if capture == "kdump-tools":
@@ -206,7 +234,9 @@ def deploy_vm(out: str | os.PathLike, suite: str = "bookworm", capture: str = "i
     """Boot the image, arm at boot, crash, capture, boot again, report; see the module docstring.
 
     ``fault``: ``wrong-uuid`` (the configured target file system does not exist), ``full`` (the target is a
-    16 MiB file system, too small for the dump). Raises :class:`VmError` naming the phase when the guest does
+    16 MiB file system, too small for the dump), ``upgrade`` (:data:`UPGRADE_SCRIPT`: the kernel image is
+    rewritten and the configuration changed in the first kernel; the path unit must re-arm with a new kdump
+    initrd before the crash). Raises :class:`VmError` naming the phase when the guest does
     not get there; a capture that fails is not an error here (``capture_failed``, ``ok`` False): the fault
     tests look at what the first kernel says about it. ``report=False`` skips the second boot (the
     reservation search only needs to know whether the dump was saved).
@@ -238,6 +268,8 @@ def deploy_vm(out: str | os.PathLike, suite: str = "bookworm", capture: str = "i
     config = _config_for(capture, fault, image)
     if config is not None:
         write_file(disk, "/etc/kdumplab/kdumplab.toml", config.encode(), out)
+    if fault == "upgrade":
+        write_file(disk, "/var/lib/kdumplab-vmtest/script", UPGRADE_SCRIPT.encode(), out)
     disks = [disk]
     if workload == "realistic":
         scratch = out / "scratch.img"
@@ -274,8 +306,8 @@ def deploy_vm(out: str | os.PathLike, suite: str = "bookworm", capture: str = "i
 
 def _crash_boot(out: Path, image: Image, disks: list[Path], result: DeployResult, timeouts: DeployTimeouts,
                 say: Callable[[str], None]) -> None:
-    qcfg = _qemu(out, image, disks, 1, image.release, result.memory, result.crashkernel,
-                 f"crash:{result.workload}", result.accel)
+    action = "script" if result.fault == "upgrade" else f"crash:{result.workload}"
+    qcfg = _qemu(out, image, disks, 1, image.release, result.memory, result.crashkernel, action, result.accel)
     result.consoles.append(str(qcfg.console))
     say(f"first boot of {image.release} ({result.suite}, capture {result.capture}) under {result.accel}, "
         f"{result.memory}, crashkernel={result.crashkernel}; console {qcfg.console}")
@@ -289,6 +321,10 @@ def _crash_boot(out: Path, image: Image, disks: list[Path], result: DeployResult
         if not result.armed_first_boot:
             raise guest.fail("arm", "systemd did not arm kdump at boot (/sys/kernel/kexec_crash_loaded is not 1)")
         say("armed at boot; crashing")
+        if result.fault == "upgrade":
+            _, match, _ = guest.expect("upgrade", {"rearmed": MARK + r"rearmed (.*)"}, timeouts.capture)
+            result.rearmed = match.group(1)
+            say(f"re-armed after the upgrade: {result.rearmed}")
         guest.expect("workload", {"crash": MARK + r"crash$"}, timeouts.workload)
         _, _, panic = guest.expect("crash", {"panic": PANIC}, 120)
         first_capture_line = len(guest.lines)

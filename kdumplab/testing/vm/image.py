@@ -332,6 +332,19 @@ echo kdumplab-deploy > "$R/etc/hostname"
 # no getty on the serial console: the agent writes there, nobody logs in
 chroot "$R" systemctl mask serial-getty@ttyS0.service
 RELEASE=$(ls "$R/lib/modules" | sort -V | tail -n 1)
+# the kdump initrds are built with MODULES=dep (kdumplab's and kdump-tools' alike): mkinitramfs then looks for
+# the device of / in /proc/mounts, which a chroot into a plain directory does not have. Bound onto itself the
+# directory is a mount, seen as / from inside, backed by this machine's (virtio) disk like the guest's.
+mount --rbind "$R" "$R"
+trap 'umount -l "$R" 2>/dev/null || true' EXIT
+# the system's own initrd: not built while the packages were installed (update-initramfs and mkinitramfs were
+# diverted to no-ops by the essential hook), built now once, with MODULES=dep like the kdump initrds
+for tool in update-initramfs mkinitramfs; do
+    rm -f "$R/usr/sbin/$tool"
+    chroot "$R" dpkg-divert --quiet --local --rename --remove "/usr/sbin/$tool"
+done
+echo MODULES=dep > "$R/etc/initramfs-tools/conf.d/kdumplab-image"
+chroot "$R" update-initramfs -c -k "$RELEASE"
 if [ "$KIND" = kdumplab ]; then
     mkdir -p "$R/tmp/wheels"
     cp @WHEELS@/*.whl "$R/tmp/wheels/"
@@ -370,6 +383,9 @@ def _mmdebstrap_argv(suite: str, packages: list[str], directory: Path, hook: Pat
             "--essential-hook=echo 'kexec-tools kexec-tools/load_kexec boolean false' | chroot \"$1\" "
             "debconf-set-selections; echo 'kdump-tools kdump-tools/use_kdump boolean true' | chroot \"$1\" "
             "debconf-set-selections",
+            # no initrd while the packages install (the customize hook builds each once, with MODULES=dep)
+            "--essential-hook=for tool in update-initramfs mkinitramfs; do chroot \"$1\" dpkg-divert --quiet "
+            "--local --rename --add /usr/sbin/$tool && ln -s /bin/true \"$1\"/usr/sbin/$tool; done",
             f"--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/ && "
             f"{{ [ -z \"$(ls {shlex.quote(str(debs))})\" ] || cp -l {shlex.quote(str(debs))}/*.deb "
             f"\"$1\"/var/cache/apt/archives/ 2>/dev/null || cp {shlex.quote(str(debs))}/*.deb \"$1\"/var/cache/apt/archives/; }}",
