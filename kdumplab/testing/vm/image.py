@@ -61,7 +61,7 @@ KINDS = ("kdumplab", "kdump-tools")
 #: Debian packages of every image; per kind, what it adds.
 BASE_PACKAGES = ("linux-image-amd64", "systemd", "systemd-sysv", "udev", "kmod", "initramfs-tools", "busybox",
                  "zstd", "e2fsprogs", "mount", "util-linux", "procps", "python3", "kexec-tools")
-KIND_PACKAGES = {"kdumplab": ("python3-venv", "liblzo2-2"), "kdump-tools": ("kdump-tools", "makedumpfile")}
+KIND_PACKAGES = {"kdumplab": ("python3-venv", "liblzo2-2", "binutils"), "kdump-tools": ("kdump-tools", "makedumpfile")}
 
 #: Debian packages standing in for a Python dependency that has no wheel for the guest's Python when the host
 #: cannot build one (another Python version); the venv then sees the system's site-packages.
@@ -337,6 +337,9 @@ RELEASE=$(ls "$R/lib/modules" | sort -V | tail -n 1)
 # directory is a mount, seen as / from inside, backed by this machine's (virtio) disk like the guest's.
 mount --rbind "$R" "$R"
 trap 'umount -l "$R" 2>/dev/null || true' EXIT
+mountpoint -q "$R/proc" || mount -t proc proc "$R/proc"
+mountpoint -q "$R/sys" || mount --rbind /sys "$R/sys"
+mountpoint -q "$R/dev" || mount --rbind /dev "$R/dev"
 # the system's own initrd: not built while the packages were installed (update-initramfs and mkinitramfs were
 # diverted to no-ops by the essential hook), built now once, with MODULES=dep like the kdump initrds
 for tool in update-initramfs mkinitramfs; do
@@ -344,7 +347,11 @@ for tool in update-initramfs mkinitramfs; do
     chroot "$R" dpkg-divert --quiet --local --rename --remove "/usr/sbin/$tool"
 done
 echo MODULES=dep > "$R/etc/initramfs-tools/conf.d/kdumplab-image"
-chroot "$R" update-initramfs -c -k "$RELEASE"
+if ! chroot "$R" update-initramfs -c -k "$RELEASE"; then
+    echo "MODULES=dep failed here: MODULES=most" >&2
+    echo MODULES=most > "$R/etc/initramfs-tools/conf.d/kdumplab-image"
+    chroot "$R" update-initramfs -c -k "$RELEASE"
+fi
 if [ "$KIND" = kdumplab ]; then
     mkdir -p "$R/tmp/wheels"
     cp @WHEELS@/*.whl "$R/tmp/wheels/"
