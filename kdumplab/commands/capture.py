@@ -121,8 +121,8 @@ def save(source, dest, dump_level, codec, fmt, threads, from_config, config_path
         opts = cfg.to_save_options()
         values.update({k: opts[k] for k in ("dump_level", "codec", "format", "threads", "keep") if k in opts})
         target = opts.get("target")
-        if cfg.target.kind == "ssh" and not str(target).endswith("/"):
-            target = f"{target}/"  # a configured ssh target is a directory
+        if not str(target).endswith("/"):
+            target = f"{target}/"  # a configured target is a directory, even before it exists
         dest = dest or target
         source = source or "/proc/vmcore"
         if ssh_key is None and opts.get("ssh_key") and os.path.exists(opts["ssh_key"]):
@@ -148,7 +148,7 @@ def save(source, dest, dump_level, codec, fmt, threads, from_config, config_path
     try:
         with mount as base:
             if base is not None:
-                dest = os.path.join(base, cfg.target.path.lstrip("/"))
+                dest = os.path.join(base, cfg.target.path.strip("/"), "")
             result = do_save(source, dest, options, progress)
             outcome.update(dump=result.dump, directory=result.directory)
     except SaveError as error:
