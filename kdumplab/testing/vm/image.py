@@ -61,7 +61,7 @@ KINDS = ("kdumplab", "kdump-tools")
 #: Debian packages of every image; per kind, what it adds.
 BASE_PACKAGES = ("linux-image-amd64", "systemd", "systemd-sysv", "udev", "kmod", "initramfs-tools", "busybox",
                  "zstd", "e2fsprogs", "mount", "util-linux", "procps", "python3", "kexec-tools")
-KIND_PACKAGES = {"kdumplab": ("python3-venv", "liblzo2-2", "binutils"), "kdump-tools": ("kdump-tools", "makedumpfile")}
+KIND_PACKAGES = {"kdumplab": ("python3-venv", "liblzo2-2"), "kdump-tools": ("kdump-tools", "makedumpfile")}
 
 #: Debian packages standing in for a Python dependency that has no wheel for the guest's Python when the host
 #: cannot build one (another Python version); the venv then sees the system's site-packages.
