@@ -1,0 +1,16 @@
+"""The >>> examples in the capture path's modules (pipeline, writer, codecs, the server memory mix) run and stay
+true."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["kdumplab.capture.pipeline", "kdumplab.formats.kdump_writer", "kdumplab.formats.codecs",
+           "kdumplab.testing.synth_server"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_doctests(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
