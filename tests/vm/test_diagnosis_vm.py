@@ -48,6 +48,8 @@ def crash_out(real, tmp_path_factory) -> dict[str, str]:
     """crash's ``bt -a`` and ``runq`` on the dump, in one session (6.1 only: crash 8.0.2 cannot open 6.12)."""
     if shutil.which("crash") is None:
         pytest.skip("the crash utility is not installed")
+    if not (real.release or "").startswith("6.1."):  # a minute of start-up to learn it cannot
+        pytest.skip(f"crash 8.0.2 cannot read {real.release} dumps (see test_analysis_vm_oracles)")
     out = tmp_path_factory.mktemp("crash")
     commands = {"bt_a": "bt -a", "runq": "runq"}
     script = "".join(f"{cmd} > {out / name}.txt\n" for name, cmd in commands.items()) + "quit\n"
