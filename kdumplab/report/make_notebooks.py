@@ -233,6 +233,23 @@ TRIAGE = [
 #: Where a section that must come first in 01-triage goes: right after the cell that opens the dump.
 TRIAGE_TOP = 3
 
+# Why the machine died comes first; the sections below show the evidence.
+TRIAGE[TRIAGE_TOP:TRIAGE_TOP] = section_cells("Diagnosis", """
+    Why the machine died, most likely cause first (`dump.diagnosis()`): a title in syzbot's style, the culprit
+    (function and module, the spinlock and its holder, or the tasks and locks of a deadlock) and which rows of
+    which tables show it. Without debug info it reads the kernel's printed reports alone.
+    """, """
+    found = d.diagnosis()
+    facts["diagnosis"] = found
+    if found.empty:
+        nb.say("No crash kind was recognised in the kernel's reports or the stacks.")
+    else:
+        first = found.iloc[0]
+        nb.say("**{title}**", title=first["title"])
+        nb.say("{text}", text=first["text"])
+        nb.show(found[["kind", "title", "culprit", "evidence"]], "diagnosis")
+    """)
+
 # -- 02 tasks ----------------------------------------------------------------------------------------------
 
 TASKS = [

@@ -296,6 +296,11 @@ _EARLIER = re.compile(r"^(WARNING:|BUG:|Oops|kernel BUG|general protection fault
 def triage_findings(facts: Mapping[str, Any]) -> list["Text"]:
     """What 01-triage concludes from what its sections found."""
     out = []
+    found = facts.get("diagnosis")
+    if found is not None and len(found):
+        first = found.iloc[0]
+        out.append(_text("Diagnosis: **{title}**: {culprit}.", title=first["title"],
+                         culprit=value(first["culprit"], "no culprit named")))
     system, p = facts.get("system"), facts.get("panic")
     if p is not None:
         out.append(_text("The kernel crashed with **{message}**, on CPU {cpu} in task {comm!c} (pid {pid}).",
