@@ -30,34 +30,12 @@ from pathlib import Path
 import pytest
 
 import kdumplab
+from real_dumps import VM_DUMPS, cached_real_dumps
 from vm_oracles import assert_page_classes_match_counters, assert_tasks_match_drgn
 
 pytestmark = pytest.mark.vm
 
-VM_DUMPS = Path(os.environ.get("KDUMPLAB_CACHE", Path.home() / ".cache" / "kdumplab")) / "vm-dumps"
-
-
-def real_dumps() -> list[tuple[str, Path, Path | None]]:
-    """(label, dump path, vmlinux) for each dump of each cached guest: the raw ELF copy of /proc/vmcore,
-    makedumpfile's ``-l -d 31`` and what ``kdumplab save`` wrote, as ``vm.json`` names them."""
-    found = []
-    if not VM_DUMPS.is_dir():
-        return found
-    for meta in sorted(VM_DUMPS.glob("*/vm.json")):
-        try:
-            info = json.loads(meta.read_text())
-        except (OSError, ValueError):
-            continue
-        if not info.get("ok"):
-            continue
-        vmlinux = Path(info["vmlinux"]) if info.get("vmlinux") else None
-        for key in ("raw_vmcore", "makedumpfile_dump", "kdumplab_dump"):
-            if info.get(key) and Path(info[key]).exists():
-                found.append((f"{meta.parent.name}:{key}", Path(info[key]), vmlinux))
-    return found
-
-
-DUMPS = real_dumps()
+DUMPS = cached_real_dumps()
 if not DUMPS:
     pytest.skip(f"no real-kernel dump cached under {VM_DUMPS} (run `kdumplab vm crash` or the VM tests first)",
                 allow_module_level=True)
