@@ -58,7 +58,7 @@ def assert_page_classes_match_counters(dump) -> None:
     slab, counted = int(pc.get("slab", 0)), int(m["slab"])
     large = large_kmalloc_pages(dump)
     if large is None:
-        assert slab <= counted + drift and counted - slab <= drift + 0.05 * counted
+        assert slab <= counted + drift and counted - slab <= drift + 0.05 * counted + 512  # large kmallocs: unmarked pages
     else:
         assert abs(slab + large - counted) <= drift, (slab, large, counted)
 
