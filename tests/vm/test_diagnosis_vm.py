@@ -142,8 +142,14 @@ def test_diagnosis_of_a_sysrq_crash_names_the_writer(real):
 
 
 def test_lockups_of_a_healthy_machine(real):
-    """A sysrq crash: every CPU's watchdog was touched within the threshold; each CPU runs what its saved
-    registers say (the idle CPU the halt the crash NMI interrupted)."""
+    """A sysrq crash: every CPU's watchdog was touched within the threshold; each idle CPU's stack starts where
+    its saved registers say and its trace is the halt the CPU sat in (the crash NMI may land in the timer
+    interrupt that woke the halt: then the registers name the interrupt's code, and the trace starts at the
+    halt it interrupted)."""
+    from drgn.helpers.linux.sched import cpu_curr
+
+    from kdumplab.analysis.kernel import frame_function, task_frames
+
     lockups = real.lockups()
     regs = real.registers()
     assert len(lockups) == len(real.file.prstatus)
@@ -151,5 +157,7 @@ def test_lockups_of_a_healthy_machine(real):
     assert lockups["hrtimer_interrupts"].notna().all() and (lockups["hrtimer_interrupts"] > 0).all()
     for _, row in lockups[lockups["idle"]].iterrows():
         rip = regs[(regs["cpu"] == row["cpu"]) & (regs["context"] == "prstatus")]["function"].iloc[0]
-        assert rip in row["trace"] and row["trace"][-1].startswith(("secondary_startup_64", "start_kernel",
-                                                                    "common_startup_64")), row["trace"]
+        stack = tuple(frame_function(real.prog, f) for f in task_frames(real.prog, cpu_curr(real.prog, row["cpu"])))
+        assert stack[0] == rip and stack[-len(row["trace"]):] == row["trace"], (stack, row["trace"])
+        assert "idle" in " ".join(row["trace"]) or "halt" in row["trace"][0], row["trace"]
+        assert row["trace"][-1].startswith(("secondary_startup_64", "start_kernel", "common_startup_64")), row["trace"]

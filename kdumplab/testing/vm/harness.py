@@ -360,7 +360,7 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
         f"workload {workload}, arm with {arm}, save {save}; console {qcfg.console}")
     try:
         with cache_lock("vm-guest"):  # one guest at a time on this machine
-            _run_guest(qcfg, result, first, kdump, timeouts, say, during_crash)
+            _run_guest_retrying_boot(qcfg, result, first, kdump, timeouts, say, during_crash)
     except VmError as error:
         result.error = str(error)
         result.save()
@@ -414,6 +414,30 @@ def _tail(path: Path, count: int = 40) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-count:])
     except OSError:
         return ""
+
+
+BOOT_ATTEMPTS = 3
+
+
+def _run_guest_retrying_boot(qcfg: QemuConfig, result: VmResult, first: list[Step], kdump: list[Step],
+                             timeouts: Timeouts, say: Callable[[str], None],
+                             during_crash: Callable[[Guest], None] | None = None) -> None:
+    """:func:`_run_guest`, booted again when the first kernel dies before our init runs.
+
+    Under TCG with several vCPUs a kernel can fault while it patches its own text at boot (seen with sid's 7.2:
+    a page fault in ``sched_clock_cpu`` from the timer interrupt, 1.8 s in, once in a dozen boots). That is
+    the emulator, not the subject of any test; a failure in any later phase is never retried. The failed
+    attempts' consoles are kept beside the last as ``console.boot-N.log``.
+    """
+    for attempt in range(1, BOOT_ATTEMPTS + 1):
+        try:
+            return _run_guest(qcfg, result, first, kdump, timeouts, say, during_crash)
+        except VmError as error:
+            if error.phase != "boot" or "panicked" not in error.problem or attempt == BOOT_ATTEMPTS:
+                raise
+            kept = qcfg.console.with_name(f"console.boot-{attempt}.log")
+            qcfg.console.replace(kept)
+            say(f"the first kernel died at boot ({error.problem}); booting again (console of that try: {kept})")
 
 
 def _run_guest(qcfg: QemuConfig, result: VmResult, first: list[Step], kdump: list[Step], timeouts: Timeouts,
