@@ -198,7 +198,7 @@ KINDS: dict[str, CrashKind] = {k.name: k for k in (
         "hung-deadlock", "ABBA deadlock: two kthreads take two mutexes in opposite order (hung_task_panic)",
         _module("hung-deadlock"),
         (r"INFO: task crashmod_abba_[ab]:\d+ blocked for more than \d+ seconds",
-         rf"crashmod_abba_[ab]{_FN} {_MOD}", r"Kernel panic - not syncing: hung_task: blocked tasks"),
+         rf"(?<!\? )crashmod_abba_[ab]{_FN} {_MOD}", r"Kernel panic - not syncing: hung_task: blocked tasks"),
         Expected("deadlock", "possible deadlock in crashmod_abba_a", "crashmod_abba_a", "crashmod",
                  locks=("crashmod_mutex_a", "crashmod_mutex_b"), tasks=("crashmod_abba_a", "crashmod_abba_b"),
                  title_pattern=r"possible deadlock in crashmod_abba_[ab]"),
