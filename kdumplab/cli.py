@@ -11,13 +11,23 @@ commands.
 
 from __future__ import annotations
 
-import importlib
 import sys
 
-import click
+if __name__ == "__main__" and sys.argv[1:2] == ["save"]:
+    # `python -m kdumplab.cli save` (the kdump initrd's command): parsed without click, whose import alone took
+    # 1.4 s under QEMU's TCG; what the small parser leaves (help, errors) falls through to click below.
+    from kdumplab.commands.save_entry import main as _save_main
 
-from kdumplab import __version__
-from kdumplab.errors import KdumplabError
+    _status = _save_main(sys.argv[2:])
+    if _status is not None:
+        sys.exit(_status)
+
+import importlib  # noqa: E402
+
+import click  # noqa: E402
+
+from kdumplab import __version__  # noqa: E402
+from kdumplab.errors import KdumplabError  # noqa: E402
 
 #: Every command, in the order of ``--help``: name -> ``module:attribute`` (the module under kdumplab.commands).
 COMMANDS = {
@@ -46,19 +56,9 @@ COMMANDS = {
 def _one_line_warnings() -> None:
     """Print kdumplab's own warnings (a partial dump, an interrupted save) as one ``kdumplab: warning:`` line on
     stderr, not Python's two-line form with a source line."""
-    import warnings
+    from kdumplab.commands.save_entry import one_line_warnings
 
-    from kdumplab.errors import KdumplabWarning
-
-    default = warnings.showwarning
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, KdumplabWarning):
-            click.echo(f"kdumplab: warning: {message}", err=True)
-        else:
-            default(message, category, filename, lineno, file, line)
-
-    warnings.showwarning = show
+    one_line_warnings(lambda message: click.echo(message, err=True))
 
 
 class _Group(click.Group):

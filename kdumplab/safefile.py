@@ -27,7 +27,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import secrets
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -76,7 +75,7 @@ def private_dir(path: str | os.PathLike, mode: int = DIR_MODE) -> Path:
 
 
 def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    return path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
 
 
 def create_exclusive(path: str | os.PathLike, mode: int = FILE_MODE, *, replace_stale: bool = False) -> int:

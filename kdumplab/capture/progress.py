@@ -52,6 +52,31 @@ def draws_bars(stream: TextIO | None) -> bool:
     return not (name == "/dev/console" or name.startswith(("/dev/ttyS", "/dev/ttyAMA", "/dev/hvc", "/dev/ttyUSB")))
 
 
+def process_age() -> float | None:
+    """Seconds since this process started (10 ms steps; None where /proc cannot tell): what the interpreter and
+    the imports cost before the save's first phase, the fixed cost a small kdump kernel pays at every capture."""
+    try:
+        with open("/proc/self/stat") as f:
+            started = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, round(uptime - started / os.sysconf("SC_CLK_TCK"), 2))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def peak_rss_kib() -> int | None:
+    """This process's peak resident memory so far (``VmHWM``, KiB), or None where /proc cannot tell."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 @dataclass
 class Phase:
     """A running phase: ``done`` of ``total`` ``unit`` so far."""

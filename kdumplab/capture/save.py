@@ -754,8 +754,10 @@ def _save(dump: Any, source: str, dest: str, options: SaveOptions, progress: Pro
         raise failure from error
 
     target.release()
+    from kdumplab.capture.progress import peak_rss_kib
+
     meta.update(status="complete", exit_code=0, dump_file=final, timings=progress.timings,
-                seconds=round(time.perf_counter() - started, 3))
+                seconds=round(time.perf_counter() - started, 3), peak_rss_kib=peak_rss_kib())
     _write_meta(target, meta, progress)
     if options.keep and isinstance(target, LocalDirectory) and target.base is not None:
         from kdumplab.capture.retention import apply_retention
