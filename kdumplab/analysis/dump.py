@@ -378,20 +378,29 @@ class Dump:
         (:func:`kdumplab.analysis.drgn_errors.translate`): a memory fault becomes :class:`MemoryReadError` (a
         filtered dump may lack a page a table needs: makedumpfile 1.7.2 drops 6.12's slab pages, for one; a cut
         dump lacks the pages past the cut), data drgn rejects a :class:`~kdumplab.errors.CorruptDumpError`."""
-        from kdumplab.analysis.drgn_errors import translate
-
         try:
             return compute()
         except Exception as error:
-            level = self.dump_level
-            hint = (f" The dump was filtered at dump level {level}: the page may have been dropped as "
-                    f"{'free, cache, user or zero' if level else 'absent'} memory." if level else "")
-            if self.partial is not None:
-                hint += f" The dump is partial: {self.partial.missing_pages} pages are missing."
-            translated = translate(error, self.path, what, hint)
+            translated = self.explain(error, what)
             if translated is None:
                 raise
             raise translated from None
+
+    def explain(self, error: BaseException, what: str) -> "KdumplabError | None":
+        """drgn's ``error`` raised while computing ``what`` as the KdumplabError to show, saying why this dump may
+        lack the memory (its dump level, the pages a partial dump misses); None when it is not drgn's.
+
+        >>> d.explain(drgn.FaultError("could not read memory", 0xffff888001565918), "tasks")  # doctest: +SKIP
+        MemoryReadError('vmcore: tasks() needs memory that is not in the dump: ... dump level 31: ...')
+        """
+        from kdumplab.analysis.drgn_errors import translate
+
+        level = self.dump_level
+        hint = (f" The dump was filtered at dump level {level}: the page may have been dropped as "
+                f"{'free, cache, user or zero' if level else 'absent'} memory." if level else "")
+        if self.partial is not None:
+            hint += f" The dump is partial: {self.partial.missing_pages} pages are missing."
+        return translate(error, self.path, what, hint)
 
     def close(self) -> None:
         self.file.close()

@@ -143,15 +143,26 @@ def _header(run: ReportRun) -> str:
              f"vmlinux: {_vmlinux_line(run)}  ",
              f"Made by kdumplab {md_escape(kdumplab.__version__)} on "
              f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} in {run.seconds:.1f} s.", "",
-             "| notebook | sections | skipped (no debug info) | failed |", "|---|---|---|---|"]
+             ]
+    info = opened(run) or {}
+    partial = info.get("partial")
+    if partial:
+        lines += [f"**{md_escape(partial['text'])}**", ""]
+    lines += ["| notebook | sections | skipped (no debug info) | failed |"
+              + (" may be incomplete (partial dump) |" if partial else ""),
+              "|---|---|---|---|" + ("---|" if partial else "")]
     for r in run.runs:
         sections = r.sections()
         skipped = [s["title"] for s in sections if s["status"] == "skipped"]
         failed = [s["title"] for s in sections if s["status"] in ("failed", "error")]
         if r.error:
             failed.append(f"stopped: {r.error.splitlines()[0]}")
-        lines.append(f"| {md_escape(r.name)} | {len(sections)} | {md_escape(', '.join(skipped)) or '-'} | "
-                     f"{md_escape('; '.join(failed)) or '-'} |")
+        row = (f"| {md_escape(r.name)} | {len(sections)} | {md_escape(', '.join(skipped)) or '-'} | "
+               f"{md_escape('; '.join(failed)) or '-'} |")
+        if partial:
+            affected = [s["title"] for s in sections if s["status"] == "ok" and s.get("partial")]
+            row += f" {md_escape(', '.join(affected)) or '-'} |"
+        lines.append(row)
     lines += ["", "Code cells are folded: open *code* above an output to see how it was computed."]
     return "\n".join(lines)
 
@@ -270,7 +281,9 @@ def to_json(run: ReportRun) -> str:
     """The frames as records, the sections and the conclusions of every notebook, as one JSON document::
 
         {"kdumplab": version, "dump": path, "vmlinux": path|null, "seconds": s,
-         "notebooks": [{"name", "error", "seconds", "sections": [{"title", "status", "reason"}],
+         "partial": null|{"cause", "file_size", "expected_size", "missing_pages", "dumped_pages",
+                         "missing_bytes", "interrupted", "tables", "text"},
+         "notebooks": [{"name", "error", "seconds", "sections": [{"title", "status", "reason", "partial"}],
                         "frames": {name: {"columns", "dtypes", "rows", "truncated", "records"}},
                         "conclusions": [text, ...]}]}
     """
@@ -286,11 +299,12 @@ def to_json(run: ReportRun) -> str:
             frames[payload.pop("name")] = payload
         conclusions = [f for c in _outputs_of(r.notebook, CONCLUSIONS_MIME) for f in c.get("findings", [])]
         notebooks.append({"name": r.name, "error": r.error, "seconds": round(r.seconds, 3),
-                          "sections": [{k: s[k] for k in ("title", "status", "reason")} for s in r.sections()],
+                          "sections": [{"title": s["title"], "status": s["status"], "reason": s["reason"],
+                                        "partial": bool(s.get("partial"))} for s in r.sections()],
                           "frames": frames, "conclusions": conclusions})
     info = opened(run) or {}
     doc = {"kdumplab": kdumplab.__version__, "dump": run.dump, "vmlinux": info.get("vmlinux", run.vmlinux),
-           "release": info.get("release"), "build_id": info.get("build_id"),
+           "release": info.get("release"), "build_id": info.get("build_id"), "partial": info.get("partial"),
            "seconds": round(run.seconds, 3), "options": run.options, "notebooks": notebooks}
     return json.dumps(doc, indent=1, ensure_ascii=False, default=str) + "\n"
 

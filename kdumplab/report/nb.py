@@ -66,6 +66,8 @@ _OPTIONS: dict[str, Any] = dict(DEFAULT_OPTIONS)
 _SHOWN_REASONS: set[str] = set()
 # Dumps opened without a vmlinux (open_dump said so once): their sections skip with one line.
 _NO_DEBUGINFO: set[tuple[str, str | None]] = set()
+# The dump the sections of this notebook read (the last one open_dump opened): drgn's errors are explained with it.
+_CURRENT: list["Dump"] = []
 
 
 def options(given: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -95,11 +97,18 @@ def open_dump(path: str | None, vmlinux: str | None = None, opts: Mapping[str, A
     key = (str(path), None if vmlinux is None else str(vmlinux))
     dump = _OPEN.get(key)
     if dump is None:
-        dump = _OPEN[key] = kdumplab.open(path, vmlinux=vmlinux)
+        import warnings
+
+        from kdumplab.errors import KdumplabWarning
+
+        with warnings.catch_warnings():  # shown below, in place, rather than on stderr
+            warnings.simplefilter("ignore", KdumplabWarning)
+            dump = _OPEN[key] = kdumplab.open(path, vmlinux=vmlinux)
+    _CURRENT[:] = [dump]
     has = bool(getattr(dump, "has_debuginfo", True))
     record = {"path": str(dump.path), "release": dump.release, "format": dump.format,
               "vmlinux": str(dump.vmlinux) if has and dump.vmlinux else None,
-              "build_id": getattr(dump, "build_id", None)}
+              "build_id": getattr(dump, "build_id", None), "partial": partial_record(dump)}
     if has:
         text = Text("Dump {path!c} ({release}, {format}); debug info: {vmlinux!c}.", path=str(dump.path),
                     release=dump.release, format=dump.format, vmlinux=str(dump.vmlinux))
@@ -112,7 +121,50 @@ def open_dump(path: str | None, vmlinux: str | None = None, opts: Mapping[str, A
         text = Text(NO_VMLINUX, path=str(dump.path), release=dump.release, format=dump.format,
                     build_id=getattr(dump, "build_id", None) or "not recorded", dump=str(path))
     _display({"text/markdown": text.markdown(), "text/plain": text.plain(), DUMP_MIME: record})
+    notes = ([record["partial"]["text"]] if record["partial"] else []) + list(getattr(dump, "warnings", []))
+    if notes:
+        _display({"text/markdown": "\n\n".join("> **Warning:** " + md_escape(n) for n in notes),
+                  "text/plain": "\n".join(f"Warning: {n}" for n in notes)})
     return dump
+
+
+#: The tables that read the crashed kernel's memory, which a partial dump may leave incomplete (an object in a
+#: missing page is left out; a table that cannot do without one fails and names the address).
+MEMORY_TABLES = ("tasks", "stacks and backtraces", "slab caches", "page classes", "meminfo", "modules",
+                 "diagnosis")
+
+
+def partial_record(dump: Any) -> dict[str, Any] | None:
+    """What a partial dump misses, for the report's top and the JSON: ``cause``, ``file_size``,
+    ``expected_size`` (bytes), ``missing_pages``, ``dumped_pages``, ``missing_bytes``, ``interrupted``,
+    ``tables`` (the tables that may be incomplete) and ``text`` (one paragraph saying it all). None for a whole
+    dump."""
+    partial = getattr(dump, "partial", None)
+    interrupted = bool(getattr(dump, "interrupted", False))
+    if partial is None and not interrupted:
+        return None
+    page_size = int(getattr(dump, "page_size", 4096) or 4096)
+    out: dict[str, Any] = {"cause": partial.cause if partial else "interrupted", "interrupted": interrupted,
+                           "file_size": partial.file_size if partial else None,
+                           "expected_size": partial.expected_size if partial else None,
+                           "missing_pages": partial.missing_pages if partial else None,
+                           "dumped_pages": partial.dumped_pages if partial else None,
+                           "tables": list(MEMORY_TABLES)}
+    out["missing_bytes"] = out["missing_pages"] * page_size if partial else None
+    if partial:
+        pct = 100.0 * partial.missing_pages / partial.dumped_pages if partial.dumped_pages else 0.0
+        size = (f"{fmt_bytes(partial.file_size)} of {fmt_bytes(partial.expected_size)}" if partial.expected_size
+                else fmt_bytes(partial.file_size))
+        what = {"truncated": "was cut short", "interrupted": "was never finished (an interrupted save)",
+                "incomplete": "was flagged incomplete by its writer"}.get(partial.cause, partial.cause)
+        head = (f"Partial dump: the file {what} ({size}): {partial.missing_pages:,} of {partial.dumped_pages:,} "
+                f"dumped pages ({pct:.1f} %, {fmt_bytes(out['missing_bytes'])}) are missing and read as absent.")
+    else:
+        head = "Partial dump: an interrupted save (kdumplab save was stopped before it finished this file)."
+    out["text"] = (f"{head} The kernel log and the page classes are read from what is there; the tables that read "
+                   f"kernel memory ({', '.join(MEMORY_TABLES)}) may be incomplete: each section below says so, "
+                   "and a section that needed a missing page says which.")
+    return out
 
 
 #: Said once, where the dump is opened, when no vmlinux matches it; the sections that need one say one line.
@@ -330,7 +382,14 @@ def section(title: str) -> Iterator[Section]:
     """
     sec = Section(title)
     try:
-        yield sec
+        try:
+            yield sec
+        except Exception as raw:  # noqa: BLE001 - drgn's own errors are facts about the dump: explain them
+            dump = _CURRENT[0] if _CURRENT else None
+            explained = dump.explain(raw, title) if dump is not None and hasattr(dump, "explain") else None
+            if explained is None:
+                raise
+            raise explained from None
     except DebugInfoError as error:
         sec.status, sec.reason = "skipped", str(error)
         if _NO_DEBUGINFO:
@@ -361,7 +420,12 @@ def section(title: str) -> Iterator[Section]:
                                    "(please report it with the traceback below).*\n\n" + _md_quote(sec.reason),
                   "text/plain": f"{title}: error: {sec.reason}"})
         print("".join(traceback.format_exception(error)).rstrip())  # stdout: shown as text, fenced in Markdown
-    _display({"text/plain": "", SECTION_MIME: {"title": title, "status": sec.status, "reason": sec.reason}})
+    partial = bool(_CURRENT and partial_record(_CURRENT[0]))
+    if partial and sec.status == "ok":
+        say("*{title}: partial dump: what lay in the missing pages is not shown here (see the note at the top).*",
+            title=title)
+    _display({"text/plain": "", SECTION_MIME: {"title": title, "status": sec.status, "reason": sec.reason,
+                                                "partial": partial}})
 
 
 def _md_quote(text: str) -> str:

@@ -15,7 +15,10 @@ dmesg, panic) and a few more: ``tasks[].stack`` (each task's backtrace, innermos
 current pid, comm and backtrace), ``ram`` (the present ``[start, end)`` byte ranges; they add up to
 memory_bytes), ``max_pfn``, ``phys_base``, ``uptime_ns``, ``seed``, ``totalram_pages``, ``nr_free_pages``,
 ``slab_pages``, ``slab_caches`` (names in ``slab_caches`` list order), ``slab_usage`` (per cache: num_slabs,
-num_objs, free_objs, as drgn's ``slab_cache_usage`` reports) and ``build_seconds``.
+num_objs, free_objs, as drgn's ``slab_cache_usage`` reports), ``modules`` (the loaded modules as ``modules()``
+must list them: :mod:`kdumplab.testing.synth_modules`) and ``build_seconds``. The timekeeper holds ``uptime_ns``
+and ``crashtime``; each release has its own build ID; the ``oom-panic`` machine's memory is full (anonymous
+pages of the runaway process, free pages below the min watermark its log prints).
 
 The memory holds every page class of docs/internals.md (free buddy blocks of all orders, page cache with and
 without PG_private, anonymous pages and THPs, hugetlb pages, slab, kernel, zero, hwpoison and offline pages).
@@ -54,11 +57,12 @@ from kdumplab.testing.synth_memory import (
     KernelMemory, PhysLayout, build_page_tables, plan_memory,
 )  # fmt: skip
 from kdumplab.testing.synth_pages import (
-    CLASSES, C_ABSENT, C_FREE, C_KERNEL, C_ZERO, K_FREE_HEAD, K_KERNEL, K_PGTABLE, K_RESERVED,
+    CLASSES, C_ABSENT, C_FREE, C_KERNEL, C_ZERO, K_ANON, K_FREE_HEAD, K_KERNEL, K_PGTABLE, K_RESERVED,
     K_HUGE_HEAD, K_SLAB_HEAD, K_SLAB_TAIL, KIND_CLASS, KIND_GENERATED, KIND_ZEROABLE, GENERAL, ContentGenerator,
     GeneralMix, PageExtras, PagePlan, mark_free, page_era, plan_general, struct_pages,
 )  # fmt: skip
 from kdumplab.testing.synth_printk import PANIC_MESSAGE, make_records, write_printk
+from kdumplab.testing.synth_modules import machine_modules, write_modules, write_timekeeper
 from kdumplab.testing.synth_stack import CHAINS
 from kdumplab.testing import synth_bugs
 from kdumplab.testing.synth_tasks import NSEC, plan_tasks, write_tasks
@@ -236,6 +240,9 @@ def _build(out: Path, params: SynthParams) -> None:
     mem_section_root = _write_mem_section(kmem, layout)
     _write_globals(kmem, layout, params, osrelease, hostname, panic_cpu, uptime_ns)
     taint, load = _write_taint_and_load(kmem, bug.taint if bug else "", seed)
+    modules = write_modules(kmem, era, osrelease, machine_modules(bool(bug and "O" in bug.taint)), TAINT_LETTERS)
+    write_timekeeper(kmem, era, crashtime, uptime_ns)
+    build_id = release_build_id(kmem, osrelease, f"{era}.0-synth-amd64")
 
     # objects that struct pages point at
     file_maps = [kmem.slab_alloc("ext4_inode_cache") + 0x100 for _ in range(12)]
@@ -251,7 +258,7 @@ def _build(out: Path, params: SynthParams) -> None:
     if bug:  # the process that hit the bug, and the stack it crashed with
         hit = next(s for s in specs if s.crashed)
         hit.comm, hit.chain = synth_bugs.crashed_comm(seed, bug.name), bug.chain_key
-        synth_bugs.prepare_tasks(specs, bug)
+        synth_bugs.prepare_tasks(specs, bug, params.memory)
     objs = write_tasks(kmem, specs, nr_cpus=nr_cpus, panic_cpu=panic_cpu, era=era, uptime_ns=uptime_ns)
     others = synth_bugs.write_bug_objects(kmem, specs, bug) if bug else {}
     crashed = objs.crashed
@@ -265,9 +272,11 @@ def _build(out: Path, params: SynthParams) -> None:
                            pid=crashed.pid, comm=crashed.comm, backtrace=trace, uptime_ns=uptime_ns,
                            memory=params.memory)
     panic_message = PANIC_MESSAGE
+    boot_records = records
     if bug:
         ctx = synth_bugs.BugContext(bug, era, seed, osrelease, panic_cpu, crashed.pid, crashed.comm, kaslr,
-                                    objs.crash_regs[panic_cpu], synth_bugs.bug_frame_texts(kernel, bug), others)
+                                    objs.crash_regs[panic_cpu], synth_bugs.bug_frame_texts(kernel, bug), others,
+                                    rss=crashed.rss)
         records, panic_message = synth_bugs.bug_records(records, ctx, uptime_ns)
     write_printk(kmem, records)
     kallsyms = write_kallsyms(kmem)
@@ -329,8 +338,13 @@ def _build(out: Path, params: SynthParams) -> None:
         from kdumplab.testing.synth_server import SERVER, SERVER_USED
 
         used_pages, profile = SERVER_USED * general_pages, SERVER
+    elif bug and bug.name == "oom-panic":
+        used_pages, profile = synth_bugs.OOM_USED * general_pages, synth_bugs.OOM_MIX
     # the rest of the kernel image's last 2 MiB is free; the general ranges get the mix
-    mark_free(plan, kernel_pfn + image_pages, heap_pfn)
+    if bug and bug.name == "oom-panic":  # under memory pressure the freed init memory went to the runaway process
+        plan.set(kernel_pfn + image_pages, heap_pfn - kernel_pfn - image_pages, K_ANON, mix.anon_mappings[0])
+    else:
+        mark_free(plan, kernel_pfn + image_pages, heap_pfn)
     plan_general(plan, general, rng, mix, int(used_pages // 512), profile)
     kind[:0x100][present[:0x100]] = K_RESERVED
     ref(buffer_heads)
@@ -342,6 +356,15 @@ def _build(out: Path, params: SynthParams) -> None:
         generated = plan.generated & present
     generated[heap_pfn:heap_end_pfn] = False
     free_links = _write_zones(kmem, layout, plan, KIND_CLASS[kind], present, pgdat, kind, zone_names)
+    if bug and bug.name == "oom-panic":  # the log's show_mem() says what the counters say
+        c = KIND_CLASS[kind][present]
+        ctx.meminfo = {"active_anon": int(np.count_nonzero(c == CLASSES.index("anon"))), "inactive_anon": 0,
+                       "inactive_file": int(np.count_nonzero(np.isin(c, (1, 2)))),
+                       "slab_unreclaimable": int(np.count_nonzero(c == CLASSES.index("slab"))),
+                       "pagetables": int(np.count_nonzero(kind[present] == K_PGTABLE)),
+                       "free": int(np.count_nonzero(c == C_FREE))}
+        records, panic_message = synth_bugs.bug_records(boot_records, ctx, uptime_ns)
+        write_printk(kmem, records)
     extras = PageExtras(np.array(pointers, dtype=np.uint64), np.array(slab_sizes, dtype=np.uint64), free_links,
                         slub_overrides)
 
@@ -365,7 +388,7 @@ def _build(out: Path, params: SynthParams) -> None:
         "mem_section": mem_section_root, "vmemmap": VMEMMAP_START, **kallsyms,
     }
     vmcoreinfo = build_vmcoreinfo(kmem, era=era, osrelease=osrelease, crashtime=crashtime, symbols=symbols,
-                                  numbers=numbers)
+                                  numbers=numbers, build_id=build_id)
 
     # ------------------------------------------------------------------ the ELF core
     notes = b""
@@ -402,12 +425,14 @@ def _build(out: Path, params: SynthParams) -> None:
     if kernel_copy.exists():
         kernel_copy.unlink()
     shutil.copyfile(kernel.vmlinux, kernel_copy)
+    if build_id != kernel.build_id:
+        _replace_once(kernel_copy, bytes.fromhex(kernel.build_id), bytes.fromhex(build_id))
 
     # ------------------------------------------------------------------ the manifest
     counts = np.bincount(cls[present], minlength=len(CLASSES))
     zero_counts = np.bincount(cls[present & ~nonzero], minlength=len(CLASSES))
     manifest = {
-        "era": era, "osrelease": osrelease, "build_id": kernel.build_id, "kaslr_offset": kaslr,
+        "era": era, "osrelease": osrelease, "build_id": build_id, "kaslr_offset": kaslr,
         "page_size": PAGE_SIZE, "memory_bytes": params.memory, "nr_cpus": nr_cpus, "crashtime": crashtime,
         "hostname": hostname, "seed": seed, "uptime_ns": uptime_ns, "phys_base": kmem.phys_base,
         "max_pfn": layout.max_pfn,
@@ -416,7 +441,7 @@ def _build(out: Path, params: SynthParams) -> None:
         "page_classes": {name: int(counts[i]) for i, name in enumerate(CLASSES)},
         "page_map": _page_map(cls, present),
         "dumpable": {str(level): _dumpable(level, counts, zero_counts) for level in DUMP_LEVELS},
-        "dmesg": [r.text for r in records], "taint": taint, "load": load,
+        "dmesg": [r.text for r in records], "taint": taint, "load": load, "modules": modules,
         "panic": {"message": panic_message, "cpu": panic_cpu, "pid": crashed.pid, "comm": crashed.comm,
                   "backtrace": list(CHAINS[crashed.chain])},
         "bug": bug.name if bug else None, "expected_signature": bug.expected if bug else None,
@@ -435,6 +460,29 @@ def _build(out: Path, params: SynthParams) -> None:
 
 
 LOW_DATA_PAGES = 16
+
+
+def release_build_id(kmem: KernelMemory, osrelease: str, base_release: str) -> str:
+    """The build ID of ``osrelease``: each release is its own build (a stable update rebuilds the kernel), so a
+    release other than the mini kernel's ``base_release`` gets an ID derived from the mini kernel's and the
+    release name, written into the image's ``.notes`` (the vmlinux copy gets the same)."""
+    own = kmem.kernel.build_id
+    if osrelease == base_release:
+        return own
+    new = hashlib.sha1(bytes.fromhex(own) + osrelease.encode()).hexdigest()[: len(own)]
+    at = kmem.image.find(bytes.fromhex(own))
+    if at >= 0:
+        kmem.image[at : at + len(own) // 2] = bytes.fromhex(new)
+    return new
+
+
+def _replace_once(path: Path, old: bytes, new: bytes) -> None:
+    data = bytearray(path.read_bytes())
+    at = data.find(old)
+    if at < 0 or data.find(old, at + 1) >= 0:
+        raise AssertionError(f"{path}: the build ID is not there exactly once")
+    data[at : at + len(old)] = new
+    path.write_bytes(bytes(data))
 
 
 def _pages_nonzero(buf: bytes | bytearray) -> np.ndarray:

@@ -31,12 +31,14 @@ import numpy as np
 
 from kdumplab.errors import KdumplabError
 from kdumplab.testing.synth_kernel import era_at_least
+from kdumplab.testing.synth_modules import machine_modules, modules_line
+from kdumplab.testing.synth_pages import MixProfile
 from kdumplab.testing.synth_printk import Record
 from kdumplab.testing.synth_stack import CHAINS
 
 HARDWARE = "Hardware name: QEMU Standard PC (i440FX + PIIX, 1996), BIOS 1.16.2-debian-1.16.2-1 04/01/2014"
-MODULES = ("Modules linked in: mydrv(OE) nft_chain_nat nf_nat nf_tables nfnetlink ext4 crc16 mbcache jbd2 "
-           "virtio_net net_failover failover virtio_blk virtio_pci virtio_pci_legacy_dev virtio_pci_modern_dev")
+#: What the oops prints of the loaded modules: the machine's (kdumplab.testing.synth_modules), mydrv first.
+MODULES = modules_line(machine_modules(True))
 
 _SYSCALL_TAIL = ("do_syscall_64", "entry_SYSCALL_64")
 
@@ -190,6 +192,8 @@ class BugContext:
     regs: dict[str, int]
     frame_text: dict[str, str] = field(default_factory=dict)  # function -> "name+0xoff/0xsize [module]"
     others: dict[str, int] = field(default_factory=dict)  # comm -> pid of the other tasks the log names
+    meminfo: dict[str, int] = field(default_factory=dict)  # oom-panic: the vm counters, in pages (show_mem())
+    rss: tuple[int, int, int] = (0, 0, 0)  # the crashed task's resident file, anon, shmem pages
 
     def frame(self, name: str) -> str:
         if name in self.frame_text:
@@ -313,20 +317,27 @@ def _log_oom(ctx: BugContext, rng: np.random.Generator) -> tuple[list[str], str]
     alloc_side = chain[chain.index("out_of_memory") + 1 :]
     message = "Kernel panic - not syncing: System is deadlocked on memory"
     free_kb = int(rng.integers(1800, 2400))
+    m = {"active_anon": int(rng.integers(9000, 12000)), "inactive_anon": int(rng.integers(1000, 3000)),
+         "inactive_file": 9, "slab_unreclaimable": 2901, "pagetables": 341, "free": free_kb // 4,
+         **ctx.meminfo}  # the dump's own counters once the builder knows them (its second pass)
+    free_kb = m["free"] * 4
+    min_kb = free_kb * 9 // 8  # the allocation failed: free memory is below the min watermark
+    rss = sum(ctx.rss) or int(rng.integers(9000, 12000))
     lines = [
         f"{ctx.comm} invoked oom-killer: gfp_mask=0x140dca(GFP_HIGHUSER_MOVABLE|__GFP_COMP|__GFP_ZERO), order=0, "
         f"oom_score_adj=0",
         _cpu_line(ctx, "OE"), HARDWARE,
         *_trace(ctx, ["dump_stack_lvl", "dump_header", "out_of_memory", *alloc_side]),
         "Mem-Info:",
-        f"active_anon:{int(rng.integers(9000, 12000))} inactive_anon:{int(rng.integers(1000, 3000))} "
-        f"isolated_anon:0 active_file:12 inactive_file:9 isolated_file:0 unevictable:0 dirty:0 writeback:0 "
-        f"slab_reclaimable:811 slab_unreclaimable:2901 mapped:3 shmem:1 pagetables:341 sec_pagetables:0 bounce:0 "
-        f"kernel_misc_reclaimable:0 free:{free_kb // 4} free_pcp:0 free_cma:0",
-        f"Node 0 Normal free:{free_kb}kB boost:0kB min:1980kB low:2472kB high:2964kB",
+        f"active_anon:{m['active_anon']} inactive_anon:{m['inactive_anon']} "
+        f"isolated_anon:0 active_file:0 inactive_file:{m['inactive_file']} isolated_file:0 unevictable:0 dirty:0 "
+        f"writeback:0 slab_reclaimable:0 slab_unreclaimable:{m['slab_unreclaimable']} mapped:3 shmem:0 "
+        f"pagetables:{m['pagetables']} sec_pagetables:0 bounce:0 "
+        f"kernel_misc_reclaimable:0 free:{m['free']} free_pcp:0 free_cma:0",
+        f"Node 0 DMA32 free:{free_kb}kB boost:0kB min:{min_kb}kB low:{min_kb * 5 // 4}kB high:{min_kb * 3 // 2}kB",
         "Tasks state (memory values in pages):",
         "[  pid  ]   uid  tgid total_vm      rss pgtables_bytes swapents oom_score_adj name",
-        f"[{ctx.pid:7d}]     0 {ctx.pid:5d}   {int(rng.integers(40000, 90000)):6d}    {int(rng.integers(9000, 12000)):5d}"
+        f"[{ctx.pid:7d}]     0 {ctx.pid:5d}   {int(rng.integers(40000, 90000)):6d}    {rss:5d}"
         f"   430080        0         -1000 {ctx.comm}",
         "Out of memory and no killable processes...",
         message, _cpu_line(ctx, "OE"), HARDWARE,
@@ -359,12 +370,26 @@ _LOGS = {"null-deref": _log_null_deref, "ext4-bug-on": _log_ext4, "soft-lockup":
          "oom-panic": _log_oom, "hung-deadlock": _log_hung_deadlock}
 
 
-def prepare_tasks(specs: list, bug: Bug) -> None:
+#: oom-panic: the share of RAM the runaway process holds (anonymous memory), and the memory mix of the machine
+#: (almost every page anonymous or in use by the kernel; page cache reclaimed; free at the min watermark).
+OOM_HOG_SHARE = 0.6
+OOM_USED = 0.995
+OOM_MIX = MixProfile(thp=0.25, hugetlb=0.0, free_block=0.004, run_weights=(2, 0.5, 85, 6, 5, 1.5, 0.01, 0.01))
+
+
+def prepare_tasks(specs: list, bug: Bug, memory: int = 0) -> None:
     """Turn planned tasks into the ones ``bug`` needs, before their objects are written: for ``hung-deadlock``
-    the crashed task is khungtaskd (a kernel thread) and two kernel threads become the deadlocked pair."""
+    the crashed task is khungtaskd (a kernel thread) and two kernel threads become the deadlocked pair; for
+    ``oom-panic`` the crashed task holds :data:`OOM_HOG_SHARE` of the ``memory`` bytes in anonymous pages."""
+    hit = next(s for s in specs if s.crashed)
+    if bug.name == "oom-panic":  # the others keep at most a fifth of RAM (plan_tasks gave them up to half)
+        for spec in specs:
+            if spec is not hit:
+                spec.rss = tuple(v * 2 // 5 for v in spec.rss)
+        hit.rss = (64, int(memory * OOM_HOG_SHARE) // 4096, 0)
+        return
     if bug.name != "hung-deadlock":
         return
-    hit = next(s for s in specs if s.crashed)
     hit.kthread, hit.ppid, hit.tgid, hit.rss = True, 2, hit.pid, (0, 0, 0)
     idle = [s for s in specs if s.kthread and not s.crashed and s.state in ("I", "S") and s.pid > 2]
     for spec, (comm, _, _, _) in zip(idle[-2:], ABBA):

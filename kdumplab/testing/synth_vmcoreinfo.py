@@ -90,8 +90,9 @@ def _s32(value: int) -> int:
 
 
 def build_vmcoreinfo(kmem: KernelMemory, *, era: str, osrelease: str, crashtime: int, symbols: dict[str, int],
-                     numbers: dict[str, int]) -> str:
-    """The note text. ``symbols`` and ``numbers`` override or add values (mem_section root, kallsyms, markers)."""
+                     numbers: dict[str, int], build_id: str | None = None) -> str:
+    """The note text. ``symbols`` and ``numbers`` override or add values (mem_section root, kallsyms, markers);
+    ``build_id`` the release's (default: the mini kernel's own)."""
     kernel = kmem.kernel
     lines = []
     for key in KEYS[era]:
@@ -100,7 +101,7 @@ def build_vmcoreinfo(kmem: KernelMemory, *, era: str, osrelease: str, crashtime:
         if key == "OSRELEASE":
             value = osrelease
         elif key == "BUILD-ID":
-            value = kernel.build_id
+            value = build_id or kernel.build_id
         elif key == "PAGESIZE":
             value = str(PAGE_SIZE)
         elif key == "KERNELOFFSET":

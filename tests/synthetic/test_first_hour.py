@@ -307,3 +307,111 @@ def test_processes_hold_less_than_the_ram(request):
         if not t["kthread"]:
             groups[t["tgid"]] = max(groups.get(t["tgid"], 0), t["rss_pages"])
     assert 0 < sum(groups.values()) * manifest["page_size"] <= manifest["memory_bytes"] // 2
+
+
+@pytest.mark.parametrize("bug", ["null-deref", None])
+def test_modules_are_the_manifests_and_the_logs(bug, tmp_path_factory, request):
+    """modules() lists the machine's modules as the manifest has them (mydrv first, out of tree and unsigned, on
+    a machine that hit a mydrv bug), in the order of the oops's ``Modules linked in:`` line; drgn finds each
+    one's build ID in its notes."""
+    import drgn
+
+    import kdumplab
+
+    made = bug_dump(tmp_path_factory, bug) if bug else request.getfixturevalue("synth_61")
+    manifest = made.manifest
+    want = manifest["modules"]
+    assert len(want) >= 15 and all(m["size"] > 0 for m in want)
+    with kdumplab.open(made.vmcore, vmlinux=made.vmlinux) as d:
+        mods = d.modules()
+        got = [{k: (int(r[k]) if k in ("module", "base", "size", "refcount") else r[k])
+                for k in ("module", "name", "base", "size", "state", "refcount", "taints")}
+               for r in mods.to_dict("records")]
+        assert got == [{k: m[k] for k in got[0]} for m in want]
+        ids = {m.name: m.build_id.hex() for m in d.prog.modules() if not isinstance(m, drgn.MainModule)}
+        assert ids == {m["name"]: m["build_id"] for m in want}
+    line = [t for t in manifest["dmesg"] if t.startswith("Modules linked in:")]
+    names = " ".join(m["name"] + (f"({m['taints']})" if m["taints"] else "") for m in want)
+    if bug:
+        assert want[0]["name"] == "mydrv" and want[0]["taints"] == "OE"
+        assert line and line[-1] == "Modules linked in: " + names
+    else:
+        assert not line and "mydrv" not in [m["name"] for m in want] and not any(m["taints"] for m in want)
+
+
+def test_an_oom_machine_is_out_of_memory(tmp_path_factory):
+    """The OOM-panic dump: almost no free page (below the min watermark its log prints), memory full of the
+    runaway process's anonymous pages, and the page classes, the vm counters (meminfo), the log's show_mem()
+    and the processes agree."""
+    import kdumplab
+
+    made = bug_dump(tmp_path_factory, "oom-panic")
+    m = made.manifest
+    classes = m["page_classes"]
+    total = sum(classes.values())
+    assert classes["free"] / total < 0.05 and classes["anon"] / total > 0.6, classes
+    log = next(t for t in m["dmesg"] if t.startswith("active_anon:"))
+    shown = dict(kv.split(":") for kv in log.split())
+    zone = re.search(r"free:(\d+)kB .*min:(\d+)kB", next(t for t in m["dmesg"] if t.startswith("Node 0 ")))
+    assert int(zone.group(1)) < int(zone.group(2)) and int(zone.group(1)) == 4 * int(shown["free"])
+    with kdumplab.open(made.vmcore, vmlinux=made.vmlinux) as d:
+        pc = d.page_classes().groupby("class", observed=True)["pages"].sum()
+        info = d.meminfo().set_index("item")["pages"]
+        tasks = d.tasks()
+    assert int(pc["free"]) == classes["free"] == int(info["free"]) == int(shown["free"]) == m["nr_free_pages"]
+    assert int(pc["anon"]) == classes["anon"] == int(info["anon"]) == int(shown["active_anon"])
+    assert int(info["slab"]) == classes["slab"] == int(shown["slab_unreclaimable"])
+    hog = tasks[tasks.pid == m["panic"]["pid"]].iloc[0]
+    assert hog.comm == m["panic"]["comm"] and f"-1000 {hog.comm}" in " ".join(m["dmesg"])
+    assert m["memory_bytes"] // 2 < hog.rss_bytes <= classes["anon"] * m["page_size"]
+    user = tasks[~tasks.kthread].drop_duplicates("tgid")
+    assert user.rss_bytes.sum() <= (classes["anon"] + classes["cache"] + classes["cache_private"]) * m["page_size"]
+
+
+@pytest.mark.parametrize("era", ["6.1", "7.2"])
+def test_uptime_and_wall_time_are_the_timekeepers(era, tmp_path_factory, request):
+    """system()'s uptime is the manifest's (tk_core before 6.17, timekeeper_data[TIMEKEEPER_CORE] after), its
+    crash time CRASHTIME, and tasks' start times fall between boot and the crash."""
+    import pandas as pd
+
+    import kdumplab
+    from kdumplab.testing.synth import build_synthetic
+
+    if era == "6.1":
+        made = request.getfixturevalue("synth_61")
+    else:
+        made = build_synthetic(tmp_path_factory.mktemp(f"time-{era}"), memory=64 << 20, tasks=12, seed=1, era=era,
+                               cache=True)
+    m = made.manifest
+    with kdumplab.open(made.vmcore, vmlinux=made.vmlinux) as d:
+        system = d.system().iloc[0]
+        import drgn.helpers.linux.timekeeping as tk
+
+        assert tk.ktime_get_coarse_real_ns(d.prog).value_() == m["crashtime"] * 10**9
+    assert system["uptime"] == pd.Timedelta(m["uptime_ns"], "ns")
+    assert system["crash_time"] == pd.Timestamp(m["crashtime"], unit="s", tz="UTC")
+
+
+def test_each_release_has_its_own_build_id(bug_dumps):
+    """Two stable updates of one series are two builds: different build IDs in VMCOREINFO, in the vmlinux next
+    to each dump and in the kernel image in memory; a dump refuses the other release's vmlinux."""
+    from kdumplab.analysis.find_vmlinux import check_vmlinux, read_build_id
+    from kdumplab.errors import DebugInfoError
+    from kdumplab.formats import open_dumpfile
+
+    by_release: dict[str, set[str]] = {}
+    for made in bug_dumps.values():
+        m = made.manifest
+        by_release.setdefault(m["osrelease"], set()).add(m["build_id"])
+        assert read_build_id(made.vmlinux) == m["build_id"]
+    assert len(by_release) >= 4 and all(len(ids) == 1 for ids in by_release.values()), by_release
+    assert len({next(iter(ids)) for ids in by_release.values()}) == len(by_release)
+    a, b = (bug_dumps[("null-deref", "6.1", seed)] for seed in (3, 4))
+    assert a.manifest["osrelease"] != b.manifest["osrelease"]
+    with open_dumpfile(a.vmcore) as f:
+        assert f.vmcoreinfo.build_id == a.manifest["build_id"]
+        assert check_vmlinux(a.vmlinux, f.vmcoreinfo).how == "build-id"
+        with pytest.raises(DebugInfoError, match="another build"):
+            check_vmlinux(b.vmlinux, f.vmcoreinfo)
+        image = f.read_phys(f.segments[0].paddr, f.segments[0].filesz)
+    assert bytes.fromhex(a.manifest["build_id"]) in image and bytes.fromhex(b.manifest["build_id"]) not in image

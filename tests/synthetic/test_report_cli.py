@@ -118,7 +118,7 @@ def test_failing_notebook_gives_partial_report(tmp_path, request):
         ("99-broken", "ZeroDivisionError"), ("01-triage", "")]
     # a section that raised said so and the notebook went on to the next cells
     assert doc["notebooks"][0]["sections"] == [{"title": "Broken table", "status": "error",
-                                                "reason": "KeyError: 'missing'"}]
+                                                "reason": "KeyError: 'missing'", "partial": False}]
     assert "kdumplab: error: 99-broken: Broken table: KeyError: 'missing'" in run.stderr
     md_run = kdumplab("report", str(made.vmcore), "--vmlinux", str(made.vmlinux), "-o", str(tmp_path / "r.md"),
                       "--notebook", str(tmp_path / "99-broken.ipynb"))

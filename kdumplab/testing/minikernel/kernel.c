@@ -90,6 +90,11 @@ struct list_head vmap_area_list;
 
 /* time and state */
 u64 jiffies_64;
+#if KDL_ERA >= 702
+struct tk_data timekeeper_data[TIMEKEEPERS_MAX];
+#else
+struct tk_data tk_core;
+#endif
 unsigned long tainted_mask;
 /* print_tainted()'s table (kernel/panic.c): drgn's tainted() reads the letters from it */
 struct taint_flag {

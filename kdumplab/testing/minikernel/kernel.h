@@ -961,11 +961,108 @@ struct vmap_area {
 	unsigned long flags;
 };
 
-struct module {
-	int state;
-	struct list_head list;
-	char name[56];
+/* kernel modules (include/linux/module.h): what lsmod, crash's mod and drgn's module helpers read */
+enum module_state { MODULE_STATE_LIVE, MODULE_STATE_COMING, MODULE_STATE_GOING, MODULE_STATE_UNFORMED };
+#define MODULE_NAME_LEN (64 - sizeof(unsigned long))
+struct latch_tree_node { struct rb_node node[2]; };
+struct module;
+struct mod_tree_node { struct module *mod; struct latch_tree_node node; };
+#if KDL_ERA >= 612
+/* since 6.4 one region per kind of memory */
+enum mod_mem_type {
+	MOD_TEXT, MOD_DATA, MOD_RODATA, MOD_RO_AFTER_INIT, MOD_INIT_TEXT, MOD_INIT_DATA, MOD_INIT_RODATA,
+	MOD_MEM_NUM_TYPES, MOD_INVALID = -1,
 };
+struct module_memory { void *base; unsigned int size; struct mod_tree_node mtn; };
+#else
+struct module_layout {
+	void *base;
+	unsigned int size;
+	unsigned int text_size;
+	unsigned int ro_size;
+	unsigned int ro_after_init_size;
+	struct mod_tree_node mtn;
+};
+#endif
+/* sysfs attributes of a module's notes and sections (kernel/module/sysfs.c, before 6.14): drgn reads the build
+ * ID from the GNU note a notes attribute points at, and section addresses from the sections' attributes */
+struct attribute { const char *name; unsigned short mode; };
+struct bin_attribute {
+	struct attribute attr;
+	size_t size;
+	void *private;
+	void *f_mapping;
+	void *read;
+	void *write;
+	void *mmap;
+};
+struct module_notes_attrs { void *dir; unsigned int notes; struct bin_attribute attrs[1]; };
+struct attribute_group { const char *name; void *is_visible; void *is_bin_visible; struct attribute **attrs; struct bin_attribute **bin_attrs; };
+struct module_sect_attr { struct bin_attribute battr; unsigned long address; };
+struct module_sect_attrs { struct attribute_group grp; unsigned int nsections; struct module_sect_attr attrs[1]; };
+struct module {
+	enum module_state state;
+	struct list_head list;
+	char name[MODULE_NAME_LEN];
+	const char *version;
+	const char *srcversion;
+	void (*exit)(void);
+	int (*init)(void);
+#if KDL_ERA >= 612
+	struct module_memory mem[MOD_MEM_NUM_TYPES];
+#else
+	struct module_layout core_layout;
+	struct module_layout init_layout;
+#endif
+	unsigned long taints;
+	struct module_sect_attrs *sect_attrs;
+	struct module_notes_attrs *notes_attrs;
+	unsigned int num_bugs;
+	struct list_head source_list;
+	struct list_head target_list;
+	atomic_t refcnt;
+};
+
+/* timekeeping (kernel/time/timekeeping.c): uptime and wall time as of the last tick */
+typedef s64 ktime_t;
+typedef s64 time64_t;
+struct timespec64 { time64_t tv_sec; long tv_nsec; };
+typedef struct seqcount { unsigned int sequence; } seqcount_t;
+typedef struct seqcount_raw_spinlock { seqcount_t seqcount; } seqcount_raw_spinlock_t;
+struct clocksource;
+struct tk_read_base {
+	struct clocksource *clock;
+	u64 mask;
+	u64 cycle_last;
+	u32 mult;
+	u32 shift;
+	u64 xtime_nsec;
+	ktime_t base;
+	u64 base_real;
+};
+struct timekeeper {
+	struct tk_read_base tkr_mono;
+	u64 xtime_sec;
+	unsigned long ktime_sec;
+	struct timespec64 wall_to_monotonic;
+	ktime_t offs_real;
+	ktime_t offs_boot;
+	ktime_t offs_tai;
+#if KDL_ERA >= 702
+	u64 coarse_nsec;                                  /* since 6.15 */
+#endif
+	s32 tai_offset;
+	struct tk_read_base tkr_raw;
+	u64 raw_sec;
+};
+struct tk_data {
+	seqcount_raw_spinlock_t seq;
+	struct timekeeper timekeeper;
+};
+#if KDL_ERA >= 702
+/* since 6.17 tk_core is timekeeper_data[TIMEKEEPER_CORE] (auxiliary clocks) */
+enum timekeeper_ids { TIMEKEEPER_CORE, TIMEKEEPER_AUX_FIRST, TIMEKEEPER_AUX_LAST = TIMEKEEPER_AUX_FIRST + 7, TIMEKEEPERS_MAX };
+#endif
 
 /* x86_64 user_regs_struct / pt_regs layout as the crash notes hold them. */
 struct pt_regs {
