@@ -107,7 +107,7 @@ def _open_or_fail(dump: str, vmlinux: str | None) -> None:
 def report(dump, vmlinux, out, option_pairs, notebooks, keep_notebooks, timeout):
     """Run the curated notebooks on DUMP and write one report to FILE (-o; the format by its suffix)."""
     from kdumplab.report import NOTEBOOKS
-    from kdumplab.report.export import export, format_for
+    from kdumplab.report.export import export, format_for, opened
     from kdumplab.report.runner import run_notebooks
 
     fmt = format_for(out)
@@ -131,6 +131,10 @@ def report(dump, vmlinux, out, option_pairs, notebooks, keep_notebooks, timeout)
     click.echo(f"kdumplab: {path} ({names}; {run.seconds:.1f} s)")
     if skipped:
         click.echo(f"kdumplab: no debug info for: {', '.join(skipped)}", err=True)
+    partial = (opened(run) or {}).get("partial")
+    if partial:
+        click.echo(f"kdumplab: warning: {partial['summary']} The report says at its top, and in each section, "
+                   "what may be incomplete.", err=True)
     errors = 0
     for s in run.sections():
         if s["status"] in ("failed", "error"):

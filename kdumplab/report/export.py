@@ -282,7 +282,7 @@ def to_json(run: ReportRun) -> str:
 
         {"kdumplab": version, "dump": path, "vmlinux": path|null, "seconds": s,
          "partial": null|{"cause", "file_size", "expected_size", "missing_pages", "dumped_pages",
-                         "missing_bytes", "interrupted", "tables", "text"},
+                         "missing_bytes", "interrupted", "tables", "summary", "text"},
          "notebooks": [{"name", "error", "seconds", "sections": [{"title", "status", "reason", "partial"}],
                         "frames": {name: {"columns", "dtypes", "rows", "truncated", "records"}},
                         "conclusions": [text, ...]}]}

@@ -137,8 +137,8 @@ MEMORY_TABLES = ("tasks", "stacks and backtraces", "slab caches", "page classes"
 def partial_record(dump: Any) -> dict[str, Any] | None:
     """What a partial dump misses, for the report's top and the JSON: ``cause``, ``file_size``,
     ``expected_size`` (bytes), ``missing_pages``, ``dumped_pages``, ``missing_bytes``, ``interrupted``,
-    ``tables`` (the tables that may be incomplete) and ``text`` (one paragraph saying it all). None for a whole
-    dump."""
+    ``tables`` (the tables that may be incomplete), ``summary`` (one sentence: what is missing) and ``text`` (the
+    paragraph the report opens with). None for a whole dump."""
     partial = getattr(dump, "partial", None)
     interrupted = bool(getattr(dump, "interrupted", False))
     if partial is None and not interrupted:
@@ -161,6 +161,7 @@ def partial_record(dump: Any) -> dict[str, Any] | None:
                 f"dumped pages ({pct:.1f} %, {fmt_bytes(out['missing_bytes'])}) are missing and read as absent.")
     else:
         head = "Partial dump: an interrupted save (kdumplab save was stopped before it finished this file)."
+    out["summary"] = head
     out["text"] = (f"{head} The kernel log and the page classes are read from what is there; the tables that read "
                    f"kernel memory ({', '.join(MEMORY_TABLES)}) may be incomplete: each section below says so, "
                    "and a section that needed a missing page says which.")

@@ -87,3 +87,17 @@ def test_a_fault_in_a_section_fails_that_section_only(synth_61, tmp_path):
         with nb.section("a bug"):
             1 / 0
     assert issubclass(drgn.FaultError, Exception)
+
+
+def test_report_command_says_the_dump_is_partial(cut_report, synth_61, tmp_path):
+    import subprocess
+    import sys
+
+    cut = cut_report[0]
+    done = subprocess.run([sys.executable, "-m", "kdumplab.cli", "report", str(cut), "--vmlinux", str(synth_61.vmlinux),
+                           "-o", str(tmp_path / "r.json"), "--notebook", "01-triage"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"kdumplab: warning: Partial dump: the file was cut short .* dumped pages .* are missing",
+                     done.stderr), done.stderr
+    assert "Traceback" not in done.stderr
