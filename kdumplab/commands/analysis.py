@@ -230,6 +230,14 @@ def text_view(table: str, frame, all_columns: bool = False, with_locals: bool = 
 
         frame = frame.assign(frame=frame_texts(frame))
         frame.insert(1, "frame", frame.pop("frame"))
+    if table == "system" and len(frame):  # as /proc/loadavg and the oops's CPU line print them
+        import pandas as pd
+
+        loads = {c: [v if pd.isna(v) else f"{v:.2f}" for v in frame[c]] for c in ("load_1", "load_5", "load_15")
+                 if c in frame.columns}
+        taint = [v if pd.isna(v) else (v.strip() or "Not tainted") for v in frame["taint"]] \
+            if "taint" in frame.columns else None
+        frame = frame.assign(**loads, **({"taint": taint} if taint is not None else {}))
     if table in ("dmesg", "oops"):
         from kdumplab.analysis.oops import kernel_timestamp
 

@@ -127,8 +127,12 @@ def demo(dump, vmlinux, out, use_vm, make_report):
         for r in run.failed:
             _say(f"notebook {r.name} stopped: {r.error}")
         status = 2 if run.failed else 0
-    click.echo("\nnext: .venv/bin/kdumplab show oops|backtrace|tasks|dmesg DUMP, .venv/bin/kdumplab lab DUMP "
-               "(or `. .venv/bin/activate` first)", err=True)
+    import shlex
+
+    arg = shlex.quote(str(dump))
+    click.echo(f"\nnext (or `. .venv/bin/activate` first, then `kdumplab ...`):\n"
+               f"  .venv/bin/kdumplab show oops {arg}\n  .venv/bin/kdumplab show backtrace {arg}\n"
+               f"  .venv/bin/kdumplab show stacks {arg}\n  .venv/bin/kdumplab lab {arg}", err=True)
     if fell_back:
         _banner(f"THE REAL-KERNEL DEMO FAILED; everything above is a SYNTHETIC dump. Reason: {fell_back}")
     sys.exit(status)

@@ -196,6 +196,13 @@ def test_show_speaks_the_kernels_notation(null_deref):
     assert all(t["last_run_ago"] is None or isinstance(t["last_run_ago"], float) for t in tasks)
     csv = cli("show", "tasks", dump, "--vmlinux", vml, "--format", "csv").stdout
     assert not re.search(r"\d days", csv) and re.search(r"^0xffff[0-9a-f]{12},", csv, re.M)
+    # the load as /proc/loadavg prints it, the taint as the oops's CPU line, the uptime the timekeeper's
+    system = cli("show", "system", dump, "--vmlinux", vml).stdout
+    load = null_deref.manifest["load"]
+    assert re.search(rf"load_1\s+{load[0]:.2f}\s", system) and re.search(r"taint\s+G\s+OE\s", system), system
+    assert re.search(rf"uptime\s+{null_deref.manifest['uptime_ns'] / 1e9:.6f} s", system), system
+    modules = cli("show", "modules", dump, "--vmlinux", vml).stdout
+    assert re.search(r"│ mydrv\s+│\s+16384 │ live\s+│\s+1 │ OE\s+│", modules), modules
 
 
 # -- kdumplab lab -------------------------------------------------------------------------------------------
