@@ -70,12 +70,16 @@ def _in_initramfs() -> bool:
 def record_outcome(outcome: dict[str, Any], echo=lambda message: None) -> None:
     """Record ``outcome`` on the crashed system's root file system; never raises (a record that cannot be
     written is reported through ``echo``: the capture's own result matters more)."""
-    from kdumplab.capture.mount import MountError, mounted
-
     try:
         if not _in_initramfs():
             write_record(Path("/"), outcome)
             return
+    except OSError as error:
+        echo(f"kdumplab save: cannot record the outcome for the first kernel: {error}")
+        return
+    from kdumplab.capture.mount import MountError, mounted  # only here: elsewhere a save never loads them
+
+    try:
         spec, fstype = root_spec(Path("/proc/cmdline").read_text())
         if not spec:
             echo("kdumplab save: no root= on the command line: the outcome is not recorded for the first kernel")

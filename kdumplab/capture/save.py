@@ -69,6 +69,9 @@ from kdumplab.formats.kdump_writer import FileSink, KdumpWriter
 from kdumplab.formats.notes import build_note
 
 FORMATS = ("kdump", "elf", "flat")
+#: The kdump writer's page data cache in a save: a batch of compressed pages is already 100-500 KiB, and every
+#: MiB counts in a kdump kernel (the writer's default is 1 MiB).
+SAVE_DATA_CACHE = 256 << 10
 CODEC_NAMES = ("zstd", "lzo", "zlib", "snappy", "none")
 
 
@@ -397,8 +400,8 @@ def _sample_pfns(plan: PagePlan, samples: int, cluster: int = VERIFY_CLUSTER) ->
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
-#: page_descs checked per read by :func:`_check_desc_table` (1.5 MiB: a 64 GiB machine's table is 50 MiB).
-DESC_CHUNK = 1 << 16
+#: page_descs checked per read by :func:`_check_desc_table` (384 KiB: a 64 GiB machine's table is 50 MiB).
+DESC_CHUNK = 1 << 14
 
 
 def _check_desc_table(out: Any, plan: PagePlan) -> str | None:
@@ -785,7 +788,7 @@ def _open_output(target: Target, dump: Any, plan: PagePlan, notes: bytes, option
     writer = KdumpWriter(sink, plan.page_size, plan.max_mapnr, plan.bitmap1, plan.bitmap2, notes,
                          utsname=uts, dump_level=level, codec=options.codec,
                          phys_base=getattr(mem, "phys_base", 0) or 0, threads=1,
-                         machine=getattr(dump, "machine", None))
+                         machine=getattr(dump, "machine", None), data_cache=SAVE_DATA_CACHE)
     return _Output("kdump", writer, file, stream)
 
 
