@@ -574,20 +574,32 @@ def _add_module_kallsyms(prog: "drgn.Program") -> None:
         pass
 
 
+#: Debian's released versions by number, as kernel ABIs carry them (``6.12.118+deb13-amd64``).
+DEBIAN_RELEASES = {11: "bullseye", 12: "bookworm", 13: "trixie"}
+#: Kernel series that a released suite ships without ``+debN`` in the ABI (``5.10.0-46-amd64``).
+SERIES_SUITES = {"5.10.": "bullseye", "6.1.": "bookworm"}
+
+
 def debian_suite(release: str) -> str | None:
-    """The Debian suite whose kernel is ``release`` (``+deb13`` is trixie; 6.1 is bookworm), or None (the host's)."""
+    """The Debian suite that ships kernel ``release``, or None (unknown: the host's suite is tried).
+
+    ``+debN`` names the Debian version the kernel is built for: 13 is trixie; a version after the newest release
+    is not released yet, and its kernels are uploaded to unstable (sid) first. Bullseye's 5.10 and bookworm's 6.1
+    carry no ``+debN``; backports (``6.1.0-0.deb11.21-amd64``, ``6.12.12+bpo-amd64``) live in suites we do not
+    search, so they give None.
+
+    >>> [debian_suite(r) for r in ("5.10.0-46-amd64", "6.1.0-57-arm64", "6.12.118+deb13-amd64", "7.2.13+deb14-amd64")]
+    ['bullseye', 'bookworm', 'trixie', 'sid']
+    """
     import re
 
+    if re.search(r"\.deb\d+\.|\+bpo", release):
+        return None
     m = re.search(r"\+deb(\d+)", release)
     if m:
-        return {"11": "bullseye", "12": "bookworm", "13": "trixie", "14": "forky"}.get(m.group(1))
-    if release.startswith("6.1."):
-        return "bookworm"
-    if release.startswith("5.10."):
-        return "bullseye"
-    if release.startswith("6.12."):
-        return "trixie"
-    return None
+        number = int(m.group(1))
+        return DEBIAN_RELEASES.get(number) or ("sid" if number > max(DEBIAN_RELEASES) else None)
+    return next((suite for prefix, suite in SERIES_SUITES.items() if release.startswith(prefix)), None)
 
 
 def open_dump(path: str | os.PathLike, vmlinux: str | os.PathLike | None = None,

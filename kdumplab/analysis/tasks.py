@@ -95,6 +95,8 @@ def tasks(dump: "Dump") -> "pd.DataFrame":
     has_policy = _has(task_type, "policy")
     has_on_cpu = _has(task_type, "on_cpu")
     has_mm = _has(task_type, "mm")
+    task_size = drgn.sizeof(task_type)
+    readable = _allocated_task_size(prog, task_size)
 
     try:
         panic_task = prog.crashed_thread().object.value_()
@@ -127,7 +129,13 @@ def tasks(dump: "Dump") -> "pd.DataFrame":
             continue
         seen.add(addr)
         try:
-            t = task[0].read_()  # one read of the whole task_struct; members come from the copy
+            # One read of the task_struct; members come from the copy. The allocation may be shorter than the
+            # type (x86's FPU state at the end is sized at boot), and the bytes past it belong to the next page.
+            if readable == task_size:
+                t = task[0].read_()
+            else:
+                t = drgn.Object.from_bytes_(prog, task_type,
+                                            prog.read(addr, readable) + bytes(task_size - readable))
         except drgn.FaultError:
             continue
         flags = t.flags.value_()
@@ -188,6 +196,21 @@ def tasks(dump: "Dump") -> "pd.DataFrame":
         rows.append(row)
     frame = SCHEMA.frame(rows)
     return frame.sort_values(["pid", "cpu"], kind="stable").reset_index(drop=True)
+
+
+def _allocated_task_size(prog, type_size: int) -> int:
+    """Bytes the kernel allocates per task_struct: ``arch_task_struct_size`` where the architecture sizes it at
+    boot (x86_64: the xsave area at the end of ``thread.fpu`` is as large as the CPU's features, on Debian's 5.10
+    8,008 of the type's 9,408 bytes), else the type's size. A task at the end of its slab is followed by another
+    page (anon, free) that a filtered dump may leave out, so reading the whole type would fault there.
+    """
+    import drgn
+
+    try:
+        size = prog["arch_task_struct_size"].value_()
+    except (LookupError, drgn.FaultError):
+        return type_size
+    return size if 0 < size < type_size else type_size
 
 
 def _boot_time_ns(dump: "Dump", prog) -> int | None:
