@@ -34,12 +34,13 @@ def translate(error: BaseException, path: str | os.PathLike, what: str, hint: st
         return None
     name = type(error).__name__
     path = os.fspath(path)
+    what = what if " " in what else f"{what}()"  # a table's name, or a phrase such as "the section 'drgn'"
     if name == "FaultError":
-        return MemoryReadError(f"{path}: {what}() needs memory that is not in the dump: {error}.{hint}".rstrip("."))
+        return MemoryReadError(f"{path}: {what} needs memory that is not in the dump: {error}.{hint}".rstrip("."))
     if name == "MissingDebugInfoError":
-        return DebugInfoError(f"{path}: {what}(): drgn lacks debug info: {error}")
+        return DebugInfoError(f"{path}: {what}: drgn lacks debug info: {error}")
     if name == "ObjectNotFoundError":
-        return DebugInfoError(f"{path}: {what}(): the vmlinux does not define what it needs: {error}")
+        return DebugInfoError(f"{path}: {what}: the vmlinux does not define what it needs: {error}")
     if type(error) is Exception:
-        return CorruptDumpError(path, None, f"{what}()", f"drgn cannot read the dump: {error}")
-    return CorruptDumpError(path, None, f"{what}()", f"drgn rejects the dump's data ({name}): {error}")
+        return CorruptDumpError(path, None, what, f"drgn cannot read the dump: {error}")
+    return CorruptDumpError(path, None, what, f"drgn rejects the dump's data ({name}): {error}")

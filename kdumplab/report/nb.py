@@ -387,7 +387,8 @@ def section(title: str) -> Iterator[Section]:
             yield sec
         except Exception as raw:  # noqa: BLE001 - drgn's own errors are facts about the dump: explain them
             dump = _CURRENT[0] if _CURRENT else None
-            explained = dump.explain(raw, title) if dump is not None and hasattr(dump, "explain") else None
+            explained = (dump.explain(raw, f"the section {title!r}") if dump is not None and hasattr(dump, "explain")
+                         else None)
             if explained is None:
                 raise
             raise explained from None
