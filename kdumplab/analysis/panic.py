@@ -76,8 +76,9 @@ _PANIC_PATTERNS = (
     r"Oops: .*",
 )
 _PANIC_RE = re.compile("|".join(f"({p})" for p in _PANIC_PATTERNS))
-# "CPU: 1 PID: 1207 Comm: sh Not tainted ..." (6.1) or "CPU: 1 UID: 0 PID: 1207 Comm: sh ..." (6.12).
-_CPU_LINE = re.compile(r"CPU: (\d+) (?:UID: \d+ )?PID: (\d+) Comm: (.{1,16}?) (?:Not tainted|Tainted)")
+#: "CPU: 1 PID: 1207 Comm: sh Not tainted ..." (6.1) or "CPU: 1 UID: 0 PID: 1207 Comm: sh Kdump: loaded Tainted:
+#: ..." (6.12; "Kdump: loaded" once a crash kernel is loaded): groups cpu, pid, comm.
+CPU_LINE = re.compile(r"CPU: (\d+) (?:UID: \d+ )?PID: (\d+) Comm: (.{1,16}?)(?: Kdump: \S+)? (?:Not tainted|Tainted)")
 
 
 def panic_message_from_texts(texts: list[str]) -> tuple[str | None, int | None]:
@@ -130,7 +131,7 @@ def panic(dump: "Dump") -> "pd.DataFrame":
         # The kernel logs "CPU: n PID: n Comm: x" right after the panic line (dump_stack); take the first after it.
         start = index or 0
         for text in texts[start:] + texts[:start]:
-            m = _CPU_LINE.search(text)
+            m = CPU_LINE.search(text)
             if m:
                 row.update(cpu=int(m.group(1)), pid=int(m.group(2)), comm=m.group(3), source="dmesg")
                 break

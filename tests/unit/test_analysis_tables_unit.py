@@ -12,7 +12,7 @@ from kdumplab.analysis import TABLES
 from kdumplab.analysis.columns import Column, Schema
 from kdumplab.analysis.dmesg import SCHEMA as DMESG, _row
 from kdumplab.analysis.dump import resolve_dump_path
-from kdumplab.analysis.panic import _CPU_LINE, panic_message_from_texts
+from kdumplab.analysis.panic import CPU_LINE, panic_message_from_texts
 from kdumplab.commands.analysis import escape_text, render_csv, render_json, render_text
 from kdumplab.errors import KdumplabError
 
@@ -80,8 +80,10 @@ def test_panic_message_ranking_and_cpu_line():
              "Kernel panic - not syncing: Fatal exception", "Kernel panic - not syncing: later"]
     assert panic_message_from_texts(texts) == ("Kernel panic - not syncing: Fatal exception", 3)
     assert panic_message_from_texts(["hello"]) == (None, None)
-    m = _CPU_LINE.search("CPU: 0 UID: 0 PID: 77 Comm: <script>alert Tainted: G  D  6.12.117+deb13-amd64")
+    m = CPU_LINE.search("CPU: 0 UID: 0 PID: 77 Comm: <script>alert Tainted: G  D  6.12.117+deb13-amd64")
     assert m.groups() == ("0", "77", "<script>alert")
+    m = CPU_LINE.search("CPU: 0 PID: 128 Comm: sh Kdump: loaded Tainted: G           OE      6.1.0-57-amd64 #1")
+    assert m.groups() == ("0", "128", "sh")  # "Kdump: loaded" (a crash kernel is loaded) is no part of the comm
 
 
 def test_render_text_never_interprets_markup_or_escapes():

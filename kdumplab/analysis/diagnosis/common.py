@@ -44,6 +44,45 @@ def report_culprit(ctx: Context, start: int | None, hang: bool = False,
     return None, ""
 
 
+def crashed_task(ctx: Context, start: int | None = None) -> tuple[str, int, int | None] | None:
+    """``(comm, pid, cpu)`` of the task the report at line ``start`` names (its ``CPU: N PID: N Comm: X`` line,
+    within the report's first 30 lines), else of the task that crashed (:meth:`Dump.panic`: drgn's crashed
+    thread, else the log), or None when neither says. A report's own line comes first: a WARNING that did not
+    panic was printed by another task than the one that crashed later."""
+    from kdumplab.analysis.panic import CPU_LINE
+
+    if start is not None:
+        for line in ctx.lines[start:start + 30]:
+            m = CPU_LINE.search(line)
+            if m:
+                return m.group(3), int(m.group(2)), int(m.group(1))
+    panic = ctx.table("panic")
+    if panic is None or not len(panic):
+        return None
+    row = panic.iloc[0]
+    if str(row["pid"]) == "<NA>":
+        return None
+    cpu = None if str(row["cpu"]) == "<NA>" else int(row["cpu"])
+    return str(row["comm"]), int(row["pid"]), cpu
+
+
+def task_label(task: tuple[str, int, int | None] | None) -> str | None:
+    """``comm (pid N)``, as the findings name a task."""
+    return None if task is None else f"{task[0]} (pid {task[1]})"
+
+
+def task_sentence(task: tuple[str, int, int | None] | None) -> str:
+    """`` It ran in comm (pid N) on CPU C.`` (the crashed task, as the oops' ``CPU: PID: Comm:`` line), or ''."""
+    if task is None:
+        return ""
+    return f" It ran in {task_label(task)}" + (f" on CPU {task[2]}." if task[2] is not None else ".")
+
+
+def sentence(line: str) -> str:
+    """A log line ended as a sentence (``kernel BUG at x.c:68!`` stays, ``... address: 8`` gets a period)."""
+    return line if line.endswith((".", "!", "?")) else line + "."
+
+
 def evidence_line(ctx: Context, index: int | None) -> list[str]:
     return [] if index is None else [f"dmesg line {index}: {ctx.lines[index].strip()}"]
 
@@ -74,11 +113,13 @@ def oops_finding(ctx: Context, kind: str, header: str, template: str, score: int
                                                                           else f" cr2={int(cr2):#x}"))
                 break
     header_line = ctx.lines[start].strip()
-    text = f"{header_line}. The faulting code is {culprit or 'unknown'}"
+    text = f"{sentence(header_line)} The faulting code is {culprit or 'unknown'}"
     if rip:
         text += f" (RIP {rip})"
-    text += "."
+    task = crashed_task(ctx, start)
+    text += "." + task_sentence(task)
     return Finding(kind, title, culprit, score, text, evidence, function=function,
+                   tasks=(task[1],) if task else (),
                    module=frame.module if frame else None, report="\n".join(ctx.report(_report_start(ctx, start))))
 
 

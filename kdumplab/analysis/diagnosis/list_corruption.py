@@ -8,7 +8,7 @@ the list operation. Title as syzbot's: ``BUG: corrupted list in FN``.
 
 from __future__ import annotations
 
-from kdumplab.analysis.diagnosis.common import oops_finding
+from kdumplab.analysis.diagnosis.common import crashed_task, oops_finding, task_sentence
 from kdumplab.analysis.diagnosis.context import Context, Finding
 
 
@@ -18,5 +18,6 @@ def find(ctx: Context) -> list[Finding]:
     if found:
         detail = ctx.find(r"list_(?:add|del) corruption")
         if detail is not None:
-            found.text = f"{ctx.lines[detail].strip()} The list operation was called from {found.culprit}."
+            found.text = (f"{ctx.lines[detail].strip()} The list operation was called from {found.culprit}."
+                          + task_sentence(crashed_task(ctx, detail)))
     return [found] if found else []

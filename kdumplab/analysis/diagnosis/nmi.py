@@ -34,6 +34,7 @@ def find(ctx: Context) -> list[Finding]:
         m = re.search(r"on CPU (\d+)", ctx.lines[start])
         cpu = int(m.group(1)) if m else None
     running = None
+    pid = None
     lockups = ctx.table("lockups")
     if lockups is not None and cpu is not None:
         row = lockups[lockups["cpu"] == cpu]
@@ -41,13 +42,14 @@ def find(ctx: Context) -> list[Finding]:
             r = row.iloc[0]
             running = f"{r['function']}" + (f" [{r['module']}]" if isinstance(r["module"], str) else "")
             evidence.append(f"lockups: CPU {cpu} was running {r['comm']} (pid {r['pid']}) in {running}")
+            pid = int(r["pid"])
     if running is None:
         frame, _ = report_culprit(ctx, start, after=IRQ_ENTRIES)
         running = label(frame)
     message = ctx.lines[panic].split("not syncing: ", 1)[-1].strip() if panic is not None else "NMI"
-    text = (f"{ctx.lines[start].strip() if start is not None else 'An NMI'}; nothing claimed it and "
+    text = (f"{ctx.lines[start].strip().rstrip('.') if start is not None else 'An NMI'}; nothing claimed it and "
             f"unknown_nmi_panic is set, so the kernel panicked. CPU {cpu if cpu is not None else '?'} was running "
             f"{running or 'unknown code'}: an NMI of this kind comes from the machine (a watchdog card, a "
             f"hypervisor or BMC 'inject NMI', a hardware error), not from that code.")
     return [Finding("nmi", f"kernel panic: {message}", running, 200, text, evidence,
-                    report="\n".join(ctx.report(start if start is not None else panic, limit=40)))]
+                    tasks=(pid,) if pid is not None else (), report="\n".join(ctx.report(start if start is not None else panic, limit=40)))]

@@ -9,7 +9,8 @@ the scheduler-tick interrupt stopped on the stalled CPU (``INFO: rcu detected st
 
 from __future__ import annotations
 
-from kdumplab.analysis.diagnosis.common import IRQ_ENTRIES, evidence_line, report_culprit, title_for
+from kdumplab.analysis.diagnosis.common import (IRQ_ENTRIES, crashed_task, evidence_line, report_culprit,
+                                              task_sentence, title_for)
 from kdumplab.analysis.diagnosis.context import Context, Finding, label
 
 _HEADER = r"INFO: rcu_(?:preempt|sched|bh|tasks)\w* (?:self-)?detected(?: expedited)? stall"
@@ -30,6 +31,10 @@ def find(ctx: Context) -> list[Finding]:
         evidence.append(f"{source}: {culprit} is the first frame below the scheduler-tick interrupt")
     text = (f"{ctx.lines[start].strip()}: RCU grace periods stopped because a CPU kept running "
             f"{culprit or 'unknown code'} without a quiescent state.")
+    # a self-detected stall is reported by the stalled CPU itself: its CPU line names the stalling task
+    task = crashed_task(ctx, start) if self_detected else None
+    text += task_sentence(task)
     return [Finding("rcu-stall", title_for("INFO: rcu detected stall in {}", frame.function if frame else None),
                     culprit, 215 if panicked else 110, text, evidence, function=frame.function if frame else None,
-                    module=frame.module if frame else None, report="\n".join(ctx.report(start)))]
+                    module=frame.module if frame else None,
+                    tasks=(task[1],) if task else (), report="\n".join(ctx.report(start)))]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from kdumplab.analysis.diagnosis.common import oops_finding
+from kdumplab.analysis.diagnosis.common import crashed_task, oops_finding, task_sentence
 from kdumplab.analysis.diagnosis.context import Context, Finding
 
 _AT = re.compile(r"WARNING: CPU: \d+ PID: \d+ at (?P<file>\S+) (?P<fn>[A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+"
@@ -28,7 +28,8 @@ def find(ctx: Context) -> list[Finding]:
     if m:
         found.text = (f"WARN() at {m.group('file')} in {m.group('fn')}"
                       + (f" [{m.group('module')}]" if m.group("module") else "")
-                      + (" with panic_on_warn set: the warning panicked the machine." if panicked else "."))
+                      + (" with panic_on_warn set: the warning panicked the machine." if panicked else ".")
+                      + task_sentence(crashed_task(ctx, line)))
         if found.function is None:
             found.function, found.module = m.group("fn"), m.group("module")
             found.culprit = m.group("fn") + (f" [{m.group('module')}]" if m.group("module") else "")
