@@ -560,6 +560,9 @@ class KdumpWriter:
             if self.incomplete:
                 self._write_header()
             self.sink.finish()
+            # no page can follow: the padded bitmap copies (1 MiB for 16 GiB, 4 MiB for 64 GiB) go before the
+            # caller verifies the file
+            self.bitmap1 = self.bitmap2 = np.zeros(0, np.uint8)
 
     @property
     def file_size(self) -> int:
