@@ -158,7 +158,12 @@ def arm(config: Config, root: Path = Path("/"), runner: Runner | None = None, dr
 
     result = ArmResult(kernel=str(kernel), initrd=str(initrd) if initrd else None, reservation=reservation,
                        cmdline=plan, dry_run=dry_run, problems=problems)
-    result.load = load_crash_kernel(kernel, initrd, plan.text, run, root, verify=not dry_run)
+    result.load = load_crash_kernel(kernel, initrd, plan.text, run, root, verify=not dry_run, dry_run=dry_run)
+    if result.load.kallsyms_fix:
+        fix = result.load.kallsyms_fix
+        echo(f"note: /proc/kallsyms has no _text (kernel built without CONFIG_KALLSYMS_ALL), which kexec -p needs to "
+             f"place the kernel image in the dump: it ran with {fix.path} as /proc/kallsyms "
+             f"(_text {fix.symbols['_text']:#x}, from /proc/kcore)")
     if dry_run:
         echo("would check that /sys/kernel/kexec_crash_loaded reads 1")
     else:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kdumplab.capture.arm64_kallsyms import KallsymsFix, kallsyms_fix, wrap_argv
 from kdumplab.capture.arm_root import read_text
 from kdumplab.errors import KexecError
 
@@ -153,6 +154,7 @@ class LoadResult:
     argv: list[str]
     attempts: list[RunResult]
     verified: bool | None
+    kallsyms_fix: KallsymsFix | None = None
 
 
 def _said(result: RunResult) -> str:
@@ -205,19 +207,25 @@ def arm64_file_load_hint(kernel: str | os.PathLike, root: Path) -> str:
 
 
 def load_crash_kernel(kernel: str | os.PathLike, initrd: str | os.PathLike | None, cmdline: str, runner: Runner,
-                      root: Path = Path("/"), verify: bool = True, kexec: str = "kexec") -> LoadResult:
+                      root: Path = Path("/"), verify: bool = True, kexec: str = "kexec",
+                      dry_run: bool = False) -> LoadResult:
     """Load the crash kernel: ``kexec -s -p`` first, ``kexec -p`` if that fails; then check it is loaded.
 
-    Raises :class:`~kdumplab.errors.KexecError` with what kexec said when both fail, or when
+    On an arm64 kernel whose kallsyms lacks ``_text`` the ``kexec -p`` runs with the substitute kallsyms of
+    :mod:`~kdumplab.capture.arm64_kallsyms` (written only when ``dry_run`` is false), without which kexec-tools
+    writes a core header the kdump kernel cannot serve. Raises :class:`~kdumplab.errors.KexecError` with what kexec said when both fail, or when
     kexec_crash_loaded does not read 1 afterwards (``verify=False`` skips that, for the dry run).
     """
     attempts = []
     first = runner(load_argv(kernel, initrd, cmdline, file_load=True, kexec=kexec))
     attempts.append(first)
     method = "kexec_file_load"
+    fix = None
     if not first.ok:
         locked = lockdown(root)
-        second = runner(load_argv(kernel, initrd, cmdline, file_load=False, kexec=kexec))
+        argv = load_argv(kernel, initrd, cmdline, file_load=False, kexec=kexec)
+        fix = kallsyms_fix(root, write=not dry_run)
+        second = runner(wrap_argv(argv, fix.path) if fix else argv)
         attempts.append(second)
         method = "kexec_load"
         if not second.ok:
@@ -239,7 +247,7 @@ def load_crash_kernel(kernel: str | os.PathLike, initrd: str | os.PathLike | Non
             state = "is missing" if verified is None else "reads 0"
             raise KexecError(f"kexec reported success but /sys/kernel/kexec_crash_loaded {state}: the crash kernel "
                              f"is not loaded (check the kernel log: dmesg | grep -i kexec)")
-    return LoadResult(method=method, argv=attempts[-1].argv, attempts=attempts, verified=verified)
+    return LoadResult(method=method, argv=attempts[-1].argv, attempts=attempts, verified=verified, kallsyms_fix=fix)
 
 
 def unload_crash_kernel(runner: Runner, root: Path = Path("/"), verify: bool = True,

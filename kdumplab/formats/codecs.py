@@ -185,6 +185,14 @@ def get_codec(codec: str | Codec) -> Codec:
         raise ValueError(f"unknown codec {codec!r}; known: {', '.join(CODECS)}") from None
 
 
+def _zstd_batches() -> bool:
+    """True when zstandard has ``multi_compress_to_buffer``: its C backend with the bundled libzstd has it;
+    built against the system's libzstd, as Debian's python3-zstandard is, it has not."""
+    import zstandard
+
+    return hasattr(zstandard.ZstdCompressor, "multi_compress_to_buffer")
+
+
 def compress_rows(pages: Any, keep: Any, codec: str | Codec) -> tuple[Any, Sequence[Any]]:
     """Compress the rows of the ``(n, page_size)`` uint8 numpy array ``pages`` where the bool array ``keep`` is
     set, each on its own: ``(sizes, parts)``, an int64 array and one bytes-like object per kept row, in order.
@@ -207,7 +215,11 @@ def compress_rows(pages: Any, keep: Any, codec: str | Codec) -> tuple[Any, Seque
     count = int(keep.sum())
     if not count:
         return np.zeros(0, np.int64), []
-    if codec.name == "zstd":
+    if codec.name == "zstd" and not _zstd_batches():
+        # zstandard built against the system's libzstd (Debian's python3-zstandard) has no batch call
+        cctx = _zstd_contexts()[0]
+        parts = list(map(cctx.compress, map(bytes, compress(pages, keep))))
+    elif codec.name == "zstd":
         import zstandard
 
         size = pages.shape[1]
@@ -239,7 +251,7 @@ def compress_many(pages: Sequence[bytes], codec: str | Codec, threads: int = 1) 
     codec = get_codec(codec)
     if not pages:
         return []
-    if codec.name == "zstd" and threads > 1 and len(pages) > 1:
+    if codec.name == "zstd" and threads > 1 and len(pages) > 1 and _zstd_batches():
         import zstandard
 
         cctx = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)

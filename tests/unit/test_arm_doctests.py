@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 MODULES = ["arm_root", "config", "reservation", "cmdline", "kexec", "sysctl", "status", "retention", "arm_ssh",
-           "arm_ops", "install"]
+           "arm_ops", "install", "arm64_kallsyms"]
 
 
 @pytest.mark.parametrize("name", MODULES)

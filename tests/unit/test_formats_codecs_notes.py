@@ -68,6 +68,20 @@ def test_compress_many_matches_single(name):
         assert many == [CODECS["zstd"].compress(p) for p in pages]
 
 
+@pytest.mark.parametrize("batches", [True, False])
+def test_zstd_rows_without_the_batch_call(monkeypatch, batches):
+    """zstandard built against the system's libzstd (Debian's python3-zstandard, what an arm64 guest's
+    userland has) lacks multi_compress_to_buffer: the rows are then compressed one by one, same frames."""
+    from kdumplab.formats import codecs
+
+    monkeypatch.setattr(codecs, "_zstd_batches", lambda: batches)
+    pages = np.frombuffer(b"".join(_pages() * 2), np.uint8).reshape(-1, 4096)
+    keep = np.array([True, False, True, True, False, True, True, True])
+    sizes, parts = codecs.compress_rows(pages, keep, "zstd")
+    expected = [CODECS["zstd"].compress(pages[i].tobytes()) for i in np.flatnonzero(keep)]
+    assert [bytes(p) for p in parts] == expected and list(sizes) == [len(e) for e in expected]
+    assert compress_many(_pages(), "zstd", threads=2) == [CODECS["zstd"].compress(p) for p in _pages()]
+
 @pytest.mark.parametrize("name", ["zstd", "lzo", "zlib", "snappy"])
 def test_decompress_garbage_names_file_and_pfn(name):
     with pytest.raises(CorruptDumpError) as info:

@@ -33,10 +33,9 @@ PACKAGES = ("python3", "python3-numpy", "python3-zstandard", "python3-lzo", "pyt
             "python3-pyelftools", "kexec-tools", "makedumpfile", "busybox-static", "mount", "util-linux",
             "procps", "e2fsprogs")
 
-#: The suite the userland comes from: trixie (Python 3.13, kexec-tools 2.0.29, makedumpfile 1.7.6). Open defect:
-#: on Debian's arm64 6.1 under QEMU's virt board, kexec_file_load is refused as unavailable and kexec_load (2.0.25
-#: and 2.0.29 alike) writes an ELF core header whose PT_LOAD offsets are kernel virtual addresses, so the kdump
-#: kernel's /proc/vmcore has a negative size and neither kdumplab save nor makedumpfile can read it.
+#: The suite the userland comes from: trixie (Python 3.13, kexec-tools 2.0.29, makedumpfile 1.7.6). Debian's arm64
+#: kernels have no kexec_file_load (CONFIG_KEXEC_FILE off), and 6.1's kallsyms no ``_text``, without which
+#: kexec_load's core header is broken: ``kdumplab arm`` supplies it (:mod:`kdumplab.capture.arm64_kallsyms`).
 SUITE = "trixie"
 
 #: Bumped when what the userland holds changes; an older one is rebuilt.
