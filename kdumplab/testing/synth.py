@@ -16,7 +16,8 @@ current pid, comm and backtrace), ``ram`` (the present ``[start, end)`` byte ran
 memory_bytes), ``max_pfn``, ``phys_base``, ``uptime_ns``, ``seed``, ``totalram_pages``, ``nr_free_pages``,
 ``slab_pages``, ``slab_caches`` (names in ``slab_caches`` list order), ``slab_usage`` (per cache: num_slabs,
 num_objs, free_objs, as drgn's ``slab_cache_usage`` reports), ``modules`` (the loaded modules as ``modules()``
-must list them: :mod:`kdumplab.testing.synth_modules`) and ``build_seconds``. The timekeeper holds ``uptime_ns``
+must list them: :mod:`kdumplab.testing.synth_modules`), ``buffers_pages`` and ``committed_pages`` (meminfo's
+Buffers and Committed_AS; no swap) and ``build_seconds``. The timekeeper holds ``uptime_ns``
 and ``crashtime``; each release has its own build ID; the ``oom-panic`` machine's memory is full (anonymous
 pages of the runaway process, free pages below the min watermark its log prints).
 
@@ -57,7 +58,7 @@ from kdumplab.testing.synth_memory import (
     KernelMemory, PhysLayout, build_page_tables, plan_memory,
 )  # fmt: skip
 from kdumplab.testing.synth_pages import (
-    CLASSES, C_ABSENT, C_FREE, C_KERNEL, C_ZERO, K_ANON, K_FREE_HEAD, K_KERNEL, K_PGTABLE, K_RESERVED,
+    CLASSES, C_ABSENT, C_FREE, C_KERNEL, C_ZERO, K_ANON, K_CACHE, K_CACHE_PRIVATE, K_FREE_HEAD, K_KERNEL, K_PGTABLE, K_RESERVED,
     K_HUGE_HEAD, K_SLAB_HEAD, K_SLAB_TAIL, KIND_CLASS, KIND_GENERATED, KIND_ZEROABLE, GENERAL, ContentGenerator,
     GeneralMix, PageExtras, PagePlan, mark_free, page_era, plan_general, struct_pages,
 )  # fmt: skip
@@ -245,7 +246,8 @@ def _build(out: Path, params: SynthParams) -> None:
     build_id = release_build_id(kmem, osrelease, f"{era}.0-synth-amd64")
 
     # objects that struct pages point at
-    file_maps = [kmem.slab_alloc("ext4_inode_cache") + 0x100 for _ in range(12)]
+    bdev_mapping, committed = _write_files_swap_commit(kmem, params.memory)
+    file_maps = [bdev_mapping] + [kmem.slab_alloc("ext4_inode_cache") + 0x100 for _ in range(11)]
     anon_vmas = [kmem.slab_alloc("anon_vma") for _ in range(12)]
     hugetlb_map = kmem.slab_alloc("inode_cache") + 0x80
     buffer_heads = kmem.slab_alloc("buffer_head")
@@ -356,6 +358,11 @@ def _build(out: Path, params: SynthParams) -> None:
         generated = plan.generated & present
     generated[heap_pfn:heap_end_pfn] = False
     free_links = _write_zones(kmem, layout, plan, KIND_CLASS[kind], present, pgdat, kind, zone_names)
+    # each file's nrpages is its pages in the page cache; the block device's are meminfo's Buffers
+    cache_pages = np.isin(kind, (K_CACHE, K_CACHE_PRIVATE)) & present
+    file_pages = [int(np.count_nonzero(cache_pages & (plan.ref == r))) for r in mix.file_mappings]
+    for mapping, pages in zip(file_maps, file_pages):
+        kmem.put(mapping, "address_space", {"nrpages": pages})
     if bug and bug.name == "oom-panic":  # the log's show_mem() says what the counters say
         c = KIND_CLASS[kind][present]
         ctx.meminfo = {"active_anon": int(np.count_nonzero(c == CLASSES.index("anon"))), "inactive_anon": 0,
@@ -447,7 +454,7 @@ def _build(out: Path, params: SynthParams) -> None:
         "bug": bug.name if bug else None, "expected_signature": bug.expected if bug else None,
         "cpus": [{"cpu": c, "pid": objs.cpu_curr[c][0], "comm": objs.cpu_curr[c][1],
                   "backtrace": list(CHAINS[objs.cpu_chains[c]])} for c in range(nr_cpus)],
-        "totalram_pages": int(_totalram(present, kind)),
+        "totalram_pages": int(_totalram(present, kind)), "buffers_pages": file_pages[0], "committed_pages": committed,
         "nr_free_pages": int(counts[C_FREE]),
         "slab_pages": int(counts[CLASSES.index("slab")]),
         "slab_caches": [c.name for c in kmem.caches.values()],
@@ -604,6 +611,28 @@ def _write_mem_section(kmem: KernelMemory, layout: PhysLayout) -> int:
     kmem.write_u64(kmem.sym("mem_section"), roots)
     kmem.write_u64(kmem.sym("__highest_present_section_nr"), max(layout.sections))
     return roots
+
+
+def _write_files_swap_commit(kmem: KernelMemory, memory: int) -> tuple[int, int]:
+    """The block device ``vda``'s inode on ``blockdev_superblock`` (its page cache is meminfo's Buffers), no swap
+    (as the VM harness's guests), the overcommit sysctls' defaults and ``vm_committed_as``. Returns the block
+    device's ``address_space`` and the committed pages."""
+    sb = kmem.slab_alloc("kmalloc-256")
+    inode = kmem.slab_alloc("kmalloc-1k")
+    mapping = inode + kmem.offset("inode", "i_data")
+    heads = sb + kmem.offset("super_block", "s_inodes")
+    node = inode + kmem.offset("inode", "i_sb_list")
+    kmem.put(sb, "super_block", {"s_blocksize": 4096, "s_magic": 0x62646576})  # BDEVFS_MAGIC
+    for a, b in ((heads, node), (node, heads)):
+        kmem.write_u64(a, b)
+        kmem.write_u64(a + 8, b)
+    kmem.put(inode, "inode", {"i_mode": 0o60600, "i_sb": sb, "i_mapping": mapping, "i_ino": 1, "i_data.host": inode})
+    kmem.write_u64(kmem.sym("blockdev_superblock"), sb)
+    kmem.write(kmem.sym("sysctl_overcommit_ratio"), (50).to_bytes(4, "little"))
+    committed = memory // PAGE_SIZE * 3 // 4  # pages the processes' private writable mappings reserve
+    counters = kmem.percpu_alloc(4, align=4)
+    kmem.put_sym("vm_committed_as", "percpu_counter", {"count": committed, "counters": counters})
+    return mapping, committed
 
 
 #: print_tainted()'s letters in bit order (kernel/panic.c taint_flags[], 6.1): what a set bit prints; a clear

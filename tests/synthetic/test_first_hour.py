@@ -422,3 +422,25 @@ def test_each_release_has_its_own_build_id(bug_dumps):
             check_vmlinux(b.vmlinux, f.vmcoreinfo)
         image = f.read_phys(f.segments[0].paddr, f.segments[0].filesz)
     assert bytes.fromhex(a.manifest["build_id"]) in image and bytes.fromhex(b.manifest["build_id"]) not in image
+
+
+@pytest.mark.parametrize("bug", ["oom-panic", None])
+def test_meminfo_is_the_manifests_every_row(bug, tmp_path_factory, request):  # the 6.12 dump: test_analysis_synthetic
+    """Every meminfo row has a value, and it is the synthetic truth: the page classes, the block device's page
+    cache (Buffers) and the files' (Cached), no swap, the overcommit defaults and the committed pages."""
+    import kdumplab
+
+    made = bug_dump(tmp_path_factory, bug) if bug else request.getfixturevalue("synth_61")
+    m = made.manifest
+    c = m["page_classes"]
+    with kdumplab.open(made.vmcore, vmlinux=made.vmlinux) as d:
+        info = d.meminfo().set_index("item")["pages"]
+    assert not info.isna().any(), info[info.isna()]
+    huge = c["hugetlb"]
+    want = {"total": m["totalram_pages"], "free": c["free"], "used": m["totalram_pages"] - c["free"],
+            "buffers": m["buffers_pages"], "cached": c["cache"] + c["cache_private"] - m["buffers_pages"],
+            "file": c["cache"] + c["cache_private"], "anon": c["anon"], "slab": c["slab"], "swap_cached": 0,
+            "huge_total": huge, "huge_free": 0, "swap_total": 0, "swap_used": 0, "swap_free": 0,
+            "commit_limit": (m["totalram_pages"] - huge) * 50 // 100, "committed": m["committed_pages"]}
+    assert {k: int(info[k]) for k in want} == want
+    assert 0 < m["buffers_pages"] < c["cache"] + c["cache_private"]

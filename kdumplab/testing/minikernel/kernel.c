@@ -85,6 +85,13 @@ atomic_long_t vm_node_stat[NR_VM_NODE_STAT_ITEMS];
 struct hstate hstates[HUGE_MAX_HSTATE];
 int hugetlb_max_hstate;
 struct list_head slab_caches;
+struct super_block *blockdev_superblock;
+struct swap_info_struct *swap_info[MAX_SWAPFILES];
+unsigned int nr_swapfiles;
+atomic_long_t nr_swap_pages;
+int sysctl_overcommit_ratio;
+unsigned long sysctl_overcommit_kbytes;
+struct percpu_counter vm_committed_as;
 struct list_head modules;
 struct list_head vmap_area_list;
 

@@ -961,6 +961,35 @@ struct vmap_area {
 	unsigned long flags;
 };
 
+/* files and the block devices' buffer cache (include/linux/fs.h): meminfo's Buffers are the pages of the
+ * inodes of blockdev_superblock, Cached the other file pages */
+struct address_space {
+	struct inode *host;
+	struct xarray i_pages;
+	unsigned long nrpages;
+	unsigned long flags;
+};
+struct super_block {
+	struct list_head s_list;
+	unsigned long s_blocksize;
+	unsigned long s_magic;
+	struct list_head s_inodes;
+};
+struct inode {
+	unsigned short i_mode;
+	unsigned int i_flags;
+	struct super_block *i_sb;
+	struct address_space *i_mapping;
+	unsigned long i_ino;
+	struct list_head i_sb_list;
+	struct address_space i_data;
+};
+
+/* swap (include/linux/swap.h): none configured, as on the guests the VM harness crashes */
+enum { SWP_USED = 1, SWP_WRITEOK = 2 };
+struct swap_info_struct { unsigned long flags; signed short prio; unsigned int pages; unsigned int inuse_pages; };
+#define MAX_SWAPFILES 32
+
 /* kernel modules (include/linux/module.h): what lsmod, crash's mod and drgn's module helpers read */
 enum module_state { MODULE_STATE_LIVE, MODULE_STATE_COMING, MODULE_STATE_GOING, MODULE_STATE_UNFORMED };
 #define MODULE_NAME_LEN (64 - sizeof(unsigned long))
