@@ -224,7 +224,7 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
              report: Callable[[str], None] | None = None,
              guest_out: str | os.PathLike | None = None, arch: str = "amd64",
              extra_files: dict[str, Path] | None = None, during_crash: Callable[[Guest], None] | None = None,
-             qemu_extra: list[str] | None = None) -> VmResult:
+             qemu_extra: list[str] | None = None, kdump_extra: list[Step] | None = None) -> VmResult:
     """Boot ``kernel``'s current Debian kernel, arm, load, crash, save; see the module docstring.
 
     ``arm`` is ``"kdumplab"``, ``"kexec"`` or ``"auto"`` (kdumplab when ``kdumplab arm`` exists); ``save`` is
@@ -236,7 +236,8 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
     saves raw there until kdumplab's memory layer reads arm64). ``extra_files`` go into the initramfs
     (:class:`InitConfig`), ``qemu_extra`` onto QEMU's command line, and ``during_crash(guest)`` runs on the host
     once the crash step has begun (to act from outside, as :mod:`kdumplab.testing.vm.crashes` injects an NMI).
-    Raises :class:`~kdumplab.testing.vm.qemu.VmError` naming the failed phase.
+    ``kdump_extra`` steps run in the kdump kernel after the save steps, on the same /proc/vmcore, each timed in
+    ``timings`` by its name (benchmarks/capture_kdump.py). Raises :class:`~kdumplab.testing.vm.qemu.VmError` naming the failed phase.
     """
     say = report or (lambda message: print(f"kdumplab vm: {message}", file=sys.stderr, flush=True))
     if workload not in workload_mod.WORKLOADS:
@@ -327,6 +328,7 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
         kdump.append(Step("makedumpfile", "host",
                           shlex.join(["makedumpfile", "-l", "-d", "31", "/proc/vmcore",
                                       str(gout / "makedumpfile" / "vmcore")]), fatal=False))
+    kdump += list(kdump_extra or [])
 
     env = dict(HOST_ENV, PYTHONPATH=str(checkout))
     # The guest's /tmp is a tmpfs: what it reads from the host's /tmp (a checkout, a venv, and the kernel cache
