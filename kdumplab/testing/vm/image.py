@@ -329,8 +329,11 @@ cp @WORKLOAD@ "$R/usr/local/lib/kdumplab-vmtest/workload.py"
 chroot "$R" systemctl enable kdumplab-vmtest.service
 cp @FSTAB@ "$R/etc/fstab"
 echo kdumplab-deploy > "$R/etc/hostname"
-# no getty on the serial console: the agent writes there, nobody logs in
-chroot "$R" systemctl mask serial-getty@ttyS0.service
+# no getty on the serial console: the agent writes there, nobody logs in; nor on the virtual consoles, nor the
+# periodic jobs and the kexec-tools LSB script (load_kexec is off): a minimal server, booting faster under TCG
+chroot "$R" systemctl mask serial-getty@ttyS0.service getty@.service getty-static.service apt-daily.timer \
+    apt-daily-upgrade.timer dpkg-db-backup.timer fstrim.timer e2scrub_all.timer e2scrub_reap.service \
+    kexec-load.service kexec.service
 RELEASE=$(ls "$R/lib/modules" | sort -V | tail -n 1)
 # the kdump initrds are built with MODULES=dep (kdumplab's and kdump-tools' alike): mkinitramfs then looks for
 # the device of / in /proc/mounts, which a chroot into a plain directory does not have. Bound onto itself the
@@ -386,6 +389,7 @@ def _mmdebstrap_argv(suite: str, packages: list[str], directory: Path, hook: Pat
     return ["mmdebstrap", "--mode=root", "--variant=apt", "--format=directory", "--quiet",
             "--include=" + ",".join(packages),
             *(f"--dpkgopt=path-exclude={e}" for e in excludes),
+            "--dpkgopt=force-unsafe-io",  # no fsync per file: the directory becomes an image file at the end
             "--dpkgopt=path-include=/usr/share/doc/*/copyright",
             "--essential-hook=echo 'kexec-tools kexec-tools/load_kexec boolean false' | chroot \"$1\" "
             "debconf-set-selections; echo 'kdump-tools kdump-tools/use_kdump boolean true' | chroot \"$1\" "
