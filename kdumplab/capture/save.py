@@ -557,15 +557,15 @@ class _Output:
                     pass
         except BaseException:  # noqa: BLE001 - the disk or the pipe is gone
             flagged = False
-        if self.file is not None:
+        if self.file is not None and not self.file.closed:  # finish() may have closed it already
             try:
                 self.file.flush()
                 os.fsync(self.file.fileno())
-            except OSError:
+            except (OSError, ValueError):
                 pass
             try:
                 self.file.close()
-            except OSError:
+            except (OSError, ValueError):
                 pass
         if self.stream is not None:
             self.stream.kill()

@@ -297,3 +297,23 @@ def test_sigterm_flags_incomplete(tmp_path):
     with KdumpFile(d / "vmcore.incomplete") as k:
         assert k.incomplete
     assert json.loads((d / "meta.json").read_text())["status"] == "incomplete"
+
+
+def test_a_failure_after_the_write_keeps_the_dump(vmcore, tmp_path, monkeypatch):
+    """A save that fails once the dump file is written and closed (here the verify step, as when the kdump
+    initrd lacked a module the verify imports) ends in a SaveError that names what was kept, not a traceback
+    from closing the file twice, and the written pages stay on disk."""
+    import kdumplab.capture.save as save_module
+    from kdumplab.capture.exitcodes import SaveError
+
+    def missing_module(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'numpy.ma'")
+
+    monkeypatch.setattr(save_module, "verify_file", missing_module)
+    with pytest.raises(SaveError, match="numpy.ma") as caught:
+        save(str(vmcore), str(tmp_path) + "/", SaveOptions(dump_level=1), quiet())
+    assert caught.value.partial and Path(caught.value.partial).exists()
+    with open_dumpfile(caught.value.partial) as kept, open_dumpfile(vmcore) as source:
+        assert kept.read_pfns(0, 1) == source.read_pfns(0, 1)
+    meta = json.loads((Path(caught.value.partial).parent / "meta.json").read_text())
+    assert meta["status"] == "incomplete" and "numpy.ma" in meta["error"]
