@@ -213,8 +213,9 @@ def load_crash_kernel(kernel: str | os.PathLike, initrd: str | os.PathLike | Non
 
     On an arm64 kernel whose kallsyms lacks ``_text`` the ``kexec -p`` runs with the substitute kallsyms of
     :mod:`~kdumplab.capture.arm64_kallsyms` (written only when ``dry_run`` is false), without which kexec-tools
-    writes a core header the kdump kernel cannot serve. Raises :class:`~kdumplab.errors.KexecError` with what kexec said when both fail, or when
-    kexec_crash_loaded does not read 1 afterwards (``verify=False`` skips that, for the dry run).
+    writes a core header the kdump kernel cannot serve. Raises :class:`~kdumplab.errors.KexecError` with what
+    kexec said when both fail, or when kexec_crash_loaded does not read 1 afterwards (``verify=False`` skips
+    that, for the dry run).
     """
     attempts = []
     first = runner(load_argv(kernel, initrd, cmdline, file_load=True, kexec=kexec))

@@ -159,3 +159,29 @@ def test_arm64_guest_argv_and_binds(tmp_path):
     for bind in ("relative", "/a b", "/a/../etc"):
         with pytest.raises(InitramfsError):
             render_init(InitConfig(release="x", out_dir="/o", binds=[bind]))
+
+
+def test_extracted_userland_completed(tmp_path):
+    """An extracted (not configured) root gets the mount points base-files makes, and the merged-/usr links only
+    where its packages made no /bin etc. themselves (bookworm's do; trixie's ship everything under /usr)."""
+    from kdumplab.testing.vm.userland import MOUNT_POINTS, complete_extracted
+
+    for name in ("usr/bin", "usr/sbin", "usr/lib", "lib/aarch64-linux-gnu"):
+        (tmp_path / name).mkdir(parents=True)
+    complete_extracted(tmp_path)
+    complete_extracted(tmp_path)  # idempotent
+    assert all((tmp_path / name).is_dir() for name in MOUNT_POINTS)
+    assert (tmp_path / "bin").readlink() == Path("usr/bin") and (tmp_path / "sbin").readlink() == Path("usr/sbin")
+    assert not (tmp_path / "lib").is_symlink() and (tmp_path / "lib/aarch64-linux-gnu").is_dir()
+
+
+def test_userland_wheels_are_the_capture_only_install():
+    """The guest's kdumplab dependencies are pyproject's own (no extras), less python-lzo (no arm64 wheel)."""
+    import tomllib
+
+    from kdumplab.testing.vm.userland import NO_WHEEL, base_requirements
+
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    declared = [d.split("#")[0].strip() for d in pyproject["project"]["dependencies"]]
+    assert [r.replace(" ", "") for r in base_requirements()] == [d.replace(" ", "") for d in declared]
+    assert any(d.startswith(NO_WHEEL) for d in declared)
