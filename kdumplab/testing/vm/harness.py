@@ -453,13 +453,18 @@ def _run_guest(qcfg: QemuConfig, result: VmResult, first: list[Step], kdump: lis
         timings["boot"] = round(line.at - start, 2)
         _, _, ready = guest.expect("setup", {"ready": marker + r"ready kernel=first"}, timeouts.setup, fatal)
         timings["setup"] = round(ready.at - line.at, 2)
+        no_panic = {"the guest's init failed": fatal["the guest's init failed"]}
         for step in first:
-            _, _, begin = guest.expect(step.name, {"begin": marker + rf"begin {step.name}$"}, timeouts.setup, fatal)
+            begun, stop = {"begin": marker + rf"begin {step.name}$"}, fatal
+            if step.name == "crash":
+                # The kernel's panic report can reach the serial console before, or in the middle of, the line
+                # our init wrote just before it crashed the kernel: the panic starts the crash step too.
+                begun["panic"], stop = fatal["the kernel panicked"], no_panic
+            _, _, begin = guest.expect(step.name, begun, timeouts.setup, stop)
             if step.name == "crash":
                 say("crashing the first kernel")
                 if during_crash is not None:
                     during_crash(guest)
-                no_panic = {"the guest's init failed": fatal["the guest's init failed"]}
                 name, match, end = guest.expect("crash", {"kdump": marker + r"init kernel=kdump",
                                                           "returned": marker + r"end crash rc=(\d+)"},
                                                 timeouts.crash, no_panic)
