@@ -26,12 +26,13 @@ kexec runs as it would.
 from __future__ import annotations
 
 import os
-import struct
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from kdumplab.capture.arm_root import machine, under
+from kdumplab.errors import KdumplabError, PartialDumpWarning
 
 #: The kallsyms symbols kexec-tools reads on arm64 (kexec/arch/arm64: crashdump-arm64.c, kexec-arm64.c).
 SYMBOLS = ("_text", "_stext", "__init_begin")
@@ -43,7 +44,6 @@ SHIM_PATH = "/run/kdumplab/kexec-kallsyms"
 #: arguments are never parsed by the shell (the kdump command line stays one argument).
 BIND_SCRIPT = 'mount --bind "$0" /proc/kallsyms && exec "$@"'
 
-PT_LOAD = 1
 NO_PADDR = (1 << 64) - 1  # kcore's p_paddr of segments with no physical address (vmalloc, modules)
 
 
@@ -78,26 +78,21 @@ def read_kallsyms(root: Path, names: Sequence[str] = SYMBOLS) -> dict[str, int]:
 
 def kcore_text_start(root: Path, inside: int) -> int | None:
     """The start of /proc/kcore's program header that holds ``inside`` and has a physical address: the kernel
-    image's (``KCORE_TEXT``, which begins at ``_text``). None when kcore is unreadable or has no such one."""
+    image's (``KCORE_TEXT``, which begins at ``_text``). None when kcore is unreadable, is no valid ELF core, or
+    has no such one. The headers are read and checked by :class:`~kdumplab.formats.elfcore.ElfVmcore`, as
+    ``kdumplab mem-usage`` reads /proc/kcore."""
+    from kdumplab.formats.elfcore import ElfVmcore
+
     try:
-        with open(under(root, "/proc/kcore"), "rb") as handle:
-            ident = handle.read(64)
-            if len(ident) < 64 or ident[:4] != b"\x7fELF" or ident[4] != 2 or ident[5] != 1:
-                return None
-            phoff, = struct.unpack_from("<Q", ident, 32)
-            phentsize, phnum = struct.unpack_from("<HH", ident, 54)
-            if phentsize < 56 or not 0 < phnum < 65535:
-                return None
-            handle.seek(phoff)
-            table = handle.read(phentsize * phnum)
-    except OSError:
+        with warnings.catch_warnings():
+            # Only the program headers are used: a kcore copy cut short of its segments' data still has them.
+            warnings.simplefilter("ignore", PartialDumpWarning)
+            with ElfVmcore(under(root, "/proc/kcore")) as kcore:
+                segments = kcore.segments
+    except (OSError, KdumplabError):
         return None
-    best = None
-    for i in range(len(table) // phentsize):
-        p_type, _flags, _offset, vaddr, paddr, _filesz, memsz = struct.unpack_from("<IIQQQQQ", table, i * phentsize)
-        if p_type == PT_LOAD and paddr != NO_PADDR and vaddr <= inside < vaddr + memsz:
-            best = vaddr if best is None else max(best, vaddr)
-    return best
+    starts = [s.vaddr for s in segments if s.paddr != NO_PADDR and s.vaddr <= inside < s.vaddr + s.memsz]
+    return max(starts, default=None)
 
 
 def kallsyms_fix(root: Path = Path("/"), write: bool = True) -> KallsymsFix | None:

@@ -13,24 +13,35 @@ from kdumplab.capture.arm64_kallsyms import SHIM_PATH, kallsyms_fix, kcore_text_
 from kdumplab.capture.arm_ops import arm
 from kdumplab.capture.config import load_config
 from kdumplab.capture.kexec import RecordingRunner
+from kdumplab.formats.notes import build_note, build_prstatus
 from test_arm_kexec import kexec_sets_loaded
 from test_arm_tree import MiB, make_tree
 
 TEXT, STEXT, INIT_BEGIN = 0xffffb26b92000000, 0xffffb26b92010000, 0xffffb26b93660000
 NO_PADDR = (1 << 64) - 1
-# (vaddr, paddr, size): vmalloc (image inside it, no paddr), the image (KCORE_TEXT), the linear map of RAM
-KCORE = [(0xffff800008000000, NO_PADDR, 0x7bdf7ff0000), (TEXT, 0x40200000, 0x2300000),
+PAGE_OFFSET = 0xffff000000000000  # 48-bit VA: kcore's p_offset is the address less this, past the headers
+# (vaddr, paddr, size): vmalloc [VMALLOC_START, VMALLOC_END), which holds the image but has no paddr; the image
+# (KCORE_TEXT, [_text, _end)); the linear map of the RAM at 1 GiB
+KCORE = [(0xffff800008000000, NO_PADDR, 0xfffffbfff0000000 - 0xffff800008000000), (TEXT, 0x40200000, 0x2300000),
          (0xffff000000000000, 0x40000000, 0x40000000)]
 
 
 def _kcore(segments) -> bytes:
-    """A /proc/kcore header: ELF64 little-endian, a PT_NOTE, then the PT_LOADs."""
-    phdrs = [struct.pack("<IIQQQQQQ", 4, 0, 0x1000, 0, 0, 0x100, 0, 0)]
-    phdrs += [struct.pack("<IIQQQQQQ", 1, 7, 0x2000 + i, vaddr, paddr, size, size, 0x1000)
-              for i, (vaddr, paddr, size) in enumerate(segments)]
+    """A /proc/kcore header as the kernel writes it (fs/proc/kcore.c): ELF64 little-endian, a PT_NOTE naming
+    the notes that follow the headers (CORE's prstatus, prpsinfo and task_struct, VMCOREINFO), then the
+    PT_LOADs. The segments' data is not in the file (the real one is the kernel's memory)."""
+    notes = b"".join([build_note("CORE", 1, build_prstatus(0, {}, machine="aarch64")),
+                      build_note("CORE", 3, bytes(136)), build_note("CORE", 4, bytes(64)),
+                      build_note("VMCOREINFO", 0, b"OSRELEASE=6.1.0-57-arm64\nPAGESIZE=4096\n")])
+    count = 1 + len(segments)
+    notes_at = 64 + 56 * count
+    data_at = -(-(notes_at + len(notes)) // 4096) * 4096
+    phdrs = [struct.pack("<IIQQQQQQ", 4, 0, notes_at, 0, 0, len(notes), 0, 4)]
+    phdrs += [struct.pack("<IIQQQQQQ", 1, 7, vaddr - PAGE_OFFSET + data_at, vaddr, paddr, size, size, 4096)
+              for vaddr, paddr, size in segments]
     ehdr = b"\x7fELF\x02\x01\x01" + bytes(9) + struct.pack("<HHIQQQIHHHHHH", 4, 183, 1, 0, 64, 0, 0, 64, 56,
-                                                            len(phdrs), 0, 0, 0)
-    return ehdr + b"".join(phdrs)
+                                                            count, 0, 0, 0)
+    return ehdr + b"".join(phdrs) + notes
 
 
 def _tree(root, kallsyms=True, text=False, kcore=True, arch="aarch64"):
