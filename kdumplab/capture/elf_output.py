@@ -14,23 +14,22 @@
 The writer goes through a :class:`~kdumplab.formats.kdump_writer.Sink`, so the same code writes a file or a
 flattened stream.
 
->>> import numpy as np
->>> keep = np.ones(1024, bool); keep[100:400] = False; keep[500:510] = False
+>>> keep = bytearray([1]) * 1024; keep[100:400] = bytes(300); keep[500:510] = bytes(10)
 >>> [(p.start, p.data_end, p.mem_end) for p in split_segment(keep, 0, 1024)]
 [(0, 100, 400), (400, 1024, 1024)]
 """
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import numpy as np
-
-from kdumplab.capture.pipeline import PagePlan, _unpack
+from kdumplab.capture.pipeline import PagePlan
 from kdumplab.formats.arch import E_MACHINE, dump_machine
+from kdumplab.formats.bitmap import TO_FLAG, unpack
 from kdumplab.formats.kdump_writer import Sink
 
 #: Excluded runs at least this long split a segment (makedumpfile's PFN_EXCLUDED).
@@ -66,14 +65,15 @@ class ElfSegment:
     memsz: int
 
 
-def split_segment(keep: np.ndarray, first_pfn: int, last_pfn: int, min_run: int = MIN_EXCLUDED_RUN) -> list[Piece]:
-    """Cut pages ``[first_pfn, last_pfn)`` (``keep`` is their kept mask) at excluded runs of ``min_run`` or more."""
-    n = len(keep)
-    edges = np.flatnonzero(np.diff(np.concatenate(([True], keep, [True])).astype(np.int8)))
-    runs = [(int(a), int(b)) for a, b in zip(edges[0::2], edges[1::2]) if b - a >= min_run]
+def split_segment(keep: Any, first_pfn: int, last_pfn: int, min_run: int = MIN_EXCLUDED_RUN) -> list[Piece]:
+    """Cut pages ``[first_pfn, last_pfn)`` (``keep``: their kept flags, one byte each, any bytes-like object) at
+    excluded runs of ``min_run`` or more (found by :mod:`re`, not page by page)."""
+    flags = bytes(keep).translate(TO_FLAG)
+    n = len(flags)
     pieces = []
     cur = 0
-    for a, b in runs:
+    for m in re.finditer(rb"\x00{%d,}" % max(1, min_run), flags):
+        a, b = m.span()
         pieces.append(Piece(first_pfn + cur, first_pfn + a, first_pfn + b))
         cur = b
     if cur < n or not pieces:
@@ -113,11 +113,12 @@ class ElfOutput:
             if p1 <= p0:
                 continue
             a0 = p0 & ~7
-            keep = _unpack(plan.bitmap2, a0, p1)[p0 - a0 :].copy()
+            keep = unpack(plan.bitmap2, a0, p1)[p0 - a0 :]
             file_end = paddr + filesz
             nodata = -(-file_end // ps)  # pages past p_filesz have no data
             if nodata < p1:
-                keep[max(0, nodata - p0) :] = False
+                cut = max(0, nodata - p0)
+                keep = keep[:cut] + bytes(len(keep) - cut)
             for piece in split_segment(keep, p0, p1, min_run):
                 start = max(piece.start * ps, paddr)
                 data_end = min(piece.data_end * ps, file_end)
@@ -174,21 +175,22 @@ class ElfOutput:
         return sum(-(-s.filesz // self.page_size) for s in self.segments)
 
     def write_data(self, on_pages: Callable[[int], None] | None = None) -> None:
-        """Copy every segment's data, :data:`_COPY_PAGES` pages per read."""
-        from kdumplab.capture.pipeline import page_reader, read_pages
+        """Copy every segment's data, :data:`_COPY_PAGES` pages per read, into one reused buffer."""
+        from kdumplab.capture.pipeline import page_reader, read_runs
 
         reader = page_reader(self.dump)
         ps = self.page_size
         chunk = _COPY_PAGES * ps
+        buffer = bytearray(chunk + ps)
         for seg in self.segments:
             pos = 0
             while pos < seg.filesz:
                 start = seg.paddr + pos
                 n = min(chunk - (start % ps), seg.filesz - pos)
                 p0, p1 = start // ps, -(-(start + n) // ps)
-                pages = read_pages(self.dump, np.arange(p0, p1, dtype=np.int64), ps, reader)
+                pages = read_runs(self.dump, [(p0, p1)], ps, reader, buffer)
                 lo = start - p0 * ps
-                self.sink.pwrite(seg.offset + pos, memoryview(pages.reshape(-1))[lo : lo + n])
+                self.sink.pwrite(seg.offset + pos, pages[lo : lo + n])
                 pos += n
                 self._written_end = seg.offset + pos
                 self.pages_written += p1 - p0

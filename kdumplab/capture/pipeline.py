@@ -1,32 +1,33 @@
 """The save pipeline: which pages to keep (pass 1), then read, zero-check, compress and write them (pass 2).
 
-Memory stays bounded whatever the size of the dump, as in makedumpfile's cyclic mode:
+Memory stays bounded whatever the size of the dump, as in makedumpfile's cyclic mode, and no numpy is needed
+(the kdump kernel's initrd does without it): bitmaps are ``bytearray`` (:mod:`kdumplab.formats.bitmap`), the
+kept pages are taken as runs, never pfn by pfn, and the work per page happens in C (``map`` over C functions).
 
 1. **Plan** (:func:`plan_pages`). The pfn range is walked in aligned windows of :data:`WINDOW_PFNS` pages. For
-   each window the ``struct page`` records are read and classified with vectorised masks
-   (:mod:`kdumplab.memory.page_class`), and the window's kept pages become bits of the 2nd bitmap. Only the two
-   bitmaps (one bit per pfn: 512 KiB for 16 GiB) and a few counters outlive a window. A window whose struct
-   pages cannot be read or make no sense (a corrupted mem_map) keeps all its pages and is recorded as a
-   :class:`Fallback`; a layout that cannot be found at all is the caller's fallback (``classifier=None``).
-   For ELF output, where zero pages are excluded rather than shared, the kept pages are also read and the
-   all-zero ones cleared (as makedumpfile does for ``-E``).
-2. **Write** (:func:`write_kdump`). The kept pfns are cut into batches of :data:`BATCH_PAGES` pages; the main
-   thread reads each batch (one numpy ``take`` per mapped window of /proc/vmcore), compression threads find its
-   all-zero pages and compress the rest (:func:`kdumplab.formats.kdump_writer.encode_batch`: a page stays raw
-   unless compression makes it strictly smaller; no Python code runs per page), and the main thread hands the
-   batches to the :class:`~kdumplab.formats.kdump_writer.KdumpWriter` in pfn order, so the file is laid out
-   exactly as a serial run would lay it out. At most ``threads + 1`` batches are in flight. zstd, lzo and zlib
-   release the GIL while compressing, so reading, compressing and writing overlap.
+   each window the classifier (:class:`WindowClassifier`) gives one class byte and one kept flag per page, and
+   the window's kept pages become bits of the 2nd bitmap. Only the two bitmaps (one bit per pfn: 512 KiB for
+   16 GiB) and a few counters outlive a window. A window whose struct pages cannot be read or make no sense (a
+   corrupted mem_map) keeps all its pages and is recorded as a :class:`Fallback`; a layout that cannot be found
+   at all is the caller's fallback (``classifier=None``). For ELF output, where zero pages are excluded rather
+   than shared, the kept pages are also read and the all-zero ones cleared (as makedumpfile does for ``-E``).
+2. **Write** (:func:`write_kdump`). The runs of kept pfns are cut into batches of :data:`BATCH_PAGES` pages;
+   the main thread reads each batch into a reused buffer (one copy per run of /proc/vmcore's mapped windows, or
+   one ``preadv`` per run of a file), compression threads find its all-zero pages and compress the rest
+   (:func:`kdumplab.formats.kdump_writer.encode_batch`: a page stays raw unless compression makes it strictly
+   smaller), and the main thread hands the batches to the :class:`~kdumplab.formats.kdump_writer.KdumpWriter`
+   in pfn order, so the file is laid out exactly as a serial run would lay it out. At most ``threads + 1``
+   batches are in flight. zstd, lzo and zlib release the GIL while compressing, so reading, compressing and
+   writing overlap.
 
->>> import numpy as np
 >>> from kdumplab.memory.image import MemoryImage
 >>> img = MemoryImage(64 * 4096, "PAGESIZE=4096\\n")
 >>> img.write(5 * 4096, b"data")
 >>> plan = plan_pages(img, 1, classifier=None, zero_check=True)
 >>> plan.num_dumpable, plan.counts["zero_excluded"]
 (1, 63)
->>> [int(p) for p in kept_pfns(plan, 0, 64)]
-[5]
+>>> kept_pfns(plan, 0, 64), list(kept_runs(plan))
+([5], [(5, 6)])
 """
 
 from __future__ import annotations
@@ -36,15 +37,15 @@ import mmap
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain, compress, repeat
 from typing import TYPE_CHECKING, Any, Protocol
-
-import numpy as np
 
 from kdumplab.capture.exitcodes import SourceReadError
 from kdumplab.errors import KdumplabError
-from kdumplab.formats.kdump_writer import EncodedBatch, KdumpWriter, bitmap_from_runs, encode_batch
+from kdumplab.formats import bitmap as bits
+from kdumplab.formats.kdump_writer import EncodedBatch, KdumpWriter, encode_batch, split_pages, zero_page_of
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -52,9 +53,11 @@ if TYPE_CHECKING:
 #: Pfns per classification window (64 MiB of memory with 4 KiB pages; 1 MiB of struct pages). The classifier's
 #: temporaries scale with it: 2**15 cost 3 MiB more peak memory for no measurable speed.
 WINDOW_PFNS = 1 << 14
-#: Kept pages per compression job (4 MiB of page data with 4 KiB pages).
+#: Kept pages per compression job (512 KiB of page data with 4 KiB pages): 256 was no faster on a real 6.1
+#: dump and cost 3 MiB more peak memory, 64 was slower.
 BATCH_PAGES = 128
-#: Excluded pages between two kept runs that are cheaper to read and drop than to skip with another pread.
+#: Excluded pages between two kept runs that are cheaper to read and drop than to skip with another read
+#: (sources read through ``dump.read_pfns``: kdump files re-filtered).
 READ_GAP = 16
 
 #: Bytes of the source mapped at a time by :class:`ElfPageReader` (as makedumpfile maps /proc/vmcore).
@@ -63,14 +66,18 @@ MAP_WINDOW = 4 << 20
 #: The mask bits of each dump level bit, for the log (makedumpfile's names).
 LEVEL_BITS = {1: "zero", 2: "cache", 4: "cache_private", 8: "user", 16: "free"}
 
+#: ``[start, end)`` pfn runs, ascending.
+Runs = Sequence[tuple[int, int]]
+
 
 class WindowClassifier(Protocol):
     """What pass 1 needs from :mod:`kdumplab.memory`: for pfns ``[start, start+count)`` (all present), the page
-    classes (names in ``class_names``) and the mask of pages the dump level keeps."""
+    classes (one byte per page: an index into ``class_names``) and the pages the dump level keeps (one byte per
+    page, 0 or not). Both may be any bytes-like object: ``bytes``, ``bytearray``, a uint8 or bool numpy array."""
 
     class_names: list[str]
 
-    def window(self, start: int, count: int, dump_level: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def window(self, start: int, count: int, dump_level: int) -> tuple[Any, Any]: ...
 
 
 @dataclass
@@ -99,7 +106,7 @@ class PagePlan:
     Attributes:
         page_size, max_mapnr: the dump's geometry.
         dump_level: the level applied (where no window fell back).
-        bitmap1: LSB-first packed bitmap of the pages present (``ceil(max_mapnr/8)`` bytes).
+        bitmap1: LSB-first packed bitmap (``bytearray`` of ``ceil(max_mapnr/8)`` bytes) of the pages present.
         bitmap2: the pages kept (a subset of bitmap1).
         counts: pages per class over the present pages, plus ``unclassified`` (fallback windows) and, when zero
             pages were checked in this pass, ``zero_excluded``.
@@ -110,19 +117,19 @@ class PagePlan:
     page_size: int
     max_mapnr: int
     dump_level: int
-    bitmap1: np.ndarray
-    bitmap2: np.ndarray
+    bitmap1: bytearray
+    bitmap2: bytearray
     counts: dict[str, int] = field(default_factory=dict)
     excluded: dict[str, int] = field(default_factory=dict)
     fallbacks: list[Fallback] = field(default_factory=list)
 
     @property
     def num_present(self) -> int:
-        return _popcount(self.bitmap1)
+        return bits.popcount(self.bitmap1)
 
     @property
     def num_dumpable(self) -> int:
-        return _popcount(self.bitmap2)
+        return bits.popcount(self.bitmap2)
 
 
 @dataclass
@@ -140,49 +147,41 @@ class WriteStats:
         return dict(self.__dict__)
 
 
-_POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-
-
-def _popcount(bitmap: np.ndarray) -> int:
-    return int(_POP8[bitmap].sum(dtype=np.int64))
-
-
 def _windows(max_mapnr: int, window: int) -> Iterator[tuple[int, int]]:
     for start in range(0, max_mapnr, window):
         yield start, min(start + window, max_mapnr)
 
 
-def _unpack(bitmap: np.ndarray, start: int, end: int) -> np.ndarray:
-    """Bool mask of pfns ``[start, end)``; ``start`` is a multiple of 8."""
-    bits = np.unpackbits(bitmap[start >> 3 : (end + 7) >> 3], bitorder="little")
-    return bits[: end - start].view(bool)
+def kept_runs(plan: PagePlan, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int]]:
+    """The ``[start, end)`` runs of kept pfns within ``[start, end)`` (``start`` a multiple of 8), ascending."""
+    return bits.bitmap_runs(plan.bitmap2, start, plan.max_mapnr if end is None else end)
 
 
-def _store(bitmap: np.ndarray, start: int, mask: np.ndarray) -> None:
-    """Write the bool ``mask`` for pfns from ``start`` (a multiple of 8) into the packed ``bitmap``."""
-    packed = np.packbits(mask, bitorder="little")
-    end_byte = (start >> 3) + len(packed)
-    if len(mask) % 8:  # keep the bits past the end of the mask in the last byte
-        keep = np.uint8((0xFF << (len(mask) % 8)) & 0xFF)
-        packed[-1] |= bitmap[end_byte - 1] & keep
-    bitmap[start >> 3 : end_byte] = packed
+def kept_pfns(plan: PagePlan, start: int, end: int) -> list[int]:
+    """The kept pfns in ``[start, end)`` (``start`` a multiple of 8), ascending (for small ranges: a list)."""
+    runs = list(kept_runs(plan, start, end))
+    return list(chain.from_iterable(map(range, *zip(*runs)))) if runs else []
 
 
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """``[start, end)`` runs of True in a bool mask."""
-    if not len(mask):
-        return []
-    edges = np.flatnonzero(np.diff(np.concatenate(([False], mask, [False])).astype(np.int8)))
-    return list(zip(edges[0::2].tolist(), edges[1::2].tolist()))
-
-
-def kept_pfns(plan: PagePlan, start: int, end: int) -> np.ndarray:
-    """The kept pfns in ``[start, end)`` (``start`` a multiple of 8), ascending int64."""
-    return np.flatnonzero(_unpack(plan.bitmap2, start, end)).astype(np.int64) + start
+def batches(runs: Iterator[tuple[int, int]] | Runs, batch: int = BATCH_PAGES) -> Iterator[list[tuple[int, int]]]:
+    """The runs cut into batches of at most ``batch`` pages (a run longer than the room left is split)."""
+    pending: list[tuple[int, int]] = []
+    room = batch
+    for s, e in runs:
+        while e - s >= room:
+            pending.append((s, s + room))
+            yield pending
+            s += room
+            pending, room = [], batch
+        if e > s:
+            pending.append((s, e))
+            room -= e - s
+    if pending:
+        yield pending
 
 
 class ElfPageReader:
-    """Page runs of an ELF vmcore copied straight into the caller's numpy buffer. Holes read as zeros.
+    """Page runs of an ELF vmcore copied straight into the caller's buffer. Holes read as zeros.
 
     /proc/vmcore is mapped in :data:`MAP_WINDOW` windows (``mmap``), as makedumpfile does: in the kdump kernel a
     ``read`` of /proc/vmcore maps and unmaps the old memory page by page, a mapping does it once per window, and
@@ -262,9 +261,9 @@ class ElfPageReader:
             dest, off = dest[n:], off + n
 
     # -- reading -----------------------------------------------------------------------------------------------
-    def read_into(self, out: np.ndarray, paddr: int) -> None:
-        """Fill the uint8 array ``out`` with the memory at ``paddr``."""
-        view = memoryview(out.reshape(-1))
+    def read_into(self, out: Any, paddr: int) -> None:
+        """Fill the writable buffer ``out`` with the memory at ``paddr``."""
+        view = out if isinstance(out, memoryview) and out.format == "B" else memoryview(out).cast("B")
         end = paddr + len(view)
         cur = paddr
         i = max(0, bisect.bisect_right(self.starts, paddr) - 1)
@@ -283,46 +282,6 @@ class ElfPageReader:
             self._copy(view[cur - paddr : stop - paddr], piece[2] + (cur - piece[0]))
             cur = stop
             i += 1
-
-    def file_offsets(self, pfns: np.ndarray, page_size: int) -> np.ndarray:
-        """File offsets of pages ``pfns`` (int64); -1 for a page not wholly inside one PT_LOAD's file data."""
-        starts = np.array([p[0] for p in self.pieces], np.int64)
-        ends = np.array([p[1] for p in self.pieces], np.int64)
-        offsets = np.array([p[2] for p in self.pieces], np.int64)
-        paddr = pfns.astype(np.int64) * page_size
-        i = np.maximum(np.searchsorted(starts, paddr, side="right") - 1, 0)
-        inside = (paddr >= starts[i]) & (paddr + page_size <= ends[i]) if len(starts) else np.zeros(len(pfns), bool)
-        return np.where(inside, offsets[i] + (paddr - starts[i]), -1) if len(starts) else np.full(len(pfns), -1)
-
-    def gather(self, out: np.ndarray, pfns: np.ndarray, page_size: int) -> None:
-        """Fill row ``i`` of the ``(n, page_size)`` uint8 array ``out`` with page ``pfns[i]`` (ascending): one
-        numpy ``take`` per mapped window when every page lies whole in the file at a page-aligned offset (what
-        /proc/vmcore and makedumpfile -E files look like), else one copy per run of consecutive pfns."""
-        n = len(pfns)
-        if not n:
-            return
-        offs = self.file_offsets(pfns, page_size)
-        if (self.use_mmap and MAP_WINDOW % page_size == 0 and (offs >= 0).all() and not (offs % page_size).any()
-                and int(offs.max()) + page_size <= self.file_size):
-            window_of = offs // MAP_WINDOW
-            cuts = [0, *(np.flatnonzero(np.diff(window_of)) + 1).tolist(), n]
-            for a, b in zip(cuts[:-1], cuts[1:]):
-                w0 = int(window_of[a]) * MAP_WINDOW
-                window = self._window(w0)
-                if window is None:  # mmap refused: the rest run by run
-                    self.gather(out[a:], pfns[a:], page_size)
-                    return
-                rows = np.frombuffer(window[1], np.uint8)
-                rows = rows[: len(rows) - len(rows) % page_size].reshape(-1, page_size)
-                np.take(rows, (offs[a:b] - w0) // page_size, axis=0, out=out[a:b], mode="clip")  # "raise" copies twice
-                del rows  # no export may outlive the call: the window is unmapped when the next one is mapped
-            return
-        breaks = np.flatnonzero(np.diff(pfns) != 1) + 1
-        starts = [0, *breaks.tolist()]
-        ends = [*breaks.tolist(), n]
-        first = pfns[starts].tolist()
-        for a, b, pfn in zip(starts, ends, first):
-            self.read_into(out[a:b], pfn * page_size)
 
     def close(self) -> None:
         self._unmap_local()
@@ -382,56 +341,87 @@ def map_reads(dump: Any, use_mmap: bool | None = None) -> ElfPageReader | None:
     return reader
 
 
-def read_pages(dump: Any, pfns: np.ndarray, page_size: int, reader: ElfPageReader | None = None,
-               out: np.ndarray | None = None) -> np.ndarray:
-    """The pages ``pfns`` (ascending) as a ``(n, page_size)`` uint8 array (``out[:n]`` when given: reusing a
-    buffer spares the page faults and zeroing of fresh memory, which cost as much as the copy), read straight
-    into the array with ``reader``, else in as few calls as gaps of at most :data:`READ_GAP` pages allow. Read
-    failures become :class:`SourceReadError`."""
-    n = len(pfns)
-    out = np.empty((n, page_size), dtype=np.uint8) if out is None else out[:n]
-    if not n:
-        return out
+def read_runs(dump: Any, runs: Runs, page_size: int, reader: ElfPageReader | None = None,
+              out: bytearray | None = None) -> memoryview:
+    """The pages of ``runs`` (ascending), back to back, as a view of ``out`` (a reused buffer spares the page
+    faults and zeroing of fresh memory, which cost as much as the copy; None allocates one): with ``reader``
+    one copy per run (from the mapped windows of /proc/vmcore, or one ``preadv`` straight into the buffer),
+    else one ``dump.read_pfns`` per group of runs less than :data:`READ_GAP` pages apart. Read failures become
+    :class:`SourceReadError` naming the file and the pfns."""
+    total = sum(e - s for s, e in runs) * page_size
+    if out is None or len(out) < total:
+        out = bytearray(total)
+    view = memoryview(out)[:total]
+    if not total:
+        return view
     if reader is not None:
+        pos = 0
+        for s, e in runs:
+            size = (e - s) * page_size
+            try:
+                reader.read_into(view[pos : pos + size], s * page_size)
+            except (OSError, KdumplabError) as error:
+                raise _read_error(dump, s, e, error) from error
+            pos += size
+        return view
+    pos, i = 0, 0
+    while i < len(runs):
+        j = i + 1
+        while j < len(runs) and runs[j][0] - runs[j - 1][1] <= READ_GAP:
+            j += 1
+        lo, hi = runs[i][0], runs[j - 1][1]
         try:
-            reader.gather(out, pfns, page_size)
-            return out
+            raw = memoryview(dump.read_pfns(lo, hi - lo)).cast("B")
         except (OSError, KdumplabError) as error:
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-            raise SourceReadError(f"{getattr(dump, 'path', '<source>')}: cannot read pfns {int(pfns[0]):#x}.."
-                                  f"{int(pfns[-1]):#x}: {reason}") from error
-    breaks = np.flatnonzero(np.diff(pfns) > READ_GAP + 1) + 1
-    starts = np.concatenate(([0], breaks)).tolist()
-    ends = np.concatenate((breaks, [n])).tolist()
-    for a, b in zip(starts, ends):
-        lo, hi = int(pfns[a]), int(pfns[b - 1]) + 1
-        try:
-            if reader is not None:
-                if hi - lo == b - a:
-                    reader.read_into(out[a:b], lo * page_size)
-                else:
-                    block = np.empty((hi - lo, page_size), dtype=np.uint8)
-                    reader.read_into(block, lo * page_size)
-                    out[a:b] = block[pfns[a:b] - lo]
-                continue
-            raw = dump.read_pfns(lo, hi - lo)
-        except (OSError, KdumplabError) as error:
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-            raise SourceReadError(f"{getattr(dump, 'path', '<source>')}: cannot read pfns {lo:#x}..{hi - 1:#x}: "
-                                  f"{reason}") from error
-        block = np.frombuffer(raw, dtype=np.uint8).reshape(hi - lo, page_size)
-        if hi - lo == b - a:
-            out[a:b] = block
-        else:
-            out[a:b] = block[pfns[a:b] - lo]
-    return out
+            raise _read_error(dump, lo, hi, error) from error
+        for s, e in runs[i:j]:
+            size = (e - s) * page_size
+            view[pos : pos + size] = raw[(s - lo) * page_size : (e - lo) * page_size]
+            pos += size
+        i = j
+    return view
 
 
-def zero_pages(pages: np.ndarray) -> np.ndarray:
-    """Bool mask of the all-zero rows of a ``(n, page_size)`` uint8 array (checked as 64-bit words)."""
-    if not len(pages):
-        return np.zeros(0, bool)
-    return ~pages.view(np.uint64).any(axis=1)
+def _read_error(dump: Any, lo: int, hi: int, error: Exception) -> SourceReadError:
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return SourceReadError(f"{getattr(dump, 'path', '<source>')}: cannot read pfns {lo:#x}..{hi - 1:#x}: {reason}")
+
+
+def read_pages(dump: Any, pfns: Any, page_size: int, reader: ElfPageReader | None = None,
+               out: bytearray | None = None) -> memoryview:
+    """:func:`read_runs` for a short ascending sequence of pfns."""
+    return read_runs(dump, bits.runs_of(pfns), page_size, reader, out)
+
+
+def _as_bytes(value: Any, count: int, what: str) -> bytes:
+    """A classifier's per-page answer as ``count`` bytes (bytes, bytearray, uint8 or bool arrays)."""
+    view = memoryview(value)
+    if view.ndim != 1 or view.itemsize != 1 or len(view) != count:
+        raise ValueError(f"classifier returned {what} of shape {view.shape} and item size {view.itemsize} for "
+                         f"{count} pages")
+    return view.tobytes()
+
+
+def _classify(classifier: WindowClassifier, start: int, count: int, dump_level: int) -> tuple[bytes, bytes]:
+    """The classifier's answer for a run of present pfns as bytes: the classes and the kept flags (0/1)."""
+    classes, kept = classifier.window(start, count, dump_level)
+    return _as_bytes(classes, count, "classes"), _as_bytes(kept, count, "kept flags").translate(bits.TO_FLAG)
+
+
+#: kept flag 1 -> 0xff, for masking the classes of kept pages out of the excluded counts.
+_FLAG_TO_FF = bytes([0, 0xFF]) + bytes(254)
+
+
+def _zero_runs(dump: Any, runs: Runs, page_size: int, reader: ElfPageReader | None, buffer: bytearray) -> list[int]:
+    """The all-zero pages among ``runs``, as pfns (the pages read a batch at a time into ``buffer``)."""
+    zero = zero_page_of(page_size)
+    found: list[int] = []
+    for batch in batches(runs):
+        pages = split_pages(read_runs(dump, batch, page_size, reader, buffer), page_size)
+        is_zero = list(map(zero.__eq__, pages))
+        if True in is_zero:
+            found += compress(chain.from_iterable(map(range, *zip(*batch))), is_zero)
+    return found
 
 
 # -- pass 1 ----------------------------------------------------------------------------------------------------
@@ -449,56 +439,58 @@ def plan_pages(
     ``classifier`` None keeps every present page (dump levels 0 and 1: no struct page is read). With
     ``zero_check`` (ELF output and ``dump_level & 1``) the kept pages are read and the all-zero ones dropped.
     ``on_window(pages)`` reports progress. Read errors raise :class:`SourceReadError`; classification errors of
-    a window are recorded as a :class:`Fallback` for that window, never raised.
+    a window are recorded as a :class:`Fallback` for that window, never raised. Class counts are
+    ``bytes.count`` over each window's class bytes, the kept flags are packed into the bitmap whole.
     """
     page_size = int(dump.page_size)
     max_mapnr = int(dump.max_pfn)
-    bitmap1 = bitmap_from_runs(dump.present_pfns(), max_mapnr)
-    bitmap2 = bitmap1.copy()
+    bitmap1 = bits.bitmap_from_runs(dump.present_pfns(), max_mapnr)
+    bitmap2 = bytearray(bitmap1)
     plan = PagePlan(page_size, max_mapnr, dump_level, bitmap1, bitmap2)
     names = list(classifier.class_names) if classifier is not None else []
-    counts = np.zeros(len(names), dtype=np.int64)
-    excluded = np.zeros(len(names), dtype=np.int64)
+    counts = [0] * len(names)
+    excluded = [0] * len(names)
     unclassified = zero_excluded = 0
     check_zero = zero_check and bool(dump_level & 1)
     reader = page_reader(dump) if check_zero else None
-    buffer = np.empty((BATCH_PAGES, page_size), np.uint8) if check_zero else None
-    for w0, w1 in _windows(max_mapnr, window):
-        present = _unpack(bitmap1, w0, w1)
-        if not present.any():
-            continue
-        keep = present.copy()
-        if classifier is not None:
-            for s, e in _runs(present):
-                try:
-                    classes, kept = classifier.window(w0 + s, e - s, dump_level)
-                    classes = np.asarray(classes)
-                    kept = np.asarray(kept, dtype=bool)
-                    if kept.shape != (e - s,) or classes.shape != (e - s,):
-                        raise ValueError(f"classifier returned {classes.shape} classes for {e - s} pages")
-                except Exception as error:  # noqa: BLE001 - garbage struct pages must never stop a capture
-                    reason = f"{type(error).__name__}: {error}" if not isinstance(error, KdumplabError) else str(error)
-                    plan.fallbacks.append(Fallback(dump_level & 1, f"struct pages unusable: {reason}", w0 + s, e - s))
-                    unclassified += e - s
-                    continue
-                keep[s:e] = kept
-                bins = np.bincount(classes, minlength=len(names))[: len(names)]
-                counts += bins
-                excluded += np.bincount(classes[~kept], minlength=len(names))[: len(names)]
-        if check_zero:
-            pfns = np.flatnonzero(keep).astype(np.int64) + w0
-            for i in range(0, len(pfns), BATCH_PAGES):
-                batch = pfns[i : i + BATCH_PAGES]
-                zeros = zero_pages(read_pages(dump, batch, page_size, reader, out=buffer))
-                keep[batch[zeros] - w0] = False
-                zero_excluded += int(zeros.sum())
-        _store(bitmap2, w0, keep)
-        if on_window is not None:
-            on_window(int(present.sum()))
-    if reader is not None:
-        reader.close()
-    plan.counts = {name: int(c) for name, c in zip(names, counts)}
-    plan.excluded = {name: int(c) for name, c in zip(names, excluded) if c}
+    buffer = bytearray(BATCH_PAGES * page_size) if check_zero else None
+    try:
+        for w0, w1 in _windows(max_mapnr, window):
+            if not bytes(bitmap1[w0 >> 3 : (w1 + 7) >> 3]).strip(b"\x00"):
+                continue
+            present = bits.unpack(bitmap1, w0, w1)
+            keep = bytearray(present)
+            if classifier is not None:
+                for s, e in bits.set_runs(present):
+                    try:
+                        classes, kept = _classify(classifier, w0 + s, e - s, dump_level)
+                    except Exception as error:  # noqa: BLE001 - garbage struct pages must never stop a capture
+                        reason = str(error) if isinstance(error, KdumplabError) else f"{type(error).__name__}: {error}"
+                        plan.fallbacks.append(Fallback(dump_level & 1, f"struct pages unusable: {reason}", w0 + s,
+                                                       e - s))
+                        unclassified += e - s
+                        continue
+                    keep[s:e] = kept
+                    # the classes of the dropped pages: the kept ones masked to 0xff (no class has that number)
+                    dropped = (int.from_bytes(classes, "little") | int.from_bytes(kept.translate(_FLAG_TO_FF), "little")
+                               ).to_bytes(e - s, "little")
+                    for c in range(len(names)):
+                        counts[c] += classes.count(c)
+                        excluded[c] += dropped.count(c)
+            if check_zero:
+                assert buffer is not None
+                zeros = _zero_runs(dump, list(bits.set_runs(keep, w0)), page_size, reader, buffer)
+                for pfn in zeros:
+                    keep[pfn - w0] = 0
+                zero_excluded += len(zeros)
+            bits.store(bitmap2, w0, keep)
+            if on_window is not None:
+                on_window(present.count(1))
+    finally:
+        if reader is not None:
+            reader.close()
+    plan.counts = dict(zip(names, counts))
+    plan.excluded = {name: c for name, c in zip(names, excluded) if c}
     if unclassified or classifier is None:
         plan.counts["unclassified"] = unclassified if classifier is not None else plan.num_present
     if check_zero:
@@ -508,24 +500,6 @@ def plan_pages(
 
 
 # -- pass 2 ----------------------------------------------------------------------------------------------------
-def batches(plan: PagePlan, window: int = WINDOW_PFNS, batch: int = BATCH_PAGES) -> Iterator[np.ndarray]:
-    """The kept pfns in ascending order, in arrays of at most ``batch``."""
-    pending: list[np.ndarray] = []
-    size = 0
-    for w0, w1 in _windows(plan.max_mapnr, window):
-        pfns = kept_pfns(plan, w0, w1)
-        while len(pfns):
-            take = pfns[: batch - size]
-            pending.append(take)
-            size += len(take)
-            pfns = pfns[len(take) :]
-            if size == batch:
-                yield np.concatenate(pending)
-                pending, size = [], 0
-    if size:
-        yield np.concatenate(pending)
-
-
 def write_kdump(
     dump: Any,
     plan: PagePlan,
@@ -535,32 +509,34 @@ def write_kdump(
     threads: int = 1,
     on_batch: Callable[[int], None] | None = None,
     stats: WriteStats | None = None,
+    batch: int = BATCH_PAGES,
 ) -> WriteStats:
     """Pass 2 for kdump-compressed (and flattened) output: every kept page, in pfn order, through ``writer``.
 
-    The main thread reads each batch (:func:`read_pages`: one numpy ``take`` per mapped window of /proc/vmcore)
+    The main thread reads each batch of runs (:func:`read_runs`, into one of ``threads + 2`` reused buffers)
     and hands it to ``threads`` compression threads (:func:`~kdumplab.formats.kdump_writer.encode_batch`: zero
-    check, compression, raw fallback, all in C with the GIL released), then writes the batches in pfn order, so
-    reading, compressing and writing overlap. At most ``threads + 1`` batches wait in memory. With one CPU (the
-    kdump kernel's ``nr_cpus=1``) everything runs in the main thread. Errors propagate (the caller marks the
-    file incomplete); ``stats`` is filled as pages are written, so it is accurate up to the failure.
+    check, compression, raw fallback, each a ``map`` over C functions, the codecs releasing the GIL), then writes
+    the batches in pfn order, so reading, compressing and writing overlap. At most ``threads + 1`` batches wait
+    in memory. With one CPU (the kdump kernel's ``nr_cpus=1``) everything runs in the main thread. Errors
+    propagate (the caller marks the file incomplete); ``stats`` is filled as pages are written, so it is
+    accurate up to the failure.
     """
     stats = stats if stats is not None else WriteStats()
     threads = max(1, int(threads))
-    inflight: deque[tuple[np.ndarray, Future, np.ndarray]] = deque()
+    inflight: deque[tuple[list[tuple[int, int]], Future, bytearray]] = deque()
     ps = plan.page_size
     zero_page = writer.zero_page
 
-    def account(pfns: np.ndarray, batch: EncodedBatch) -> None:
-        writer.add_batch(pfns, batch)
-        n = len(pfns)
-        zeros = int((batch.sizes < 0).sum())
-        raw = int(((batch.flags == 0) & (batch.sizes > 0)).sum())
+    def account(runs: list[tuple[int, int]], encoded: EncodedBatch) -> None:
+        writer.add_runs(runs, encoded)
+        n = len(encoded.sizes)
+        zeros = encoded.sizes.count(-1)
+        raw = encoded.flags.count(0) - zeros
         stats.pages += n
         stats.zero_pages += zeros
         stats.raw_pages += raw
         stats.compressed_pages += n - zeros - raw
-        stats.data_bytes += len(batch.data)
+        stats.data_bytes += len(encoded.data)
         if on_batch is not None:
             on_batch(n)
 
@@ -568,28 +544,29 @@ def write_kdump(
     try:
         if default_threads() == 1:
             # One CPU (the kdump kernel's nr_cpus=1): no pool, no hand-offs between threads.
-            buffer = np.empty((BATCH_PAGES, ps), np.uint8)
-            for pfns in batches(plan):
-                account(pfns, encode_batch(read_pages(dump, pfns, ps, reader, out=buffer), codec,
+            buffer = bytearray(batch * ps)
+            for runs in batches(kept_runs(plan), batch):
+                account(runs, encode_batch(read_runs(dump, runs, ps, reader, buffer), codec, page_size=ps,
                                            zero_page=zero_page))
         else:
             from concurrent.futures import ThreadPoolExecutor
 
             # threads + 1 batches in flight (one queued per thread keeps them busy) and one being read: their
             # buffers are allocated once; more in flight only cost memory
-            free = [np.empty((BATCH_PAGES, ps), np.uint8) for _ in range(threads + 2)]
+            free = [bytearray(batch * ps) for _ in range(threads + 2)]
 
             def drain() -> None:
-                done_pfns, future, buffer = inflight.popleft()
-                account(done_pfns, future.result())
+                done_runs, future, buffer = inflight.popleft()
+                account(done_runs, future.result())
                 free.append(buffer)
 
             with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kdumplab-compress") as pool:
                 try:
-                    for pfns in batches(plan):
+                    for runs in batches(kept_runs(plan), batch):
                         buffer = free.pop()
-                        pages = read_pages(dump, pfns, ps, reader, out=buffer)
-                        inflight.append((pfns, pool.submit(encode_batch, pages, codec, zero_page=zero_page), buffer))
+                        pages = read_runs(dump, runs, ps, reader, buffer)
+                        inflight.append((runs, pool.submit(encode_batch, pages, codec, page_size=ps,
+                                                           zero_page=zero_page), buffer))
                         while len(inflight) > threads or (inflight and inflight[0][1].done()):
                             drain()
                     while inflight:

@@ -35,9 +35,7 @@ import os
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from kdumplab import __version__
 from kdumplab.capture.exitcodes import (
@@ -54,11 +52,10 @@ from kdumplab.capture.pipeline import (
     Fallback,
     PagePlan,
     WriteStats,
-    kept_pfns,
+    kept_runs,
     map_reads,
     plan_pages,
     write_kdump,
-    _windows,
 )
 from kdumplab.capture.progress import Progress
 from kdumplab.capture.targets import LocalDirectory, SshTarget, Target, parse_target, space_error
@@ -67,6 +64,9 @@ from kdumplab.formats.flat import FLAT_HEADER_SIZE, FLAT_SIGNATURE, RECORD, Flat
 from kdumplab.formats.kdump import PAGE_DESC
 from kdumplab.formats.kdump_writer import FileSink, KdumpWriter
 from kdumplab.formats.notes import build_note
+
+if TYPE_CHECKING:
+    import numpy as np
 
 FORMATS = ("kdump", "elf", "flat")
 #: The kdump writer's page data cache in a save: a batch of compressed pages is already 100-500 KiB, and every
@@ -379,39 +379,47 @@ VERIFY_CLUSTER = 16
 VERIFY_SPAN = 256
 
 
-def _sample_pfns(plan: PagePlan, samples: int, cluster: int = VERIFY_CLUSTER) -> np.ndarray:
+def _sample_pfns(plan: PagePlan, samples: int, cluster: int = VERIFY_CLUSTER) -> list[int]:
     """Up to ``samples`` kept pfns, ascending: clusters of ``cluster`` consecutive kept pages spread evenly over
     the dump, the first and the last kept page included (every kept page when ``samples`` covers them all)."""
     total = plan.num_dumpable
     if not total or samples <= 0:
-        return np.zeros(0, np.int64)
+        return []
     if samples >= total:
-        ranks = np.arange(total, dtype=np.int64)
+        ranks = range(total)
     else:
         cluster = max(1, min(cluster, samples))
-        starts = np.linspace(0, total - cluster, max(1, samples // cluster)).astype(np.int64)
-        ranks = np.unique((starts[:, None] + np.arange(cluster, dtype=np.int64)).reshape(-1))
-    out, seen = [], 0
-    for w0, w1 in _windows(plan.max_mapnr, 1 << 15):
-        pfns = kept_pfns(plan, w0, w1)
-        hit = ranks[(ranks >= seen) & (ranks < seen + len(pfns))] - seen
-        out.append(pfns[hit])
-        seen += len(pfns)
-    return np.concatenate(out) if out else np.zeros(0, np.int64)
+        count = max(1, samples // cluster)
+        span = total - cluster
+        starts = [span * i // (count - 1) if count > 1 else 0 for i in range(count)]
+        ranks = sorted({start + k for start in starts for k in range(cluster)})
+    out: list[int] = []
+    seen, i = 0, 0  # kept pages before the current run; next rank to place
+    for s, e in kept_runs(plan):
+        while i < len(ranks) and ranks[i] < seen + e - s:
+            out.append(s + ranks[i] - seen)
+            i += 1
+        if i == len(ranks):
+            break
+        seen += e - s
+    return out
 
 
 #: page_descs checked per read by :func:`_check_desc_table` (384 KiB: a 64 GiB machine's table is 50 MiB).
 DESC_CHUNK = 1 << 14
+_CODEC_FLAGS = frozenset((0, 0x1, 0x2, 0x4, 0x20))
 
 
 def _check_desc_table(out: Any, plan: PagePlan) -> str | None:
     """The whole page_desc table of a kdump file just written, read :data:`DESC_CHUNK` descs at a time: every
     kept page has data inside the file, of a sane size, with a known flag, laid out in pfn order. A problem as
-    text, or None."""
-    from kdumplab.formats.kdump import PAGE_DESC_DTYPE
+    text, or None. The fields are strided views of the raw table (``memoryview.cast``), checked with ``min``,
+    ``max``, ``set`` and ``itertools`` over them: no Python code per desc."""
+    from itertools import accumulate, compress
+    from operator import add
 
     n = plan.num_dumpable
-    item = PAGE_DESC_DTYPE.itemsize
+    item = PAGE_DESC.size
     ps = plan.page_size
     end = None  # where the previous chunk's last page data ended
     with open(out.path, "rb", buffering=0) as f:
@@ -421,20 +429,23 @@ def _check_desc_table(out: Any, plan: PagePlan) -> str | None:
             raw = f.read(count * item)
             if len(raw) != count * item:
                 return f"the page_desc table is cut short ({first * item + len(raw)} of {n * item} bytes)"
-            descs = np.frombuffer(raw, PAGE_DESC_DTYPE)
-            off, sz, flags = descs["offset"], descs["size"].astype(np.int64), descs["flags"]
-            bad = ((off < out.data_offset) | (off + sz > out.file_size) | (sz <= 0) | (sz > ps)
-                   | ~np.isin(flags, (0, 0x1, 0x2, 0x4, 0x20)) | ((flags == 0) & (sz != ps)))
-            if bad.any():
-                i = int(np.flatnonzero(bad)[0])
-                return (f"page_desc {first + i} (offset {int(off[i])}, size {int(sz[i])}, flags {int(flags[i]):#x}) "
-                        "is not valid")
-            data = off != out.data_offset  # the shared zero page sits at the start of the data area
-            if data.any():
-                o, e = off[data], off[data] + sz[data]
-                if (o[1:] != e[:-1]).any() or (end is not None and int(o[0]) != end):
+            words = memoryview(raw).cast("q")  # offset, size | flags << 32, page_flags
+            halves = memoryview(raw).cast("I")
+            off, sz, flags = words[0::3].tolist(), halves[2::6].tolist(), halves[3::6].tolist()
+            raw_sizes = set(compress(sz, map((0).__eq__, flags)))
+            if (min(off) < out.data_offset or max(map(add, off, sz)) > out.file_size or min(sz) <= 0
+                    or max(sz) > ps or not set(flags) <= _CODEC_FLAGS or not raw_sizes <= {ps}):
+                i = next(i for i, (o, z, g) in enumerate(zip(off, sz, flags))
+                         if o < out.data_offset or o + z > out.file_size or z <= 0 or z > ps
+                         or g not in _CODEC_FLAGS or (g == 0 and z != ps))
+                return f"page_desc {first + i} (offset {off[i]}, size {sz[i]}, flags {flags[i]:#x}) is not valid"
+            data = list(map(out.data_offset.__ne__, off))  # the shared zero page sits at the start of the data area
+            if True in data:
+                o, z = list(compress(off, data)), list(compress(sz, data))
+                laid = list(accumulate(z, initial=o[0] if end is None else end))
+                if laid[:-1] != o:
                     return "page data is not laid out in pfn order, one page after the other"
-                end = int(e[-1])
+                end = laid[-1]
     if end is not None and end != out.file_size:
         return f"the last page's data ends at {end}, the file at {out.file_size}"
     return None
@@ -448,6 +459,8 @@ def verify_file(path: str, dump: Any, plan: PagePlan, fmt: str, dump_level: int,
     are compared byte for byte with the source: a few large reads rather than two small ones per page, which
     matters when the target is a network file system.
     """
+    import bisect
+
     from kdumplab.capture.pipeline import page_reader, read_pages
     from kdumplab.formats.dumpfile import open_dumpfile
 
@@ -470,7 +483,7 @@ def verify_file(path: str, dump: Any, plan: PagePlan, fmt: str, dump_level: int,
             n = len(plan.bitmap2)
             if out.max_pfn != plan.max_mapnr:
                 problems.append(f"max_mapnr {out.max_pfn}, expected {plan.max_mapnr}")
-            if not np.array_equal(out.bitmap2[:n], plan.bitmap2) or not np.array_equal(out.bitmap1[:n], plan.bitmap1):
+            if bytes(out.bitmap2[:n]) != plan.bitmap2 or bytes(out.bitmap1[:n]) != plan.bitmap1:
                 problems.append("a bitmap differs from the plan")
             if out.dump_level != dump_level:
                 problems.append(f"dump_level {out.dump_level}, expected {dump_level}")
@@ -479,21 +492,22 @@ def verify_file(path: str, dump: Any, plan: PagePlan, fmt: str, dump_level: int,
                 if problem:
                     problems.append(problem)
         pfns = _sample_pfns(plan, samples)
-        if not problems and len(pfns):
+        if not problems and pfns:
             ps = plan.page_size
             reader = page_reader(dump)
             try:
                 i = 0
                 while i < len(pfns) and not problems:
                     # the sampled pfns within VERIFY_SPAN pages of pfns[i]: one read of each file
-                    j = int(np.searchsorted(pfns, pfns[i] + VERIFY_SPAN, side="left"))
+                    j = bisect.bisect_left(pfns, pfns[i] + VERIFY_SPAN)
                     group = pfns[i:j]
-                    lo = int(group[0])
-                    mine = np.frombuffer(out.read_pfns(lo, int(group[-1]) - lo + 1), np.uint8).reshape(-1, ps)
+                    lo = group[0]
+                    mine = memoryview(out.read_pfns(lo, group[-1] - lo + 1)).cast("B")
                     theirs = read_pages(dump, group, ps, reader)
-                    differ = np.flatnonzero((mine[group - lo] != theirs).any(axis=1))
-                    if len(differ):
-                        problems.append(f"page {int(group[differ[0]]):#x} differs from the source")
+                    for k, pfn in enumerate(group):
+                        if mine[(pfn - lo) * ps : (pfn - lo + 1) * ps] != theirs[k * ps : (k + 1) * ps]:
+                            problems.append(f"page {pfn:#x} differs from the source")
+                            break
                     i = j
             finally:
                 if reader is not None:

@@ -193,51 +193,34 @@ def _zstd_batches() -> bool:
     return hasattr(zstandard.ZstdCompressor, "multi_compress_to_buffer")
 
 
-def compress_rows(pages: Any, keep: Any, codec: str | Codec) -> tuple[Any, Sequence[Any]]:
-    """Compress the rows of the ``(n, page_size)`` uint8 numpy array ``pages`` where the bool array ``keep`` is
-    set, each on its own: ``(sizes, parts)``, an int64 array and one bytes-like object per kept row, in order.
+def compress_pages(pages: Sequence[bytes], codec: str | Codec) -> Sequence[Any]:
+    """Compress each of ``pages`` (``bytes``) on its own: one bytes-like object per page, in order.
 
     The same bytes as :meth:`Codec.compress` gives, with no Python code run per page: zstd compresses the whole
-    batch in one call (``multi_compress_to_buffer``, the GIL released), the other codecs map their function
-    over the rows (python-lzo releases the GIL inside each call). Safe to call from several threads.
+    batch in one call (``multi_compress_to_buffer``, the GIL released), the other codecs ``map`` their C function
+    over the pages (python-lzo and zlib release the GIL inside each call). Safe to call from several threads.
 
-    >>> import numpy as np
-    >>> pages = np.zeros((3, 4096), np.uint8); pages[0] = 7; pages[2, ::2] = 1
-    >>> sizes, parts = compress_rows(pages, np.array([True, False, True]), "lzo")
-    >>> [int(s) for s in sizes] == [len(CODECS["lzo"].compress(pages[i].tobytes())) for i in (0, 2)]
+    >>> pages = [bytes([7]) * 4096, bytes(range(256)) * 16]
+    >>> [len(c) for c in compress_pages(pages, "lzo")] == [len(CODECS["lzo"].compress(p)) for p in pages]
     True
     """
-    import numpy as np
-    from itertools import compress, repeat
+    from itertools import repeat
 
     codec = get_codec(codec)
-    keep = np.asarray(keep, dtype=bool)
-    count = int(keep.sum())
-    if not count:
-        return np.zeros(0, np.int64), []
-    if codec.name == "zstd" and not _zstd_batches():
+    if not pages:
+        return []
+    if codec.name == "zstd":
+        if _zstd_batches():
+            return _zstd_contexts()[0].multi_compress_to_buffer(list(pages), threads=1)
         # zstandard built against the system's libzstd (Debian's python3-zstandard) has no batch call
-        cctx = _zstd_contexts()[0]
-        parts = list(map(cctx.compress, map(bytes, compress(pages, keep))))
-    elif codec.name == "zstd":
-        import zstandard
-
-        size = pages.shape[1]
-        segments = np.empty((count, 2), np.uint64)
-        segments[:, 0] = np.flatnonzero(keep) * size
-        segments[:, 1] = size
-        data = np.ascontiguousarray(pages)
-        parts: Sequence[Any] = _zstd_contexts()[0].multi_compress_to_buffer(
-            zstandard.BufferWithSegments(data, segments.tobytes()), threads=1)
-    elif codec.name == "lzo":
+        return list(map(_zstd_contexts()[0].compress, pages))
+    if codec.name == "lzo":
         import lzo
 
-        parts = list(map(lzo.compress, map(bytes, compress(pages, keep)), repeat(1), repeat(False)))
-    elif codec.name == "zlib":
-        parts = list(map(zlib.compress, map(bytes, compress(pages, keep)), repeat(1)))
-    else:
-        parts = list(map(codec.compress, map(bytes, compress(pages, keep))))
-    return np.fromiter(map(len, parts), np.int64, count), parts
+        return list(map(lzo.compress, pages, repeat(1), repeat(False)))
+    if codec.name == "zlib":
+        return list(map(zlib.compress, pages, repeat(1)))
+    return list(map(codec.compress, pages))
 
 
 def compress_many(pages: Sequence[bytes], codec: str | Codec, threads: int = 1) -> list[bytes]:
@@ -273,6 +256,6 @@ __all__ = [
     "FLAG_ZSTD",
     "codec_for_flag",
     "compress_many",
-    "compress_rows",
+    "compress_pages",
     "get_codec",
 ]

@@ -9,15 +9,14 @@ Memory stays bounded whatever the dump size: descs and data go through two small
 1 MiB by default), flushed data first so that a desc never points at data not yet written (a file cut short by
 a full disk stays readable up to its last flush, like makedumpfile's).
 
->>> import numpy as np
 >>> from kdumplab.formats.kdump_writer import KdumpWriter, FileSink, bitmap_from_runs
 >>> from kdumplab.formats.notes import build_note
 >>> notes = build_note("VMCOREINFO", 0, b"OSRELEASE=6.1.0\\nPAGESIZE=4096\\n")
 >>> bm = bitmap_from_runs([(0, 16)], 16)
->>> pages = np.zeros((16, 4096), np.uint8); pages[3] = 7
+>>> pages = bytearray(16 * 4096); pages[3 * 4096 : 4 * 4096] = b"\\x07" * 4096
 >>> with open("/tmp/doctest.kdump", "wb") as f:
 ...     w = KdumpWriter(FileSink(f), 4096, 16, bm, bm, notes, codec="zstd", dump_level=1)
-...     w.add_pages(np.arange(16), pages)
+...     w.add_pages(range(16), pages)
 ...     w.finish()
 >>> from kdumplab.formats.kdump import KdumpFile
 >>> with KdumpFile("/tmp/doctest.kdump") as k:
@@ -29,27 +28,27 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
-from typing import BinaryIO, NamedTuple, Protocol
-
-import numpy as np
+import struct
+from collections import deque
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from itertools import accumulate, compress, repeat
+from typing import Any, BinaryIO, NamedTuple, Protocol
 
 from kdumplab.errors import DumpWriterError, KdumplabError
 from kdumplab.formats.arch import machine_from_vmcoreinfo, normalize_machine
-from kdumplab.formats.codecs import Codec, compress_many, compress_rows, get_codec
+from kdumplab.formats.bitmap import bitmap_from_pfns, bitmap_from_runs, count_range, popcount, runs_of
+from kdumplab.formats.codecs import Codec, compress_pages, get_codec
 from kdumplab.formats.dumpfile import KDUMP_SIGNATURE
 from kdumplab.formats.kdump import (
     HEADER,
     HEADER_VERSION,
     PAGE_DESC,
-    PAGE_DESC_DTYPE,
-    POPCOUNT8,
     STATUS_INCOMPLETE,
     SUB_HEADER,
     DiskDumpHeader,
     KdumpSubHeader,
     Utsname,
-    count_bits,
 )
 from kdumplab.formats.notes import NT_PRSTATUS, find_note, parse_notes
 from kdumplab.formats.vmcoreinfo import VmcoreInfo
@@ -128,18 +127,27 @@ class EncodedPage(NamedTuple):
     flags: int
 
 
-def _as_pages(pages: bytes | bytearray | memoryview | np.ndarray, page_size: int) -> np.ndarray:
-    arr = np.frombuffer(pages, dtype=np.uint8) if not isinstance(pages, np.ndarray) else pages
-    arr = np.ascontiguousarray(arr).reshape(-1)
-    if arr.dtype != np.uint8:
-        arr = arr.view(np.uint8)
-    if len(arr) % page_size:
-        raise DumpWriterError(f"page data of {len(arr)} bytes is not a whole number of {page_size}-byte pages")
-    return arr.reshape(-1, page_size)
+@lru_cache(maxsize=8)
+def _splitter(count: int, page_size: int) -> struct.Struct:
+    return struct.Struct(f"{page_size}s" * count)
+
+
+def split_pages(data: Any, page_size: int) -> tuple[bytes, ...]:
+    """The pages of ``data`` (whole pages back to back, any buffer) as one ``bytes`` each, split in C."""
+    view = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else data
+    if len(view) % page_size:
+        raise DumpWriterError(f"page data of {len(view)} bytes is not a whole number of {page_size}-byte pages")
+    return _splitter(len(view) // page_size, page_size).unpack_from(view) if len(view) else ()
+
+
+@lru_cache(maxsize=4)
+def zero_page_of(page_size: int) -> bytes:
+    """One all-zero page: ``zero_page_of(ps).__eq__`` mapped over pages is the zero check, in C."""
+    return bytes(page_size)
 
 
 def encode_pages(
-    pages: bytes | bytearray | memoryview | np.ndarray,
+    pages: Any,
     codec: str | Codec,
     *,
     page_size: int = 4096,
@@ -148,123 +156,84 @@ def encode_pages(
 ) -> list[EncodedPage]:
     """Encode a batch of pages as makedumpfile stores them.
 
-    ``pages`` holds ``n * page_size`` bytes (a buffer, or a uint8 array of shape ``(n, page_size)``). With
-    ``zero_page`` all-zero pages become the shared zero page (``data=None``). The others are compressed and the
-    result is kept only when strictly smaller than the page; otherwise the page is stored raw. Safe to call from
-    worker threads (the codecs release the GIL for zstd batches).
+    ``pages`` holds ``n * page_size`` bytes (any buffer: bytes, bytearray, a uint8 array). With ``zero_page``
+    all-zero pages become the shared zero page (``data=None``). The others are compressed and the result is
+    kept only when strictly smaller than the page; otherwise the page is stored raw. Safe to call from worker
+    threads.
     """
-    codec = get_codec(codec)
-    arr = _as_pages(pages, page_size)
-    n = len(arr)
-    if zero_page and page_size % 8 == 0:
-        is_zero = ~arr.view(np.uint64).reshape(n, -1).any(axis=1)
-    else:
-        is_zero = np.zeros(n, bool)
-    todo = np.flatnonzero(~is_zero).tolist()
-    raw = [arr[i].tobytes() for i in todo]
-    out: list[EncodedPage] = [EncodedPage(None, 0)] * n
-    if codec.flag == 0:
-        for i, page in zip(todo, raw):
-            out[i] = EncodedPage(page, 0)
-        return out
-    for i, page, comp in zip(todo, raw, compress_many(raw, codec, threads)):
-        out[i] = EncodedPage(comp, codec.flag) if len(comp) < page_size else EncodedPage(page, 0)
+    batch = encode_batch(pages, codec, page_size=page_size, zero_page=zero_page)
+    out: list[EncodedPage] = []
+    pos = 0
+    for size, flag in zip(batch.sizes, batch.flags):
+        if size < 0:
+            out.append(EncodedPage(None, 0))
+        else:
+            out.append(EncodedPage(batch.data[pos : pos + size], flag))
+            pos += size
     return out
 
 
 class EncodedBatch(NamedTuple):
-    """A batch of pages ready for the file, with no Python object per page (:func:`encode_batch`).
+    """A batch of pages ready for the file, with no Python object per page beyond two ints (:func:`encode_batch`).
 
     Attributes:
-        sizes: int64 bytes stored per page; -1 for the shared zero page.
-        flags: int64 page_desc flags (the codec's flag, or 0 for a raw or zero page).
+        sizes: bytes stored per page; -1 for the shared zero page.
+        flags: page_desc flags (the codec's flag, or 0 for a raw or zero page).
         data: the stored bytes of the pages that are not the zero page, back to back, in order.
     """
 
-    sizes: np.ndarray
-    flags: np.ndarray
+    sizes: list[int]
+    flags: list[int]
     data: bytes
 
 
-def encode_batch(pages: np.ndarray, codec: str | Codec, *, zero_page: bool = False) -> EncodedBatch:
-    """:func:`encode_pages` for a ``(n, page_size)`` uint8 array, as one :class:`EncodedBatch`.
-
-    Same rules and the same bytes: all-zero pages become the shared zero page when ``zero_page``; the others are
-    compressed and kept only when strictly smaller than the page, else stored raw. The work per page happens in
-    C (numpy, the codec libraries, ``bytes.join``), which is what matters in a kdump kernel under emulation.
-    Safe to call from worker threads (zstd and lzo release the GIL while they compress).
-
-    >>> pages = np.zeros((3, 4096), np.uint8); pages[1] = 5; pages[2] = np.arange(4096) * 7919 % 251
-    >>> batch = encode_batch(pages, "zstd", zero_page=True)
-    >>> batch.sizes.tolist()[0], batch.flags.tolist(), len(batch.data) == int(batch.sizes[1:].sum())
-    (-1, [0, 32, 32], True)
-    """
-    codec = get_codec(codec)
-    pages = _as_pages(pages, pages.shape[1] if isinstance(pages, np.ndarray) and pages.ndim == 2 else 4096)
-    n, page_size = pages.shape
-    if zero_page and page_size % 8 == 0:
-        keep = np.bitwise_or.reduce(pages.view(np.uint64), axis=1) != 0
-    else:
-        keep = np.ones(n, bool)
-    sizes = np.full(n, -1, np.int64)
-    flags = np.zeros(n, np.int64)
-    if codec.flag == 0:
-        sizes[keep] = page_size
-        return EncodedBatch(sizes, flags, pages[keep].tobytes())
-    comp_sizes, parts = compress_rows(pages, keep, codec)
-    raw = comp_sizes >= page_size
-    sizes[keep] = np.where(raw, page_size, comp_sizes)
-    flags[keep] = np.where(raw, 0, codec.flag)
-    if raw.any():  # incompressible pages are stored as they are (rare: a handful per batch at most)
-        parts = list(parts)
-        rows = np.flatnonzero(keep)
-        for i in np.flatnonzero(raw).tolist():
-            parts[i] = pages[rows[i]].tobytes()
-    return EncodedBatch(sizes, flags, b"".join(parts))
-
-
-def bitmap_from_runs(runs: Sequence[tuple[int, int]], max_mapnr: int) -> np.ndarray:
-    """An LSB-first uint8 bitmap of ``ceil(max_mapnr/8)`` bytes with the bits of ``[start, end)`` runs set.
-
-    Built packed (whole bytes set at once, bit operations at the ends of a run): one byte per pfn would be 16 MiB
-    for a 64 GiB machine, in a kdump kernel that may have 128 MiB in all.
-
-    >>> bitmap_from_runs([(3, 13), (20, 21)], 24).tolist()
-    [248, 31, 16]
-    """
-    out = np.zeros((max_mapnr + 7) // 8, dtype=np.uint8)
-    for start, end in runs:
-        start, end = max(0, start), min(end, max_mapnr)
-        if start >= end:
-            continue
-        first, last = start >> 3, (end - 1) >> 3
-        if first == last:
-            out[first] |= ((0xFF << (start & 7)) & (0xFF >> (7 - ((end - 1) & 7)))) & 0xFF
-            continue
-        out[first] |= (0xFF << (start & 7)) & 0xFF
-        out[first + 1 : last] = 0xFF
-        out[last] |= 0xFF >> (7 - ((end - 1) & 7))
+def _scatter(values: Iterable[Any], where: Iterable[int], fill: Any, n: int) -> list[Any]:
+    """A list of ``n`` ``fill`` with ``values`` put at the indices ``where`` (C loops: ``deque`` drains a ``map``
+    of ``list.__setitem__``)."""
+    out = [fill] * n
+    deque(map(out.__setitem__, where, values), 0)
     return out
 
 
-def bitmap_from_pfns(pfns: np.ndarray | Sequence[int], max_mapnr: int) -> np.ndarray:
-    """An LSB-first uint8 bitmap of ``ceil(max_mapnr/8)`` bytes with the bits of ``pfns`` set."""
-    bits = np.zeros(((max_mapnr + 7) // 8) * 8, dtype=np.uint8)
-    bits[np.asarray(pfns, dtype=np.int64)] = 1
-    return np.packbits(bits, bitorder="little")
+def encode_batch(pages: Any, codec: str | Codec, *, page_size: int = 4096, zero_page: bool = False) -> EncodedBatch:
+    """Encode whole pages back to back (any buffer) as one :class:`EncodedBatch`: the bytes of :func:`encode_pages`.
 
+    All-zero pages become the shared zero page when ``zero_page``; the others are compressed and kept only when
+    strictly smaller than the page, else stored raw. Every step is a ``map`` of a C function over the pages
+    (split, ``bytes.__eq__`` against a zero page, the codec, ``len``, ``bytes.join``), so no Python code runs
+    per page, which is what matters in a kdump kernel under emulation. Safe to call from worker threads (zstd,
+    lzo and zlib release the GIL while they compress).
 
-def _count_range(bitmap: np.ndarray, lo: int, hi: int) -> int:
-    """Set bits of ``bitmap`` in pfns ``[lo, hi)``."""
-    if hi <= lo:
-        return 0
-    b0, b1 = lo >> 3, (hi + 7) >> 3
-    full_lo, full_hi = (lo + 7) >> 3, hi >> 3
-    if full_hi - full_lo > 64:  # long gaps: popcount whole bytes, unpack only the two ragged ends
-        head = np.unpackbits(bitmap[b0:full_lo], bitorder="little")[lo - 8 * b0 :].sum() if full_lo > b0 else 0
-        tail = np.unpackbits(bitmap[full_hi:b1], bitorder="little")[: hi - 8 * full_hi].sum() if b1 > full_hi else 0
-        return int(head) + int(tail) + int(POPCOUNT8[bitmap[full_lo:full_hi]].sum(dtype=np.int64))
-    return int(np.unpackbits(bitmap[b0:b1], bitorder="little")[lo - 8 * b0 : hi - 8 * b0].sum())
+    >>> pages = bytes(4096) + bytes([5]) * 4096 + bytes(i * 7919 % 251 for i in range(4096))
+    >>> batch = encode_batch(pages, "zstd", zero_page=True)
+    >>> batch.sizes[0], batch.flags, len(batch.data) == sum(batch.sizes[1:])
+    (-1, [0, 32, 32], True)
+    """
+    codec = get_codec(codec)
+    split = split_pages(pages, page_size)
+    n = len(split)
+    nonzero: list[bool] | None = None
+    if zero_page and n:
+        nonzero = list(map(zero_page_of(page_size).__ne__, split))
+        if False not in nonzero:
+            nonzero = None
+    todo = split if nonzero is None else list(compress(split, nonzero))
+    if codec.flag == 0:
+        parts: list[Any] = list(todo)
+        sizes = [page_size] * len(parts)
+        flags = [0] * len(parts)
+    else:
+        parts = list(compress_pages(todo, codec))
+        sizes = list(map(len, parts))
+        flags = [codec.flag] * len(parts)
+        if parts and max(sizes) >= page_size:  # incompressible pages are stored as they are (rare)
+            for i in compress(range(len(sizes)), map(page_size.__le__, sizes)):
+                parts[i], sizes[i], flags[i] = todo[i], page_size, 0
+    data = b"".join(parts)
+    if nonzero is not None:
+        where = list(compress(range(n), nonzero))
+        sizes, flags = _scatter(sizes, where, -1, n), _scatter(flags, where, 0, n)
+    return EncodedBatch(sizes, flags, data)
 
 
 class KdumpWriter:
@@ -274,8 +243,8 @@ class KdumpWriter:
         sink: a :class:`Sink` (:class:`FileSink`, :class:`~kdumplab.formats.flat.FlatSink`).
         page_size: the page (and block) size.
         max_mapnr: one past the highest pfn of the machine.
-        bitmap1: uint8 LSB-first bitmap of the pages that exist (``ceil(max_mapnr/8)`` bytes or up to the
-            padded bitmap size; shorter arrays are zero-extended).
+        bitmap1: LSB-first packed bitmap of the pages that exist, any bytes-like object (``ceil(max_mapnr/8)``
+            bytes or up to the padded bitmap size; shorter ones are zero-extended). Kept by reference, not copied.
         bitmap2: the pages kept (each gets a page_desc); must be a subset of bitmap1.
         notes: the crashed kernel's PT_NOTE content, copied verbatim.
         vmcoreinfo_offset: offset of the VMCOREINFO descriptor inside ``notes``; None finds it.
@@ -299,8 +268,8 @@ class KdumpWriter:
         sink: Sink,
         page_size: int,
         max_mapnr: int,
-        bitmap1: np.ndarray,
-        bitmap2: np.ndarray,
+        bitmap1: Any,
+        bitmap2: Any,
         notes: bytes = b"",
         vmcoreinfo_offset: int | None = None,
         vmcoreinfo_size: int | None = None,
@@ -338,9 +307,9 @@ class KdumpWriter:
         self.bitmap_blocks = 2 * half // page_size
         self.bitmap1 = self._check_bitmap(bitmap1, half, "bitmap1")
         self.bitmap2 = self._check_bitmap(bitmap2, half, "bitmap2")
-        if (self.bitmap2 & ~self.bitmap1).any():
+        if int.from_bytes(self.bitmap2, "little") & ~int.from_bytes(self.bitmap1, "little"):
             raise DumpWriterError("bitmap2 has pages that bitmap1 does not: a kept page must exist")
-        self.num_dumpable = count_bits(self.bitmap2)
+        self.num_dumpable = popcount(self.bitmap2)
         self.desc_offset = (1 + self.sub_hdr_size + self.bitmap_blocks) * page_size
         self.data_offset = self.desc_offset + self.num_dumpable * PAGE_DESC.size
 
@@ -394,8 +363,9 @@ class KdumpWriter:
         self._write_header()
         sink.pwrite(page_size, self._sub_header.pack() + notes)
         bitmap_offset = (1 + self.sub_hdr_size) * page_size
-        sink.pwrite(bitmap_offset, self.bitmap1.tobytes())
-        sink.pwrite(bitmap_offset + half, self.bitmap2.tobytes())
+        for at, bitmap in ((bitmap_offset, self.bitmap1), (bitmap_offset + half, self.bitmap2)):
+            # one write each, padding included: a flattened stream's records must stay what they were
+            sink.pwrite(at, bytes(bitmap) + bytes(half - len(bitmap)) if len(bitmap) < half else bitmap)
         self._data_pos = self.data_offset
         self._zero_desc = b""
         if self.zero_page and self.num_dumpable:
@@ -411,19 +381,15 @@ class KdumpWriter:
         self._data_buf_pos = self._data_pos
         self._finished = False
 
-    def _check_bitmap(self, bitmap: np.ndarray | bytes, half: int, name: str) -> np.ndarray:
-        bm = np.frombuffer(bitmap, dtype=np.uint8) if not isinstance(bitmap, np.ndarray) else bitmap
-        bm = np.ascontiguousarray(bm, dtype=np.uint8).reshape(-1)
+    def _check_bitmap(self, bitmap: Any, half: int, name: str) -> memoryview:
+        bm = memoryview(bitmap).cast("B") if not isinstance(bitmap, (bytes, bytearray)) else memoryview(bitmap)
         if len(bm) > half:
             raise DumpWriterError(
                 f"{name} has {len(bm)} bytes, more than the {half} a max_mapnr of {self.max_mapnr} needs"
             )
-        full = np.zeros(half, dtype=np.uint8)
-        full[: len(bm)] = bm
-        nbytes, tail = self.max_mapnr >> 3, self.max_mapnr & 7
-        if (tail and full[nbytes] >> tail) or full[nbytes + (1 if tail else 0) :].any():
+        if int.from_bytes(bm, "little") >> self.max_mapnr:
             raise DumpWriterError(f"{name} has bits set at or past max_mapnr={self.max_mapnr}")
-        return full
+        return bm
 
     def _write_header(self) -> None:
         h = self._header
@@ -433,87 +399,99 @@ class KdumpWriter:
         self.sink.pwrite(0, raw)
 
     # -- pages ---------------------------------------------------------------------------------------------
-    def _check_pfns(self, pfns: np.ndarray) -> None:
+    def _check_runs(self, runs: Sequence[tuple[int, int]]) -> int:
+        """The pages of ``runs`` after checking that they are exactly the kept pfns from the last page written to
+        the end of the last run, in order (else the k-th desc would not belong to the k-th set bit)."""
         if self._finished:
             raise DumpWriterError("pages added after finish()")
-        if not len(pfns):
-            return
-        first, last = int(pfns[0]), int(pfns[-1])
-        if first <= self._last_pfn or (len(pfns) > 1 and (np.diff(pfns) <= 0).any()):
-            raise DumpWriterError(f"pfns must ascend: got {first:#x} after {self._last_pfn:#x} or a batch out of order")
-        if last >= self.max_mapnr:
-            raise DumpWriterError(f"pfn {last:#x} is at or past max_mapnr={self.max_mapnr:#x}")
-        bits = (self.bitmap2[pfns >> 3] >> (pfns & 7).astype(np.uint8)) & 1
-        if not bits.all():
-            bad = int(pfns[int(np.flatnonzero(bits == 0)[0])])
+        if not runs:
+            return 0
+        prev, total = self._last_pfn, 0
+        for s, e in runs:
+            if s <= prev or e <= s:
+                raise DumpWriterError(f"pfns must ascend: got {s:#x} after {prev:#x} or a batch out of order")
+            total += e - s
+            prev = e - 1
+        if prev >= self.max_mapnr:
+            raise DumpWriterError(f"pfn {prev:#x} is at or past max_mapnr={self.max_mapnr:#x}")
+        if sum(count_range(self.bitmap2, s, e) for s, e in runs) != total:
+            bad = next(p for s, e in runs for p in range(s, e) if not count_range(self.bitmap2, p, p + 1))
             raise DumpWriterError(f"pfn {bad:#x} is not set in bitmap2: only kept pages get a page_desc")
-        # Every kept pfn from the previous one to the last of this batch must be in the batch, or the k-th desc
-        # would not belong to the k-th set bit.
-        expected = _count_range(self.bitmap2, self._last_pfn + 1, last + 1)
-        if expected != len(pfns):
+        expected = count_range(self.bitmap2, self._last_pfn + 1, prev + 1)
+        if expected != total:
             raise DumpWriterError(
-                f"pfns {self._last_pfn + 1:#x}..{last:#x} hold {expected} kept pages but {len(pfns)} were given: "
+                f"pfns {self._last_pfn + 1:#x}..{prev:#x} hold {expected} kept pages but {total} were given: "
                 "every pfn set in bitmap2 needs its page, in order"
             )
+        return total
 
-    def add_encoded(self, pfns: Sequence[int] | np.ndarray, pages: Sequence[EncodedPage]) -> None:
+    def add_encoded(self, pfns: Iterable[Any], pages: Sequence[EncodedPage]) -> None:
         """Append pages already encoded by :func:`encode_pages` for ``pfns`` (ascending, all set in bitmap2)."""
-        n = len(pages)
-        sizes = np.fromiter((-1 if data is None else len(data) for data, _ in pages), np.int64, n)
-        flags = np.fromiter((f for _, f in pages), np.int64, n)
+        sizes = [-1 if data is None else len(data) for data, _ in pages]
+        flags = [f for _, f in pages]
         self.add_batch(pfns, EncodedBatch(sizes, flags, b"".join(data for data, _ in pages if data is not None)))
 
-    def add_batch(self, pfns: Sequence[int] | np.ndarray, batch: EncodedBatch) -> None:
-        """Append a batch from :func:`encode_batch` for ``pfns`` (ascending, all set in bitmap2): descs built
-        with numpy, data appended in one piece."""
-        pfns = np.asarray(pfns, dtype=np.int64).reshape(-1)
-        n = len(pfns)
-        if len(batch.sizes) != n or len(batch.flags) != n:
-            raise DumpWriterError(f"{n} pfns but {len(batch.sizes)} encoded pages")
-        self._check_pfns(pfns)
+    def add_batch(self, pfns: Iterable[Any], batch: EncodedBatch) -> None:
+        """Append a batch from :func:`encode_batch` for ``pfns`` (ascending, all set in bitmap2)."""
+        self.add_runs(runs_of(pfns), batch)
+
+    def add_runs(self, runs: Sequence[tuple[int, int]], batch: EncodedBatch) -> None:
+        """Append a batch from :func:`encode_batch` for the pfns of ``runs`` (``[start, end)``, ascending, all
+        set in bitmap2): the descs packed by ``map`` over :data:`PAGE_DESC`, the data appended in one piece."""
+        n = self._check_runs(runs)
+        sizes, flags = list(batch.sizes), list(batch.flags)
+        if len(sizes) != n or len(flags) != n:
+            raise DumpWriterError(f"{n} pfns but {len(sizes)} encoded pages")
         if not n:
             return
         ps = self.page_size
-        sizes, flags = batch.sizes, batch.flags
-        zero = sizes < 0
-        if zero.any() and not self._zero_desc:
-            pfn = int(pfns[int(np.flatnonzero(zero)[0])])
-            raise DumpWriterError(f"pfn {pfn:#x}: a shared zero page was given but zero_page is off")
-        bad = ~zero & ((sizes > ps) | (sizes == 0) | ((flags == 0) & (sizes != ps)))
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise DumpWriterError(f"pfn {int(pfns[i]):#x}: {int(sizes[i])} bytes with flags {int(flags[i]):#x} "
-                                  f"(page size {ps})")
-        stored = np.where(zero, 0, sizes)
-        ends = self._data_pos + np.cumsum(stored)
-        if int(ends[-1]) - self._data_pos != len(batch.data):
+        nonzero: list[bool] | None = None
+        if -1 in sizes:
+            if not self._zero_desc:
+                pfn = self._pfn_at(runs, sizes.index(-1))
+                raise DumpWriterError(f"pfn {pfn:#x}: a shared zero page was given but zero_page is off")
+            nonzero = list(map((-1).__ne__, sizes))
+            sizes, flags = list(compress(sizes, nonzero)), list(compress(flags, nonzero))
+        if sizes and (max(sizes) > ps or min(sizes) <= 0 or (0 in flags and
+                                                            set(compress(sizes, map((0).__eq__, flags))) != {ps})):
+            i = next(i for i, (z, f) in enumerate(zip(sizes, flags)) if z > ps or z <= 0 or (f == 0 and z != ps))
+            if nonzero is not None:
+                i = list(compress(range(n), nonzero))[i]
+            raise DumpWriterError(f"pfn {self._pfn_at(runs, i):#x}: {list(batch.sizes)[i]} bytes with flags "
+                                  f"{list(batch.flags)[i]:#x} (page size {ps})")
+        offsets = list(accumulate(sizes, initial=self._data_pos))
+        if offsets[-1] - self._data_pos != len(batch.data):
             raise DumpWriterError(f"the batch holds {len(batch.data)} bytes of data, its sizes say "
-                                  f"{int(ends[-1]) - self._data_pos}")
-        descs = np.zeros(n, PAGE_DESC_DTYPE)
-        descs["offset"] = ends - stored
-        descs["size"] = stored
-        descs["flags"] = flags
-        if zero.any():
-            descs[zero] = np.frombuffer(self._zero_desc, PAGE_DESC_DTYPE)[0]
-        self._desc_buf += descs.tobytes()
+                                  f"{offsets[-1] - self._data_pos}")
+        descs = list(map(PAGE_DESC.pack, offsets, sizes, flags, repeat(0)))
+        if nonzero is not None:
+            descs = [self._zero_desc] * n if not descs else _scatter(descs, compress(range(n), nonzero),
+                                                                      self._zero_desc, n)
+        self._desc_buf += b"".join(descs)
         if len(batch.data) >= self._data_cache_size and not self._data_buf:
             self.sink.pwrite(self._data_buf_pos, batch.data)  # a big batch goes straight to the sink
             self._data_buf_pos += len(batch.data)
         else:
             self._data_buf += batch.data
-        self._data_pos = int(ends[-1])
+        self._data_pos = offsets[-1]
         if len(self._desc_buf) >= self._desc_cache_size or len(self._data_buf) >= self._data_cache_size:
             self._flush()
         self.pages_written += n
-        self._last_pfn = int(pfns[-1])
+        self._last_pfn = runs[-1][1] - 1
 
-    def add_pages(self, pfns: Sequence[int] | np.ndarray, pages: bytes | bytearray | memoryview | np.ndarray) -> None:
-        """Compress and append raw pages: ``pages`` holds ``len(pfns) * page_size`` bytes."""
-        pfns = np.asarray(pfns, dtype=np.int64).reshape(-1)
-        self._check_pfns(pfns)  # before spending time on compression
-        encoded = encode_pages(pages, self.codec, page_size=self.page_size, zero_page=self.zero_page,
-                               threads=self.threads)  # fmt: skip
-        self.add_encoded(pfns, encoded)
+    @staticmethod
+    def _pfn_at(runs: Sequence[tuple[int, int]], index: int) -> int:
+        for s, e in runs:
+            if index < e - s:
+                return s + index
+            index -= e - s
+        return -1
+
+    def add_pages(self, pfns: Iterable[Any], pages: Any) -> None:
+        """Compress and append raw pages: ``pages`` holds ``len(pfns) * page_size`` bytes (any buffer)."""
+        runs = runs_of(pfns)
+        self._check_runs(runs)  # before spending time on compression
+        self.add_runs(runs, encode_batch(pages, self.codec, page_size=self.page_size, zero_page=self.zero_page))
 
     def add_page(self, pfn: int, page: bytes) -> None:
         """Compress and append one raw page."""
@@ -562,7 +540,7 @@ class KdumpWriter:
             self.sink.finish()
             # no page can follow: the padded bitmap copies (1 MiB for 16 GiB, 4 MiB for 64 GiB) go before the
             # caller verifies the file
-            self.bitmap1 = self.bitmap2 = np.zeros(0, np.uint8)
+            self.bitmap1 = self.bitmap2 = memoryview(b"")
 
     @property
     def file_size(self) -> int:
@@ -580,4 +558,6 @@ __all__ = [
     "bitmap_from_runs",
     "encode_batch",
     "encode_pages",
+    "split_pages",
+    "zero_page_of",
 ]

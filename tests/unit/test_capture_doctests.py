@@ -7,7 +7,7 @@ import importlib
 import pytest
 
 MODULES = ["kdumplab.capture.pipeline", "kdumplab.formats.kdump_writer", "kdumplab.formats.codecs",
-           "kdumplab.testing.synth_server"]
+           "kdumplab.formats.bitmap", "kdumplab.capture.elf_output", "kdumplab.testing.synth_server"]
 
 
 @pytest.mark.parametrize("name", MODULES)

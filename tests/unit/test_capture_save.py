@@ -22,6 +22,7 @@ from kdumplab.capture.exitcodes import ExitCode, VerifyError
 from kdumplab.capture.pipeline import Fallback, map_reads, page_reader, plan_pages, read_pages
 from kdumplab.capture.save import SaveOptions, fallback_chain, save, verify_file
 from kdumplab.capture.progress import Progress
+from kdumplab.formats import bitmap
 from kdumplab.formats.dumpfile import open_dumpfile
 from kdumplab.formats.kdump import KdumpFile
 from kdumplab.formats.kdump_writer import FileSink
@@ -128,10 +129,10 @@ def test_elf_splits_long_excluded_runs(tmp_path):
     src = make_vmcore(tmp_path / "sparse", npages=2048, random_every=1)
     with open_dumpfile(src) as dump:
         plan = plan_pages(dump, 0, None)
-        bits = np.unpackbits(plan.bitmap2, bitorder="little")
-        bits[100:400] = 0  # a long excluded run: splits
-        bits[500:510] = 0  # a short one: written with its contents
-        plan.bitmap2[:] = np.packbits(bits, bitorder="little")[: len(plan.bitmap2)]
+        flags = bytearray(bitmap.unpack(plan.bitmap2, 0, plan.max_mapnr))
+        flags[100:400] = bytes(300)  # a long excluded run: splits
+        flags[500:510] = bytes(10)  # a short one: written with its contents
+        bitmap.store(plan.bitmap2, 0, flags)
         with open(tmp_path / "out.elf", "wb") as f:
             out = ElfOutput(FileSink(f), dump, plan, b"")
             out.write_data()
@@ -141,11 +142,12 @@ def test_elf_splits_long_excluded_runs(tmp_path):
         with open_dumpfile(tmp_path / "out.elf") as e:
             assert e.read_pfns(505, 1) == dump.read_pfns(505, 1) != bytes(4096)
             assert e.read_pfns(200, 1) == bytes(4096) != dump.read_pfns(200, 1)
-    assert split_segment(np.zeros(300, bool), 0, 300) == [(0, 0, 300)]
+    assert split_segment(bytes(300), 0, 300) == split_segment(np.zeros(300, bool), 0, 300) == [(0, 0, 300)]
 
 
 class _Classifier:
-    """A stand-in for the memory classifier: class 1 ("drop") on odd pfns, window at 4096 raises."""
+    """A stand-in for the memory classifier: class 1 ("drop") on odd pfns, window at 4096 raises; its answers
+    as numpy arrays (uint8 classes, bool kept mask)."""
 
     class_names = ["keep", "drop"]
 
@@ -156,18 +158,27 @@ class _Classifier:
         return classes, classes == 0
 
 
+class _BytesClassifier(_Classifier):
+    """The same answers as bytes objects (one byte per page; kept 0/1), what a classifier without numpy gives."""
+
+    def window(self, start, count, dump_level):
+        classes, kept = super().window(start, count, dump_level)
+        return classes.tobytes(), bytearray(kept.tobytes())
+
+
 def test_mapped_reads_give_the_file_bytes(vmcore):
     """The /proc/vmcore paths (mapped windows: page batches by numpy take, read_phys from the windows) read the
     same bytes as the file's own reads, holes and the last page included; a hole still raises."""
-    pfns = np.array([0, 1, 2, 5, 700, 1500, 2047, 2348, 3000, 4095], np.int64)
+    pfns = [0, 1, 2, 5, 700, 1500, 2047, 2348, 3000, 4095]
     with open_dumpfile(vmcore) as plain, open_dumpfile(vmcore) as mapped:
-        expected = np.frombuffer(b"".join(plain.read_pfns(int(p), 1) for p in pfns), np.uint8).reshape(-1, 4096)
+        expected = b"".join(plain.read_pfns(p, 1) for p in pfns)
         for use_mmap in (False, True):
             reader = page_reader(mapped, use_mmap=use_mmap)
             assert reader.use_mmap == use_mmap
-            buffer = np.full((16, 4096), 0xAA, np.uint8)
-            assert (read_pages(mapped, pfns, 4096, reader, out=buffer) == expected).all()
+            buffer = bytearray(b"\xaa" * 16 * 4096)
+            assert read_pages(mapped, pfns, 4096, reader, out=buffer) == expected
             reader.close()
+        assert read_pages(mapped, pfns, 4096) == expected  # the file's own reads, runs grouped
         keep = map_reads(mapped, use_mmap=True)
         for paddr, size in ((0, 4096), (4096 * 3 - 100, 8192), (4096 * 2047, 4096), (4096 * 4095, 4096)):
             assert mapped.read_phys(paddr, size) == plain.read_phys(paddr, size)
@@ -177,13 +188,16 @@ def test_mapped_reads_give_the_file_bytes(vmcore):
         keep.close()
 
 
-def test_plan_records_window_fallbacks():
+@pytest.mark.parametrize("classifier", [_Classifier, _BytesClassifier])
+def test_plan_records_window_fallbacks(classifier):
     img = MemoryImage(3 << 15 << 12, "PAGESIZE=4096\n")
-    plan = plan_pages(img, 31, _Classifier(), window=1 << 15)  # the window holding pfn 40000 falls back whole
+    plan = plan_pages(img, 31, classifier(), window=1 << 15)  # the window holding pfn 40000 falls back whole
     assert [(f.start_pfn, f.count) for f in plan.fallbacks] == [(32768, 32768)]
     assert plan.fallbacks[0].dump_level == 1 and "garbage" in plan.fallbacks[0].reason
     assert plan.num_dumpable == 32768 // 2 * 2 + 32768
     assert plan.counts == {"keep": 32768, "drop": 32768, "unclassified": 32768}
+    assert plan.excluded == {"drop": 32768}
+    assert bitmap.unpack(plan.bitmap2, 0, 16) == bytes([1, 0] * 8)
     assert fallback_chain(31) == [(31, True), (1, False), (0, False)]
     assert isinstance(plan.fallbacks[0], Fallback)
 
