@@ -1,24 +1,28 @@
-"""Where the bytes of each kernel's ``-d 31`` dump go: the README's explanation of the size spread across kernels.
+"""Where the bytes of each kernel's ``-d 31`` dump go, and what dropping the per-CPU free lists saves.
 
 The same realistic workload on bullseye 5.10, bookworm 6.1, trixie 6.12 and sid 7.2 leaves about as many kept
-pages (within 1.18x) but files of 28.8 to 43.9 MB. This splits the data of the dump that ``kdumplab save``
-wrote in each guest's kdump kernel (the cached ``~/.cache/kdumplab/vm-dumps/<release>-realistic/``) by what the
-pages hold, every page classified on the raw copy of /proc/vmcore of the same crash:
+pages but files of different sizes. For each cached ``~/.cache/kdumplab/vm-dumps/<release>-realistic/`` this
+saves the raw copy of /proc/vmcore twice on the host, ``-d 31`` with the codec the guest used: *before* with the
+per-CPU walk off (what kdumplab did until :mod:`kdumplab.memory.pcp`), *after* as ``kdumplab save`` does now
+(the same code runs in the kdump kernel), and splits each file's data by what the pages hold, every page
+classified on the raw dump:
 
 - ``zero``: all-zero kept pages, one shared page in the file (no data of their own);
 - ``slab``: slab pages;
 - ``image``: the kernel image, ``_text`` to ``_end`` (text, rodata, data; its bss is mostly zero);
 - ``vmemmap``: the struct page arrays;
-- ``pcp``: free pages on the per-CPU page lists (``zone.per_cpu_pageset``, drgn walks them): free memory, but
-  not buddy blocks, so no dump level drops them (makedumpfile keeps them too); 6.x keeps far more there than
-  5.10 (the list limit is tuned up to thousands of pages, and whole THP-order blocks are cached), with whatever
-  the last owner left in them;
+- ``pcp``: free pages on the per-CPU page lists, as drgn walks them (:mod:`kdumplab.testing.pcp_oracle`): free,
+  but not buddy blocks, so no dump level dropped them before (makedumpfile keeps them too); 6.x keeps far more
+  there than 5.10 (the list limit is tuned up to thousands of pages, and whole THP-order blocks are cached),
+  with whatever the last owner left in them;
 - ``other``: every other kernel page (page tables, vmalloc, per-CPU areas, kernel stacks, ...).
 
-For each: kept pages, compressed bytes, bytes per page and the pages stored raw (incompressible).
+For each: kept pages, compressed bytes, bytes per page and the pages stored raw (incompressible); then the file
+sizes before and after and their spread (largest / smallest). drgn reads every page the *after* file kept
+identical to the raw dump (checked, as test_vm_kernels does for the guest's file).
 
     .venv/bin/python benchmarks/d31_sizes.py                 # every cached amd64 realistic dump
-    .venv/bin/python benchmarks/d31_sizes.py --json out/d31_sizes.json
+    .venv/bin/python benchmarks/d31_sizes.py --arch arm64 --json out/d31_sizes.json
 
 Benchmarks are never run by the tests.
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -37,55 +42,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kdumplab.debuginfo.debian import cache_root  # noqa: E402
 
 GROUPS = ("zero", "slab", "image", "vmemmap", "pcp", "other")
-#: The order of the per-CPU lists past the low orders: pageblock_order, a THP on x86_64 with 4 KiB pages.
-PCP_THP_ORDER = 9
 
 
 def pcp_pfns(prog) -> set[int]:
-    """Every pfn on a per-CPU free page list of any zone and online CPU, high-order blocks whole.
+    """Every pfn on a per-CPU free page list, high-order blocks whole (drgn's walk)."""
+    from kdumplab.testing.pcp_oracle import drgn_pcp_blocks
 
-    5.10: ``zone.pageset->pcp.lists[MIGRATE_PCPTYPES]``, order 0, linked by ``page.lru``. 6.1+:
-    ``zone.per_cpu_pageset->lists[NR_PCP_LISTS]``, list ``i`` of order ``i // MIGRATE_PCPTYPES`` up to
-    PAGE_ALLOC_COSTLY_ORDER and the THP order past it, linked by ``page.pcp_list``. Each list's pages add up to
-    the ``count`` of its per_cpu_pages (checked).
-    """
-    from drgn.helpers.linux.cpumask import for_each_online_cpu
-    from drgn.helpers.linux.list import list_for_each_entry
-    from drgn.helpers.linux.mm import page_to_pfn
-    from drgn.helpers.linux.percpu import per_cpu_ptr
-
-    pcptypes = prog.constant("MIGRATE_PCPTYPES").value_()
-    costly_order = 3  # PAGE_ALLOC_COSTLY_ORDER, a macro: not in the debug info
-    link = "pcp_list" if any(m.name == "pcp_list" for m in prog.type("struct page").members) else "lru"
-    pgdats = [prog["contig_page_data"].address_of_()] if "contig_page_data" in prog else \
-        [prog["node_data"][n] for n in range(len(prog["node_data"])) if prog["node_data"][n]]
-    pfns: set[int] = set()
-    for pgdat in pgdats:
-        for zone in pgdat.node_zones:
-            if not zone.present_pages:
-                continue
-            for cpu in for_each_online_cpu(prog):
-                try:
-                    pcp = per_cpu_ptr(zone.per_cpu_pageset, cpu)
-                except AttributeError:
-                    pcp = per_cpu_ptr(zone.pageset, cpu).pcp
-                listed, nr_lists = 0, len(pcp.lists)
-                low_lists = pcptypes * (costly_order + 1) if nr_lists > pcptypes else pcptypes  # 5.10: order 0
-                for index in range(nr_lists):
-                    order = index // pcptypes if index < low_lists else PCP_THP_ORDER
-                    for page in list_for_each_entry("struct page", pcp.lists[index].address_of_(), link):
-                        first = page_to_pfn(page).value_()
-                        pfns.update(range(first, first + (1 << order)))
-                        listed += 1 << order
-                if listed != pcp.count.value_():
-                    raise RuntimeError(f"per-CPU list of CPU {cpu}: {listed} pages listed, count {pcp.count.value_()}")
-    return pfns
+    return {p for pfn, order in drgn_pcp_blocks(prog) for p in range(pfn, pfn + (1 << order))}
 
 
-def image_pfns(prog, mem) -> range:
-    """The pfns of the kernel image, ``_text`` to ``_end``."""
-    start, end = prog.symbol("_text").address, prog.symbol("_end").address
-    return range(mem.translate(start) >> 12, (mem.translate(end - 1) >> 12) + 1)
+def image_pfns(prog, mem) -> set[int]:
+    """The pfns of the kernel image, ``_text`` to ``_end``, page by page (arm64 leaves some of it unmapped)."""
+    from kdumplab.errors import MemoryReadError
+
+    out = set()
+    for addr in range(prog.symbol("_text").address & ~0xFFF, prog.symbol("_end").address, 4096):
+        try:
+            out.add(mem.translate(addr) >> 12)
+        except MemoryReadError:
+            pass
+    return out
 
 
 def vmemmap_pfns(mem, mem_map) -> set[int]:
@@ -98,8 +74,9 @@ def vmemmap_pfns(mem, mem_map) -> set[int]:
     return out
 
 
-def breakdown(vm: dict) -> dict:
-    """The kept pages and bytes of ``vm``'s kdumplab dump, per group (see the module docstring)."""
+def breakdown(vm: dict, dump_path: str) -> dict:
+    """The kept pages and bytes of the kdumplab dump ``dump_path`` of ``vm``'s crash, per group (see the module
+    docstring)."""
     import drgn
 
     from kdumplab.formats import open_dumpfile
@@ -110,7 +87,7 @@ def breakdown(vm: dict) -> dict:
     prog = drgn.Program()
     prog.set_core_dump(vm["raw_vmcore"])
     prog.load_debug_info([vm["vmlinux"]])
-    with open_dumpfile(vm["raw_vmcore"]) as raw, open_dumpfile(vm["kdumplab_dump"]) as ours:
+    with open_dumpfile(vm["raw_vmcore"]) as raw, open_dumpfile(dump_path) as ours:
         mem = KernelMemory(raw)
         classes = classify_all(raw, scan_zero=False)
         kept = np.concatenate([np.arange(s, e) for s, e in ours.dumpable_pfns()])
@@ -122,8 +99,7 @@ def breakdown(vm: dict) -> dict:
         shared = np.isin(offsets, offsets[first[counts > 1]])  # the one zero page many descriptors point at
         group = np.full(len(classes), "other", dtype=object)
         group[classes == PageClass.SLAB] = "slab"
-        image = image_pfns(prog, mem)
-        group[image.start:min(image.stop, len(group))] = "image"
+        group[[p for p in image_pfns(prog, mem) if p < len(group)]] = "image"
         group[[p for p in vmemmap_pfns(mem, MemMap(mem)) if p < len(group)]] = "vmemmap"
         group[[p for p in pcp_pfns(prog) if p < len(group)]] = "pcp"
         of_kept = group[kept]
@@ -137,6 +113,47 @@ def breakdown(vm: dict) -> dict:
     return row
 
 
+def save_d31(vm: dict, out: Path, walk: bool) -> str:
+    """Save ``vm``'s raw dump at -d 31 with the guest's codec into ``out``; the per-CPU walk off unless
+    ``walk``. Returns the dump's path."""
+    from kdumplab.capture.save import SaveOptions, save
+    from kdumplab.capture.progress import Progress
+    from kdumplab.memory import pcp
+
+    meta = json.loads((Path(vm["kdumplab_dump"]).parent / "meta.json").read_text())
+    of = pcp.PcpFree.of
+    if not walk:
+        pcp.PcpFree.of = classmethod(lambda cls, mem, mem_map=None: cls([], reason="walk off (benchmark)"))
+    try:
+        dest = out / ("after" if walk else "before") / "vmcore"
+        dest.parent.mkdir(parents=True)
+        save(vm["raw_vmcore"], str(dest), SaveOptions(dump_level=31, codec=meta["options"]["codec"]),
+             Progress(quiet=True))
+    finally:
+        pcp.PcpFree.of = of
+    return str(dest)
+
+
+def kept_pages_identical(vm: dict, dump_path: str) -> int:
+    """drgn reads every kept page of ``dump_path`` as the raw dump has it; returns the pages compared."""
+    import drgn
+
+    from kdumplab.formats import open_dumpfile
+
+    prog = drgn.Program()
+    prog.set_core_dump(dump_path)
+    kept = 0
+    with open_dumpfile(vm["raw_vmcore"]) as raw, open_dumpfile(dump_path) as ours:
+        page = ours.page_size
+        for start, end in ours.dumpable_pfns():
+            for first in range(start, end, 4096):
+                count = min(end, first + 4096) - first
+                if prog.read(first * page, count * page, True) != raw.read_pfns(first, count):
+                    raise AssertionError(f"{dump_path}: pfns {first:#x}+{count} differ from the raw dump")
+                kept += count
+    return kept
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["| kernel | file | kept pages | " + " | ".join(GROUPS) + " | without pcp |",
              "| " + " | ".join(["---"] * (len(GROUPS) + 4)) + " |"]
@@ -147,23 +164,38 @@ def markdown(rows: list[dict]) -> str:
             extra = f", {g['raw_pages']} raw" if g["raw_pages"] > 50 else ""
             cells.append(f"{g['pages']:,} p" if name == "zero" else f"{g['pages']:,} p, {g['bytes'] / 1e6:.1f} MB{extra}")
         pcp = r["groups"]["pcp"]
-        lines.append(f"| {r['release']} | {r['file_bytes'] / 1e6:.1f} MB | {r['kept_pages']:,} | " + " | ".join(cells)
+        lines.append(f"| {r['release']} {r['when']} | {r['file_bytes'] / 1e6:.1f} MB | {r['kept_pages']:,} | "
+                     + " | ".join(cells)
                      + f" | {r['kept_pages'] - pcp['pages']:,} p, {(r['file_bytes'] - pcp['bytes']) / 1e6:.1f} MB |")
+    for when in ("before", "after"):
+        sizes = [r["file_bytes"] for r in rows if r["when"] == when]
+        pages = [r["kept_pages"] for r in rows if r["when"] == when]
+        lines.append(f"\n{when}: files {min(sizes) / 1e6:.1f}-{max(sizes) / 1e6:.1f} MB, spread "
+                     f"{max(sizes) / min(sizes):.2f}x (kept pages {max(pages) / min(pages):.2f}x)")
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="amd64", choices=["amd64", "arm64"])
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args()
     rows = []
-    for meta in sorted((cache_root() / "vm-dumps").glob("*-amd64-realistic/vm.json")):
-        vm = json.loads(meta.read_text())
-        if vm.get("ok") and vm.get("raw_vmcore") and vm.get("kdumplab_dump"):
+    with tempfile.TemporaryDirectory(prefix="d31-sizes-") as tmp:
+        for meta in sorted((cache_root() / "vm-dumps").glob(f"*-{args.arch}-realistic/vm.json")):
+            vm = json.loads(meta.read_text())
+            if not (vm.get("ok") and vm.get("raw_vmcore") and vm.get("kdumplab_dump")):
+                continue
             print(f"{vm['release']}...", file=sys.stderr, flush=True)
-            rows.append(breakdown(vm))
+            for walk in (False, True):
+                path = save_d31(vm, Path(tmp) / vm["release"], walk)
+                row = breakdown(vm, path)
+                row["when"] = "after" if walk else "before"
+                if walk:
+                    row["kept_read_identical_by_drgn"] = kept_pages_identical(vm, path)
+                rows.append(row)
     if not rows:
-        print("no amd64 realistic dumps cached: run `kdumplab vm crash --workload realistic` first")
+        print(f"no {args.arch} realistic dumps cached: run `kdumplab vm crash --workload realistic` first")
         return 1
     print(markdown(rows))
     if args.json:

@@ -151,9 +151,13 @@ class MemoryClassifier:
         self._state_cls = ClassifyState
         #: ``(start_pfn, count, reason bits)`` runs of struct pages the trust check refused (kept whole).
         self.distrusted: list[tuple[int, int, int]] = []
+        from kdumplab.memory.pcp import PcpFree
+
+        #: The free pages on the per-CPU lists (no buddy marker): classed free (meta.json ``per_cpu_free``).
+        self.pcp = PcpFree.of(mem, self.mem_map)
 
     def window(self, start: int, count: int, dump_level: int) -> tuple[np.ndarray, np.ndarray]:
-        from kdumplab.memory.page_class import classify, distrust_runs, distrusted_pages, excluded_mask
+        from kdumplab.memory.page_class import PageClass, classify, distrust_runs, distrusted_pages, excluded_mask
 
         try:
             pages = self.mem_map.read_pages(start, count)
@@ -165,6 +169,8 @@ class MemoryClassifier:
             raise
         if bad.any():
             self.distrusted.extend(distrust_runs(reasons, start))
+        self.pcp.mark(classes, start, free_value=PageClass.FREE, replaceable=(PageClass.KERNEL, PageClass.ZERO),
+                      skip=bad if bad.any() else None)
         return classes, ~excluded_mask(classes, dump_level)
 
     def fallback_json(self, dump_level: int, limit: int = 4096) -> dict[str, Any] | None:
@@ -689,6 +695,8 @@ def _save(dump: Any, source: str, dest: str, options: SaveOptions, progress: Pro
     if plan is None:  # even an unfiltered copy could not be planned: the source's headers are unusable
         reasons = "; ".join(f["reason"] for f in meta["fallbacks"])
         raise SourceInvalidError(f"{source}: cannot plan the dump at any dump level: {reasons}")
+    if classifier is not None:
+        meta["per_cpu_free"] = classifier.pcp.to_json()
     page_fallback = classifier.fallback_json(level) if classifier is not None else None
     if page_fallback is not None:
         progress.log(f"warning: {page_fallback['pages']} pages with damaged struct pages kept: "
