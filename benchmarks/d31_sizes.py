@@ -55,8 +55,11 @@ def image_pfns(prog, mem) -> set[int]:
     """The pfns of the kernel image, ``_text`` to ``_end``, page by page (arm64 leaves some of it unmapped)."""
     from kdumplab.errors import MemoryReadError
 
+    start, end = prog.symbol("_text").address, prog.symbol("_end").address
+    if end < start:  # arm64: drgn relocates _text by the KASLR offset but not the absolute _end
+        end += mem.info.kerneloffset
     out = set()
-    for addr in range(prog.symbol("_text").address & ~0xFFF, prog.symbol("_end").address, 4096):
+    for addr in range(start & ~0xFFF, end, 4096):
         try:
             out.add(mem.translate(addr) >> 12)
         except MemoryReadError:
