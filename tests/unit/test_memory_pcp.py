@@ -204,3 +204,30 @@ def test_pcp_walk_drops_nothing_from_a_doubtful_list(pages, chain, loop, order, 
     walker = walk_one_list(pages, chain, order, count, loop)
     assert walker.blocks == []
     assert any(re.search(why, w) for w in walker.warnings), walker.warnings
+
+
+def test_pcp_free_without_a_walk_says_why_and_marks_nothing():
+    """5.10's VMCOREINFO (no kallsyms tables): the save's classifier gets no pages and meta.json the reason."""
+    from pathlib import Path
+
+    from kdumplab.memory.pcp import PcpFree
+
+    text = (Path(__file__).parents[1] / "data/vmcoreinfo/debian-5.10.0-46-amd64.txt").read_text()
+    mem = FlatMemory(16, text)
+    free = PcpFree.of(mem, SimpleNamespace(ranges=[]))
+    classes = [9] * 8
+    assert free.mark(classes, 0, free_value=0, replaceable=(9,)) == 0 and classes == [9] * 8
+    assert free.to_json() == {"listed_pages": 0, "blocks": 0, "pages": 0, "reason": free.reason}
+    assert "no SYMBOL(kallsyms_names)" in free.reason
+
+
+def test_pcp_free_marks_only_kernel_pages_the_classifier_trusts():
+    """A page the walk lists but whose struct page the classifier reads as in use (slab here), or distrusts, keeps
+    its class: the walk never overrides the classifier's evidence of use."""
+    from kdumplab.memory.pcp import PcpFree
+
+    free = PcpFree([(0, 2), (6, 1)])           # pfns 0-3 and 6-7
+    classes = [9, 5, 9, 9, 9, 9, 9, 8]          # kernel, slab, ..., zero
+    skip = [False, False, True, False, False, False, False, False]
+    assert free.mark(classes, 0, free_value=0, replaceable=(8, 9), skip=skip) == 4
+    assert classes == [0, 5, 9, 0, 9, 9, 0, 0] and free.to_json()["pages"] == 4
