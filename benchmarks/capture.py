@@ -14,6 +14,10 @@ same codec and one compression thread; the main thread reads and writes meanwhil
 ``--num-threads``); ``kdumplab save -c zstd -j 2`` (the default codec, two compression threads). With
 ``--mdf-root ROOT`` (a sid chroot, see /work/shared/reference/anchors.md) makedumpfile 1.7.8 runs too.
 
+With ``--baseline ROOT`` (another checkout of kdumplab, e.g. main before a change) its ``-c lzo -j 1`` and
+``-c zstd -j 2`` run in the same alternation, so that before and after are measured under the same load on a
+shared machine; ``--match TEXT`` keeps only the vmcores whose label holds TEXT (repeatable).
+
 Each job runs once to warm the page cache, then ``--repeat`` times (default 3) with the jobs alternating, so a
 machine shared with other work loads them alike; the table gives the median. Wall time is the process's from
 start to exit; peak RSS is the larger of the tool's own high-water mark (``/usr/bin/time %M``) and the RSS of its
@@ -24,6 +28,7 @@ PYTHONDONTWRITEBYTECODE, so an editable checkout would otherwise compile every m
     .venv/bin/python benchmarks/capture.py                          # real dumps + server mix 4G,16G,64G
     .venv/bin/python benchmarks/capture.py --sizes 4G --repeat 5
     .venv/bin/python benchmarks/capture.py --sizes '' --vmcore /var/crash/x/vmcore
+    .venv/bin/python benchmarks/capture.py --sizes 4G --match amd64-realistic --match mix --baseline /tmp/main
 
 Targets (issue 14): ``-c lzo -j 1`` wall ratio <= 1.0 on every real dump; ``-c zstd -j 2`` <= 0.7 on every
 real dump and <= 0.5 on the 64 GiB server mix; our peak RSS <= 40 MiB everywhere; output no larger than
@@ -52,11 +57,13 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 @dataclass
 class Job:
-    """One way of saving: ``name`` in the table, ``argv(src, out)`` the command."""
+    """One way of saving: ``name`` in the table, ``argv(src, out)`` the command; ``root`` the kdumplab checkout
+    it runs (None: not kdumplab, or this one)."""
 
     name: str
     ours: bool
     argv: object  # Callable[[Path, Path], list[str]]
+    root: Path | None = None
 
 
 @dataclass
@@ -136,17 +143,27 @@ def _self_rss_of(pid: int) -> int:
         return 0
 
 
-def jobs(level: int, mdf_root: str | None) -> list[Job]:
+def jobs(level: int, mdf_root: str | None, baseline: Path | None = None) -> list[Job]:
     py = [sys.executable, "-m", "kdumplab.cli", "save", "-q", "-d", str(level)]
     out = [
         Job("makedumpfile 1.7.2 -l", False, lambda s, o: ["makedumpfile", "-l", "-d", str(level), str(s), str(o)]),
         Job("kdumplab -c lzo -j 1", True, lambda s, o: [*py, "-c", "lzo", "-j", "1", str(s), str(o)]),
         Job("kdumplab -c zstd -j 2", True, lambda s, o: [*py, "-c", "zstd", "-j", "2", str(s), str(o)]),
     ]
+    if baseline:
+        out += [Job(f"baseline {job.name}", True, job.argv, baseline) for job in out[1:]]
     if mdf_root:
         out.insert(1, Job("makedumpfile 1.7.8 -l", False,
                           lambda s, o: ["chroot", mdf_root, "makedumpfile", "-l", "-d", str(level), str(s), str(o)]))
     return out
+
+
+def _env(root: Path) -> dict[str, str]:
+    """The environment that runs the kdumplab of checkout ``root``, its bytecode compiled first (an installed
+    package has it; this machine's PYTHONDONTWRITEBYTECODE would leave none, and every start would compile)."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(root / "kdumplab")], check=False,
+                   stdout=subprocess.DEVNULL)
+    return {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}".rstrip(os.pathsep)}
 
 
 def vmcores(sizes: list[str], extra: list[str], work: Path) -> list[tuple[str, Path]]:
@@ -180,21 +197,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per job, alternating; the median counts")
     ap.add_argument("--mdf-root", default=None, help="a sid chroot with makedumpfile 1.7.8, run in the same table")
     ap.add_argument("--work", default=None, help="where outputs go (default: a temporary directory)")
+    ap.add_argument("--baseline", default=None, help="another kdumplab checkout whose save runs in the same table")
+    ap.add_argument("--match", action="append", default=[], help="only the vmcores whose label holds this text")
     args = ap.parse_args(argv)
     if not shutil.which("makedumpfile"):
         print("makedumpfile is not installed", file=sys.stderr)
         return 1
     work = Path(args.work or tempfile.mkdtemp(prefix="kdumplab-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    # an installed package has its bytecode; this machine's PYTHONDONTWRITEBYTECODE would leave none
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "kdumplab")], check=False,
-                   stdout=subprocess.DEVNULL)
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}".rstrip(os.pathsep)}
+    baseline = Path(args.baseline).resolve() if args.baseline else None
+    envs = {root: _env(root) for root in (ROOT, baseline) if root}
     sizes = [s for s in args.sizes.split(",") if s]
     found = vmcores(sizes, args.vmcore, work)
     if args.no_real:
         found = [(label, p) for label, p in found if not label.startswith("real ")]
-    todo = jobs(args.level, args.mdf_root)
+    if args.match:
+        found = [(label, p) for label, p in found if any(text in label for text in args.match)]
+    todo = jobs(args.level, args.mdf_root, baseline)
     print(f"machine: {machine()}; load average at start {os.getloadavg()[0]:.1f}", flush=True)
     results: list[tuple[str, Path, dict[str, Runs]]] = []
     loads = [os.getloadavg()[0]]
@@ -204,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.repeat + 1):  # run 0 warms the page cache and is not counted
             order = todo if rep % 2 else list(reversed(todo))
             for job in order:
-                out = work / ("ours.kdump" if job.ours else "theirs.kdump")
-                seconds, rss, size, error = measure(job.argv(vmcore, out), out, env if job.ours else None)
+                out = work / (("baseline" if job.root else "ours") + ".kdump" if job.ours else "theirs.kdump")
+                seconds, rss, size, error = measure(job.argv(vmcore, out), out,
+                                                    envs[job.root or ROOT] if job.ours else None)
                 r = runs[job.name]
                 if error:
                     r.failed = error
@@ -236,7 +256,7 @@ def print_table(results: list[tuple[str, Path, dict[str, Runs]]], todo: list[Job
             mark = " (failed)" if r.failed else ""
             print(f"| {label} | {job.name}{mark} | {r.wall:.2f} | {ratio:.2f} | {r.size / 2**20:.1f} | "
                   f"{size_ratio:.2f} | {r.rss:.1f} |")
-            if job.ours:
+            if job.ours and not job.root:
                 real = label.startswith("real ")
                 limit = 1.0 if "lzo" in job.name else (0.7 if real else (0.5 if label.endswith(" 64G") else None))
                 if (real or limit == 0.5) and limit is not None:

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from kdumplab.capture.exitcodes import SourceReadError
 from kdumplab.errors import KdumplabError
 from kdumplab.formats import bitmap as bits
-from kdumplab.formats.kdump_writer import EncodedBatch, KdumpWriter, encode_batch, split_pages, zero_page_of
+from kdumplab.formats.kdump_writer import EncodedBatch, KdumpWriter, encode_batch, zero_page_of
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -412,13 +412,16 @@ def _classify(classifier: WindowClassifier, start: int, count: int, dump_level: 
 _FLAG_TO_FF = bytes([0, 0xFF]) + bytes(254)
 
 
-def _zero_runs(dump: Any, runs: Runs, page_size: int, reader: ElfPageReader | None, buffer: bytearray) -> list[int]:
-    """The all-zero pages among ``runs``, as pfns (the pages read a batch at a time into ``buffer``)."""
+def _zero_runs(dump: Any, runs: Runs, page_size: int, reader: ElfPageReader | None, buffer: bytearray,
+               base: int) -> list[int]:
+    """The all-zero pages among ``runs`` of pfns ``base + i``, as indices ``i`` (the pages read a batch at a time
+    into ``buffer``, compared with a zero page by ``bytes.startswith`` in place)."""
     zero = zero_page_of(page_size)
     found: list[int] = []
     for batch in batches(runs):
-        pages = split_pages(read_runs(dump, batch, page_size, reader, buffer), page_size)
-        is_zero = list(map(zero.__eq__, pages))
+        count = sum(e - s for s, e in batch)
+        read_runs(dump, [(s + base, e + base) for s, e in batch], page_size, reader, buffer)
+        is_zero = list(map(buffer.startswith, repeat(zero, count), range(0, count * page_size, page_size)))
         if True in is_zero:
             found += compress(chain.from_iterable(map(range, *zip(*batch))), is_zero)
     return found
@@ -479,9 +482,8 @@ def plan_pages(
                         excluded[c] += dropped.count(c)
             if check_zero:
                 assert buffer is not None
-                zeros = _zero_runs(dump, list(bits.set_runs(keep, w0)), page_size, reader, buffer)
-                for pfn in zeros:
-                    keep[pfn - w0] = 0
+                zeros = _zero_runs(dump, list(bits.set_runs(keep)), page_size, reader, buffer, w0)
+                deque(map(keep.__setitem__, zeros, repeat(0)), 0)  # cleared in C, however many
                 zero_excluded += len(zeros)
             bits.store(bitmap2, w0, keep)
             if on_window is not None:
@@ -546,8 +548,9 @@ def write_kdump(
             # One CPU (the kdump kernel's nr_cpus=1): no pool, no hand-offs between threads.
             buffer = bytearray(batch * ps)
             for runs in batches(kept_runs(plan), batch):
-                account(runs, encode_batch(read_runs(dump, runs, ps, reader, buffer), codec, page_size=ps,
-                                           zero_page=zero_page))
+                pages = read_runs(dump, runs, ps, reader, buffer)
+                account(runs, encode_batch(pages.obj, codec, page_size=ps, zero_page=zero_page,
+                                           count=len(pages) // ps))
         else:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -565,8 +568,8 @@ def write_kdump(
                     for runs in batches(kept_runs(plan), batch):
                         buffer = free.pop()
                         pages = read_runs(dump, runs, ps, reader, buffer)
-                        inflight.append((runs, pool.submit(encode_batch, pages, codec, page_size=ps,
-                                                           zero_page=zero_page), buffer))
+                        inflight.append((runs, pool.submit(encode_batch, pages.obj, codec, page_size=ps,
+                                                           zero_page=zero_page, count=len(pages) // ps), buffer))
                         while len(inflight) > threads or (inflight and inflight[0][1].done()):
                             drain()
                     while inflight:

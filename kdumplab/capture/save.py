@@ -416,13 +416,19 @@ DESC_CHUNK = 1 << 14
 _CODEC_FLAGS = frozenset((0, 0x1, 0x2, 0x4, 0x20))
 
 
+def _bad_size_flags(size_flags: int, page_size: int) -> bool:
+    """A page_desc's ``size | flags << 32`` is wrong: no data, more than a page, an unknown codec flag, or a raw
+    page (flags 0) that is not a whole page."""
+    size, flags = size_flags & 0xFFFFFFFF, size_flags >> 32
+    return size <= 0 or size > page_size or flags not in _CODEC_FLAGS or (flags == 0 and size != page_size)
+
+
 def _check_desc_table(out: Any, plan: PagePlan) -> str | None:
     """The whole page_desc table of a kdump file just written, read :data:`DESC_CHUNK` descs at a time: every
     kept page has data inside the file, of a sane size, with a known flag, laid out in pfn order. A problem as
     text, or None. The fields are strided views of the raw table (``memoryview.cast``), checked with ``min``,
-    ``max``, ``set`` and ``itertools`` over them: no Python code per desc."""
+    ``set`` and ``itertools`` over them: no Python code per desc."""
     from itertools import accumulate, compress
-    from operator import add
 
     n = plan.num_dumpable
     item = PAGE_DESC.size
@@ -436,21 +442,25 @@ def _check_desc_table(out: Any, plan: PagePlan) -> str | None:
             if len(raw) != count * item:
                 return f"the page_desc table is cut short ({first * item + len(raw)} of {n * item} bytes)"
             words = memoryview(raw).cast("q")  # offset, size | flags << 32, page_flags
-            halves = memoryview(raw).cast("I")
-            off, sz, flags = words[0::3].tolist(), halves[2::6].tolist(), halves[3::6].tolist()
-            raw_sizes = set(compress(sz, map((0).__eq__, flags)))
-            if (min(off) < out.data_offset or max(map(add, off, sz)) > out.file_size or min(sz) <= 0
-                    or max(sz) > ps or not set(flags) <= _CODEC_FLAGS or not raw_sizes <= {ps}):
-                i = next(i for i, (o, z, g) in enumerate(zip(off, sz, flags))
-                         if o < out.data_offset or o + z > out.file_size or z <= 0 or z > ps
-                         or g not in _CODEC_FLAGS or (g == 0 and z != ps))
-                return f"page_desc {first + i} (offset {off[i]}, size {sz[i]}, flags {flags[i]:#x}) is not valid"
-            data = list(map(out.data_offset.__ne__, off))  # the shared zero page sits at the start of the data area
-            if True in data:
-                o, z = list(compress(off, data)), list(compress(sz, data))
-                laid = list(accumulate(z, initial=o[0] if end is None else end))
-                if laid[:-1] != o:
+            off, size_flags = words[0::3].tolist(), words[1::3].tolist()
+            # each distinct (size, flags) pair is checked once: a few thousand, not one per desc
+            if any(_bad_size_flags(sf, ps) for sf in set(size_flags)) or min(off) < out.data_offset:
+                sz = [sf & 0xFFFFFFFF for sf in size_flags]
+                i = next(i for i, (o, sf) in enumerate(zip(off, size_flags))
+                         if o < out.data_offset or _bad_size_flags(sf, ps))
+                return (f"page_desc {first + i} (offset {off[i]}, size {sz[i]}, flags {size_flags[i] >> 32:#x}) "
+                        "is not valid")
+            # the data of every page but the shared zero page (at the start of the data area), back to back
+            sizes = memoryview(raw).cast("I")[2::6].tolist()
+            if off.count(out.data_offset):
+                data = list(map(out.data_offset.__ne__, off))
+                off, sizes = list(compress(off, data)), list(compress(sizes, data))
+            if off:
+                laid = list(accumulate(sizes, initial=off[0] if end is None else end))
+                if laid[:-1] != off:
                     return "page data is not laid out in pfn order, one page after the other"
+                if laid[-1] > out.file_size:
+                    return f"page data runs past the end of the file ({laid[-1]} > {out.file_size})"
                 end = laid[-1]
     if end is not None and end != out.file_size:
         return f"the last page's data ends at {end}, the file at {out.file_size}"
@@ -508,9 +518,9 @@ def verify_file(path: str, dump: Any, plan: PagePlan, fmt: str, dump_level: int,
                     j = bisect.bisect_left(pfns, pfns[i] + VERIFY_SPAN)
                     group = pfns[i:j]
                     lo = group[0]
-                    mine = memoryview(out.read_pfns(lo, group[-1] - lo + 1)).cast("B")
-                    theirs = read_pages(dump, group, ps, reader)
-                    for k, pfn in enumerate(group):
+                    mine = bytes(out.read_pfns(lo, group[-1] - lo + 1))
+                    theirs = read_pages(dump, group, ps, reader).tobytes()
+                    for k, pfn in enumerate(group):  # bytes compared with memcmp (memoryviews go byte by byte)
                         if mine[(pfn - lo) * ps : (pfn - lo + 1) * ps] != theirs[k * ps : (k + 1) * ps]:
                             problems.append(f"page {pfn:#x} differs from the source")
                             break

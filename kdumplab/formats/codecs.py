@@ -34,10 +34,14 @@ A decompression failure raises :class:`~kdumplab.errors.CorruptDumpError`; pass 
 
 from __future__ import annotations
 
+import struct
 import threading
 import zlib
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from itertools import chain, repeat
 from typing import Any
 
 from kdumplab.errors import CorruptDumpError
@@ -193,6 +197,23 @@ def _zstd_batches() -> bool:
     return hasattr(zstandard.ZstdCompressor, "multi_compress_to_buffer")
 
 
+@lru_cache(maxsize=8)
+def _splitter(count: int, page_size: int) -> struct.Struct:
+    return struct.Struct(f"{page_size}s" * count)
+
+
+def split_pages(data: Any, page_size: int) -> tuple[bytes, ...]:
+    """The pages of ``data`` (whole pages back to back, any buffer) as one ``bytes`` each, split in C.
+
+    >>> [len(p) for p in split_pages(bytes(8192), 4096)]
+    [4096, 4096]
+    """
+    view = data if isinstance(data, (bytes, bytearray)) else memoryview(data).cast("B")
+    if len(view) % page_size:
+        raise ValueError(f"page data of {len(view)} bytes is not a whole number of {page_size}-byte pages")
+    return _splitter(len(view) // page_size, page_size).unpack_from(view) if len(view) else ()
+
+
 def compress_pages(pages: Sequence[bytes], codec: str | Codec) -> Sequence[Any]:
     """Compress each of ``pages`` (``bytes``) on its own: one bytes-like object per page, in order.
 
@@ -204,8 +225,6 @@ def compress_pages(pages: Sequence[bytes], codec: str | Codec) -> Sequence[Any]:
     >>> [len(c) for c in compress_pages(pages, "lzo")] == [len(CODECS["lzo"].compress(p)) for p in pages]
     True
     """
-    from itertools import repeat
-
     codec = get_codec(codec)
     if not pages:
         return []
@@ -221,6 +240,31 @@ def compress_pages(pages: Sequence[bytes], codec: str | Codec) -> Sequence[Any]:
     if codec.name == "zlib":
         return list(map(zlib.compress, pages, repeat(1)))
     return list(map(codec.compress, pages))
+
+
+def compress_at(buf: bytes | bytearray, starts: Sequence[int], page_size: int, codec: str | Codec) -> Sequence[Any]:
+    """:func:`compress_pages` of the pages of ``buf`` at the byte offsets ``starts`` (ascending). zstd reads them
+    in place (a ``BufferWithSegments`` over ``buf``); the other codecs get each page as ``bytes`` (python-lzo
+    takes nothing else), split in C.
+
+    >>> buf = bytes(4096) + bytes(range(256)) * 16
+    >>> [bytes(c) for c in compress_at(buf, [4096], 4096, "zstd")] == [CODECS["zstd"].compress(buf[4096:])]
+    True
+    """
+    codec = get_codec(codec)
+    if not starts:
+        return []
+    if codec.name == "zstd" and _zstd_batches():
+        import zstandard
+
+        segments = array("Q", chain.from_iterable(zip(starts, repeat(page_size))))
+        return _zstd_contexts()[0].multi_compress_to_buffer(zstandard.BufferWithSegments(buf, segments.tobytes()),
+                                                            threads=1)
+    n = starts[-1] // page_size + 1
+    pages = _splitter(n, page_size).unpack_from(buf)
+    if len(starts) != n:  # some pages left out (zero pages): take the others
+        pages = list(map(pages.__getitem__, map(page_size.__rfloordiv__, starts)))
+    return compress_pages(pages, codec)
 
 
 def compress_many(pages: Sequence[bytes], codec: str | Codec, threads: int = 1) -> list[bytes]:
@@ -255,7 +299,9 @@ __all__ = [
     "FLAG_ZLIB",
     "FLAG_ZSTD",
     "codec_for_flag",
+    "compress_at",
     "compress_many",
     "compress_pages",
+    "split_pages",
     "get_codec",
 ]

@@ -25,17 +25,20 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
-from typing import Sequence
-
-import numpy as np
+from itertools import repeat
+from typing import Any, Sequence
 
 from kdumplab.errors import KdumplabError
+from kdumplab.formats.bitmap import set_runs
 
 EM_X86_64 = 62
 ET_CORE = 4
 PT_LOAD = 1
 PT_NOTE = 4
 PF_X, PF_W, PF_R = 1, 2, 4
+#: Pages zero-checked at a time when writing (4 MiB with 4 KiB pages).
+_ZERO_CHECK_PAGES = 1024
+_NOT = bytes([1, 0]) + bytes(254)  # flag 0/1 -> 1/0
 
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _PHDR = struct.Struct("<IIQQQQQQ")
@@ -118,17 +121,17 @@ class ElfCoreWriter:
         self.bytes_written = 0
 
     # -- data ------------------------------------------------------------------------------------------
-    def write_segment(self, index: int, offset: int, data: bytes | memoryview | np.ndarray) -> None:
+    def write_segment(self, index: int, offset: int, data: Any) -> None:
         """Write ``data`` at ``offset`` bytes into segment ``index`` (zero pages skipped when sparse)."""
         seg = self.segments[index]
-        buf = memoryview(np.ascontiguousarray(data)).cast("B") if isinstance(data, np.ndarray) else memoryview(data)
+        buf = _bytes_view(data)
         if offset < 0 or offset + len(buf) > seg.filesz:
             raise KdumplabError(f"{self.path}: write of {len(buf)} bytes at {offset} is outside PT_LOAD {index}")
         self._pwrite(seg.offset + offset, buf)
 
-    def write_phys(self, paddr: int, data: bytes | memoryview | np.ndarray) -> None:
+    def write_phys(self, paddr: int, data: Any) -> None:
         """Write ``data`` at physical address ``paddr``; it may span several (non-shared) segments."""
-        buf = memoryview(np.ascontiguousarray(data)).cast("B") if isinstance(data, np.ndarray) else memoryview(data)
+        buf = _bytes_view(data)
         end = paddr + len(buf)
         done = 0
         for seg in self.segments:
@@ -143,7 +146,7 @@ class ElfCoreWriter:
 
     def _pwrite(self, offset: int, buf: memoryview) -> None:
         if not self.skip_zero_pages or len(buf) < self.page:
-            if not self.skip_zero_pages or any(buf.tobytes()):
+            if not self.skip_zero_pages or buf.tobytes().strip(b"\0"):
                 os.pwrite(self._fd, buf, offset)
                 self.bytes_written += len(buf)
             return
@@ -154,16 +157,18 @@ class ElfCoreWriter:
             offset += head
             buf = buf[head:]
         npages = len(buf) // self.page
-        if npages:
-            arr = np.frombuffer(buf[: npages * self.page], dtype=np.uint64).reshape(npages, self.page // 8)
-            nonzero = arr.any(axis=1)
-            edges = np.flatnonzero(np.diff(np.concatenate(([0], nonzero.view(np.int8), [0]))))
-            for start, stop in zip(edges[::2], edges[1::2]):
-                chunk = buf[start * self.page : stop * self.page]
-                os.pwrite(self._fd, chunk, offset + start * self.page)
-                self.bytes_written += len(chunk)
+        zero = bytes(self.page)
+        for c0 in range(0, npages, _ZERO_CHECK_PAGES):
+            c1 = min(npages, c0 + _ZERO_CHECK_PAGES)
+            chunk = buf[c0 * self.page : c1 * self.page]
+            # 1 per page holding a non-zero byte: bytes.startswith(zero page, page offset) is a memcmp in place
+            is_zero = map(chunk.tobytes().startswith, repeat(zero, c1 - c0), range(0, len(chunk), self.page))
+            for start, stop in set_runs(bytes(is_zero).translate(_NOT)):
+                part = chunk[start * self.page : stop * self.page]
+                os.pwrite(self._fd, part, offset + (c0 + start) * self.page)
+                self.bytes_written += len(part)
         tail = buf[npages * self.page :]
-        if len(tail) and any(tail.tobytes()):
+        if len(tail) and tail.tobytes().strip(b"\0"):
             os.pwrite(self._fd, tail, offset + npages * self.page)
             self.bytes_written += len(tail)
 
@@ -182,6 +187,14 @@ class ElfCoreWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _bytes_view(data: Any) -> memoryview:
+    """``data`` (bytes, bytearray, memoryview, a numpy array of any shape and type) as a flat byte view."""
+    view = memoryview(data)
+    if view.format == "B" and view.ndim == 1 and view.c_contiguous:
+        return view
+    return view.cast("B") if view.c_contiguous else memoryview(view.tobytes())
 
 
 def _align(value: int, align: int) -> int:

@@ -28,17 +28,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import struct
 from collections import deque
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from itertools import accumulate, compress, repeat
+from operator import not_
 from typing import Any, BinaryIO, NamedTuple, Protocol
 
 from kdumplab.errors import DumpWriterError, KdumplabError
 from kdumplab.formats.arch import machine_from_vmcoreinfo, normalize_machine
 from kdumplab.formats.bitmap import bitmap_from_pfns, bitmap_from_runs, count_range, popcount, runs_of
-from kdumplab.formats.codecs import Codec, compress_pages, get_codec
+from kdumplab.formats.codecs import Codec, compress_at, get_codec
 from kdumplab.formats.dumpfile import KDUMP_SIGNATURE
 from kdumplab.formats.kdump import (
     HEADER,
@@ -127,22 +127,10 @@ class EncodedPage(NamedTuple):
     flags: int
 
 
-@lru_cache(maxsize=8)
-def _splitter(count: int, page_size: int) -> struct.Struct:
-    return struct.Struct(f"{page_size}s" * count)
-
-
-def split_pages(data: Any, page_size: int) -> tuple[bytes, ...]:
-    """The pages of ``data`` (whole pages back to back, any buffer) as one ``bytes`` each, split in C."""
-    view = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else data
-    if len(view) % page_size:
-        raise DumpWriterError(f"page data of {len(view)} bytes is not a whole number of {page_size}-byte pages")
-    return _splitter(len(view) // page_size, page_size).unpack_from(view) if len(view) else ()
-
-
 @lru_cache(maxsize=4)
 def zero_page_of(page_size: int) -> bytes:
-    """One all-zero page: ``zero_page_of(ps).__eq__`` mapped over pages is the zero check, in C."""
+    """One all-zero page: ``buffer.startswith(zero_page_of(ps), offset)`` mapped over page offsets is the zero
+    check, a ``memcmp`` in place."""
     return bytes(page_size)
 
 
@@ -195,14 +183,18 @@ def _scatter(values: Iterable[Any], where: Iterable[int], fill: Any, n: int) -> 
     return out
 
 
-def encode_batch(pages: Any, codec: str | Codec, *, page_size: int = 4096, zero_page: bool = False) -> EncodedBatch:
-    """Encode whole pages back to back (any buffer) as one :class:`EncodedBatch`: the bytes of :func:`encode_pages`.
+def encode_batch(pages: Any, codec: str | Codec, *, page_size: int = 4096, zero_page: bool = False,
+                 count: int | None = None) -> EncodedBatch:
+    """Encode whole pages back to back as one :class:`EncodedBatch`: the bytes of :func:`encode_pages`.
 
-    All-zero pages become the shared zero page when ``zero_page``; the others are compressed and kept only when
-    strictly smaller than the page, else stored raw. Every step is a ``map`` of a C function over the pages
-    (split, ``bytes.__eq__`` against a zero page, the codec, ``len``, ``bytes.join``), so no Python code runs
-    per page, which is what matters in a kdump kernel under emulation. Safe to call from worker threads (zstd,
-    lzo and zlib release the GIL while they compress).
+    ``pages`` is any buffer; with ``count``, only its first ``count`` pages (a reused ``bytearray`` read into by
+    :func:`kdumplab.capture.pipeline.read_runs`). All-zero pages become the shared zero page when ``zero_page``;
+    the others are compressed and kept only when strictly smaller than the page, else stored raw. Every step is
+    a ``map`` of a C function over the pages (``bytes.startswith`` of a zero page at each page's offset, the
+    split by ``struct``, the codec, ``len``, ``bytes.join``), so no Python code runs per page, which is what
+    matters in a kdump kernel under emulation; zstd takes the pages in place (one ``multi_compress_to_buffer``
+    call over their offsets). Safe to call from worker threads (zstd, lzo and zlib release the GIL while they
+    compress).
 
     >>> pages = bytes(4096) + bytes([5]) * 4096 + bytes(i * 7919 % 251 for i in range(4096))
     >>> batch = encode_batch(pages, "zstd", zero_page=True)
@@ -210,29 +202,34 @@ def encode_batch(pages: Any, codec: str | Codec, *, page_size: int = 4096, zero_
     (-1, [0, 32, 32], True)
     """
     codec = get_codec(codec)
-    split = split_pages(pages, page_size)
-    n = len(split)
+    buf = pages if isinstance(pages, (bytes, bytearray)) else memoryview(pages).cast("B").tobytes()
+    if count is None:
+        if len(buf) % page_size:
+            raise DumpWriterError(f"page data of {len(buf)} bytes is not a whole number of {page_size}-byte pages")
+        count = len(buf) // page_size
+    elif count * page_size > len(buf):
+        raise DumpWriterError(f"{count} pages asked of a buffer of {len(buf)} bytes")
+    offsets = range(0, count * page_size, page_size)
     nonzero: list[bool] | None = None
-    if zero_page and n:
-        nonzero = list(map(zero_page_of(page_size).__ne__, split))
-        if False not in nonzero:
-            nonzero = None
-    todo = split if nonzero is None else list(compress(split, nonzero))
+    if zero_page and count:
+        is_zero = list(map(buf.startswith, repeat(zero_page_of(page_size), count), offsets))
+        if True in is_zero:
+            nonzero = list(map(not_, is_zero))
+    starts: Sequence[int] = offsets if nonzero is None else list(compress(offsets, nonzero))
     if codec.flag == 0:
-        parts: list[Any] = list(todo)
-        sizes = [page_size] * len(parts)
-        flags = [0] * len(parts)
+        parts: list[Any] = [buf[i : i + page_size] for i in starts]
+        sizes, flags = [page_size] * len(parts), [0] * len(parts)
     else:
-        parts = list(compress_pages(todo, codec))
+        parts = list(compress_at(buf, starts, page_size, codec))
         sizes = list(map(len, parts))
         flags = [codec.flag] * len(parts)
         if parts and max(sizes) >= page_size:  # incompressible pages are stored as they are (rare)
             for i in compress(range(len(sizes)), map(page_size.__le__, sizes)):
-                parts[i], sizes[i], flags[i] = todo[i], page_size, 0
+                parts[i], sizes[i], flags[i] = buf[starts[i] : starts[i] + page_size], page_size, 0
     data = b"".join(parts)
     if nonzero is not None:
-        where = list(compress(range(n), nonzero))
-        sizes, flags = _scatter(sizes, where, -1, n), _scatter(flags, where, 0, n)
+        where = list(compress(range(count), nonzero))
+        sizes, flags = _scatter(sizes, where, -1, count), _scatter(flags, where, 0, count)
     return EncodedBatch(sizes, flags, data)
 
 
@@ -558,6 +555,5 @@ __all__ = [
     "bitmap_from_runs",
     "encode_batch",
     "encode_pages",
-    "split_pages",
     "zero_page_of",
 ]

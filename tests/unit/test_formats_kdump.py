@@ -185,6 +185,35 @@ def test_encode_pages_keeps_only_smaller(pages):
     assert enc[8].flags == 0x20 and len(enc[8].data) < PAGE
 
 
+@pytest.mark.parametrize("codec", ["zstd", "lzo", "zlib", "snappy", "none"])
+def test_encode_batch_in_a_reused_buffer_is_page_by_page_encoding(pages, codec, monkeypatch):
+    """encode_batch over the first ``count`` pages of a larger buffer (what pass 2 hands it, the rest of the
+    buffer holding an older batch) gives what encoding each page alone gives: zero pages shared, a page kept
+    compressed only when strictly smaller, raw otherwise; with and without zstd's batch call."""
+    from kdumplab.formats import codecs
+    from kdumplab.formats.codecs import CODECS
+    from kdumplab.formats.kdump_writer import encode_batch
+
+    rows = [pages[i].tobytes() for i in range(12)]
+    buffer = bytearray(b"".join(rows) + os.urandom(4 * PAGE))  # 4 stale pages past the batch
+    for batched in (True, False):
+        monkeypatch.setattr(codecs, "_zstd_batches", lambda: batched)
+        batch = encode_batch(buffer, codec, page_size=PAGE, zero_page=True, count=len(rows))
+        expected, data = [], []
+        for row in rows:
+            packed = CODECS[codec].compress(row) if codec != "none" else row
+            if row == bytes(PAGE):
+                expected.append((-1, 0))
+            elif codec == "none" or len(packed) >= PAGE:
+                expected.append((PAGE, 0))
+                data.append(row)
+            else:
+                expected.append((len(packed), CODECS[codec].flag))
+                data.append(packed)
+        assert list(zip(batch.sizes, batch.flags)) == expected and batch.data == b"".join(data)
+        assert {0, 5, 7} <= {i for i, (size, flag) in enumerate(expected) if flag == 0}  # zero and raw pages
+
+
 def test_incomplete_dump(tmp_path, pages):
     path = tmp_path / "incomplete"
     write_kdump(FileSink(path), pages, "zstd", stop_after=500)
