@@ -8,7 +8,9 @@ crash (the bookworm guest's: makedumpfile 1.7.2 ``-l -d 31`` in its kdump kernel
   codec bit, same bitmaps, descs and data laid out in the same order.
 - ``-f flat``: reassembled, the same bytes as the kdump file.
 
-Any change of the bytes written (layout, desc table, zero pages, raw fallback, codec settings) fails here.
+Any change of the bytes written (layout, desc table, zero pages, raw fallback, codec settings) fails here. The
+saves here keep the pages on the per-CPU free lists, as makedumpfile 1.7.2 does (``kdumplab save`` drops them:
+:mod:`kdumplab.memory.pcp`, checked by tests/vm/test_vm_pcp.py), so that both files hold the same pages.
 """
 
 from __future__ import annotations
@@ -26,6 +28,14 @@ from kdumplab.formats.kdump import HEADER, PAGE_DESC, KdumpFile
 pytestmark = pytest.mark.vm
 
 _STATUS = 8 + 4 + 390 + 6 + 8 + 8  # disk_dump_header.status: after signature, version, utsname, timestamp
+
+
+@pytest.fixture(autouse=True)
+def makedumpfiles_page_set(monkeypatch):
+    """No per-CPU free list walk: the pages makedumpfile 1.7.2 keeps."""
+    from kdumplab.memory.pcp import PcpFree
+
+    monkeypatch.setattr(PcpFree, "of", classmethod(lambda cls, mem, mem_map=None: cls([], reason="as makedumpfile")))
 
 
 @pytest.fixture(scope="module")
