@@ -1,8 +1,8 @@
 """Symbol addresses from the crashed kernel's own kallsyms tables, found through VMCOREINFO (no vmlinux).
 
 Kernels since 6.1 export the tables' addresses in VMCOREINFO (``SYMBOL(kallsyms_names)``,
-``kallsyms_num_syms``, ``kallsyms_token_table``, ``kallsyms_token_index``, ``kallsyms_offsets``, and until
-about 6.15 ``kallsyms_relative_base``). The layout, as scripts/kallsyms.c writes it:
+``kallsyms_num_syms``, ``kallsyms_token_table``, ``kallsyms_token_index``, ``kallsyms_offsets``, and
+``kallsyms_relative_base`` on Debian's 6.1 and 6.12, not on its 7.2). The layout, as scripts/kallsyms.c writes it:
 
 - ``kallsyms_num_syms``: a u32;
 - ``kallsyms_names``: per symbol a length (one byte; two when the first has bit 7 set: ``(b0 & 0x7f) | b1 << 7``)
@@ -10,11 +10,13 @@ about 6.15 ``kallsyms_relative_base``). The layout, as scripts/kallsyms.c writes
 - ``kallsyms_token_index``: 256 u16 offsets into ``kallsyms_token_table`` (NUL-terminated token strings);
 - ``kallsyms_offsets``: one s32 per symbol. The address is, depending on the era: ``relative_base + (u32)off``;
   or, with ``KALLSYMS_ABSOLUTE_PERCPU`` (x86_64 SMP before 6.15), ``off`` itself when ``off >= 0`` (per-CPU
-  symbols) and ``relative_base - 1 - off`` otherwise; or, without ``kallsyms_relative_base`` (7.x), relative to
-  the entry itself: ``&kallsyms_offsets[i] + off`` (Debian's 7.2.13; a ``_text``-relative u32 is also tried).
+  symbols) and ``relative_base - 1 - off`` otherwise (Debian's 6.1 and 6.12 on amd64); or, without
+  ``kallsyms_relative_base``, relative to the entry itself: ``&kallsyms_offsets[i] + off`` (Debian's 7.2.13; a
+  ``_text``-relative u32 is also tried).
 
 Which rule holds is not guessed from a version: each is tried and kept only when ``_stext`` decodes to
-VMCOREINFO's ``SYMBOL(_stext)`` and every other VMCOREINFO symbol kallsyms also names agrees (at least one must).
+VMCOREINFO's ``SYMBOL(_stext)`` and every other VMCOREINFO symbol kallsyms also names agrees (there must be one:
+a kernel without ``CONFIG_KALLSYMS_ALL`` names no data symbols, and is refused).
 For the ``_text``-relative rule the base is ``SYMBOL(_stext)`` minus ``_stext``'s offset, checked the same way.
 
 >>> syms = Kallsyms(mem)                                          # doctest: +SKIP
@@ -59,7 +61,7 @@ class Kallsyms:
         if not 0 < self.count <= _MAX_SYMS:
             raise VmcoreinfoError(f"{self.name}: kallsyms_num_syms is {self.count}: not a kernel's symbol count")
         index = struct.unpack("<256H", mem.read(info.symbol("kallsyms_token_index"), 512))
-        table = mem.read(info.symbol("kallsyms_token_table"), max(index) + 256)
+        table = mem.read(info.symbol("kallsyms_token_table"), max(index) + 1024)  # the last token, NUL-ended
         self.tokens = [table[i:table.index(b"\0", i)] for i in index]
         self.offsets = struct.unpack(f"<{self.count}i", mem.read(info.symbol("kallsyms_offsets"), 4 * self.count))
         self.base = info.symbol("kallsyms_relative_base", 0) and struct.unpack(

@@ -83,7 +83,7 @@ def kallsyms_memory(symbols: list[tuple[str, int]], rule: str, *, lie: bool = Fa
     info = "\n".join(keys + [f"SYMBOL(_stext)={addrs['_stext']:x}",
                              f"SYMBOL(node_data)={addrs.get('node_data', BASE + 0x5000) + (8 if lie else 0):x}",
                              f"SYMBOL(mem_section)={0xffff888000001000:x}"])  # a value, not an address: not checked
-    mem = FlatMemory(0x20000, info)
+    mem = FlatMemory(0x20000, info)  # the tables, then room for the reads ahead
     mem.write(at["kallsyms_num_syms"], struct.pack("<I", len(symbols)))
     mem.write(at["kallsyms_names"], bytes(names))
     mem.write(at["kallsyms_token_index"], struct.pack("<256H", *index))
