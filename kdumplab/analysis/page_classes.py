@@ -66,8 +66,8 @@ class _Recorder:
         self._mem_map = mem_map
         self.last: tuple[int, Any] | None = None
 
-    def read_pages(self, start_pfn: int, count: int):
-        pages = self._mem_map.read_pages(start_pfn, count)
+    def read_window(self, start_pfn: int, count: int):
+        pages = self._mem_map.read_window(start_pfn, count)
         self.last = (start_pfn, pages)
         return pages
 
@@ -126,28 +126,30 @@ def zone_spans(dump: "Dump") -> list[tuple[int, str]]:
     return list(X86_64_ZONE_LIMITS)
 
 
-def _buddy_orders(pages, start_pfn: int, classes: np.ndarray, dump: "Dump", rules) -> np.ndarray:
-    """Per page of the window: the order of the free block it belongs to (``_NO_ORDER`` if unknown/not free)."""
-    from kdumplab.memory.page_class import PageClass, _type_match
+def _buddy_orders(pages, classes: np.ndarray, rules) -> np.ndarray:
+    """Per page of the window (a :class:`~kdumplab.memory.page_rules.StructPages`): the order of the free block
+    it belongs to (``_NO_ORDER`` if unknown/not free)."""
+    from kdumplab.memory.page_class import PageClass
 
-    order = np.full(len(classes), _NO_ORDER, dtype=np.int64)
+    n = len(classes)
+    order = np.full(n, _NO_ORDER, dtype=np.int64)
     if rules.buddy_value is None:
         return order
-    head = (_type_match(np.ascontiguousarray(pages["mapcount"], dtype=np.int32), rules.buddy_value)
-            & (classes == PageClass.FREE) & ((pages["compound_head"] & np.uint64(1)) == 0))
+    marked = pages.type_match(rules.buddy_value) & ~pages.bit("compound_head", 0)
+    head = np.frombuffer(marked.to_bytes(n, "little"), dtype=bool) & (classes == PageClass.FREE)
     head_idx = np.flatnonzero(head)
     if not len(head_idx):
         return order
-    head_order = pages["private"][head_idx].astype(np.int64)
+    head_order = np.array([pages.u64("private", i) for i in head_idx.tolist()], dtype=np.uint64).astype(np.int64)
     ok = head_order < rules.max_order
     head_idx, head_order = head_idx[ok], head_order[ok]
     # Each head's order covers its 2**order pages (blocks are aligned, so windows of 65,536 never split them).
-    marker = np.full(len(classes), -1, dtype=np.int64)
+    marker = np.full(n, -1, dtype=np.int64)
     marker[head_idx] = np.arange(len(head_idx))
     owner = np.maximum.accumulate(marker)
     inside = owner >= 0
     owner0 = np.where(inside, owner, 0)
-    inside &= np.arange(len(classes)) < head_idx[owner0] + (np.int64(1) << head_order[owner0])
+    inside &= np.arange(n) < head_idx[owner0] + (np.int64(1) << head_order[owner0])
     inside &= classes == PageClass.FREE
     order[inside] = head_order[owner0[inside]]
     return order
@@ -186,8 +188,8 @@ def page_classes(dump: "Dump") -> "pd.DataFrame":
         zslot = np.clip(np.searchsorted(zone_starts, pfn, side="right") - 1, 0, len(zones) - 1)
         nslot = np.clip(np.searchsorted(node_starts, pfn, side="right") - 1, 0, len(nodes) - 1)
         order = np.full(len(classes), _NO_ORDER, dtype=np.int64)
-        if recorder.last is not None and recorder.last[0] == window.start_pfn and len(recorder.last[1]) == len(classes):
-            order = _buddy_orders(recorder.last[1], window.start_pfn, classes, dump, rules)
+        if recorder.last is not None and recorder.last[0] == window.start_pfn and recorder.last[1].count == len(classes):
+            order = _buddy_orders(recorder.last[1], classes, rules)
         key = ((nslot * len(zones) + zslot) * n_classes + classes.astype(np.int64)) * n_orders + order
         hist += np.bincount(key, minlength=len(hist))
     rows = []

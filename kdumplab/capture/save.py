@@ -136,13 +136,14 @@ def fallback_chain(dump_level: int) -> list[tuple[int, bool]]:
 # -- reading the source ----------------------------------------------------------------------------------------
 class MemoryClassifier:
     """The :class:`~kdumplab.capture.pipeline.WindowClassifier` over :mod:`kdumplab.memory`: struct pages read
-    window by window, classified with the rules of the kernel's era, kept per the dump level. Struct pages that
-    cannot be a kernel's (:func:`kdumplab.memory.page_class.distrusted_pages`) are kept one by one and listed
-    in :attr:`distrusted`, never their whole window."""
+    window by window as raw bytes, classified with the rules of the kernel's era
+    (:mod:`kdumplab.memory.page_rules`, no numpy), kept per the dump level. Struct pages that cannot be a
+    kernel's (:func:`kdumplab.memory.page_rules.distrust_reasons`) are kept one by one and listed in
+    :attr:`distrusted`, never their whole window."""
 
     def __init__(self, dump: Any, mem: Any) -> None:
         from kdumplab.memory.mem_map import MemMap
-        from kdumplab.memory.page_class import LABELS, ClassifyState, ClassRules
+        from kdumplab.memory.page_rules import LABELS, ClassifyState, ClassRules
 
         self.mem_map = MemMap(mem)
         self.rules = ClassRules.from_vmcoreinfo(mem.info)
@@ -156,28 +157,30 @@ class MemoryClassifier:
         #: The free pages on the per-CPU lists (no buddy marker): classed free (meta.json ``per_cpu_free``).
         self.pcp = PcpFree.of(mem, self.mem_map)
 
-    def window(self, start: int, count: int, dump_level: int) -> tuple[np.ndarray, np.ndarray]:
-        from kdumplab.memory.page_class import PageClass, classify, distrust_runs, distrusted_pages, excluded_mask
+    def window(self, start: int, count: int, dump_level: int) -> tuple[bytearray, bytes]:
+        """``(classes, kept)``: one byte per page each (a :class:`~kdumplab.memory.page_rules.PageClass` value;
+        1 kept, 0 dropped)."""
+        from kdumplab.memory.page_rules import PageClass, classify_window, distrust_reasons, distrust_runs, keep_table
 
         try:
-            pages = self.mem_map.read_pages(start, count)
-            reasons = distrusted_pages(pages, start, self.rules)
-            bad = reasons != 0
-            classes = classify(pages, self.rules, start, self.state, distrust=bad if bad.any() else None)
+            pages = self.mem_map.read_window(start, count)
+            reasons = distrust_reasons(pages, self.rules)
+            bad = reasons.count(0) != count
+            classes = classify_window(pages, self.rules, self.state, reasons if bad else None)
         except BaseException:
             self.state = self._state_cls()  # ranges carried from a bad window must not leak into the next
             raise
-        if bad.any():
+        if bad:
             self.distrusted.extend(distrust_runs(reasons, start))
         self.pcp.mark(classes, start, free_value=PageClass.FREE, replaceable=(PageClass.KERNEL, PageClass.ZERO),
-                      skip=bad if bad.any() else None)
-        return classes, ~excluded_mask(classes, dump_level)
+                      skip=reasons if bad else None)
+        return classes, classes.translate(keep_table(dump_level))
 
     def fallback_json(self, dump_level: int, limit: int = 4096) -> dict[str, Any] | None:
         """The meta.json ``fallbacks`` entry naming the distrusted pages (None when there are none): the level
         applied to them (``dump_level & 1``: kept unless all zero), why, how many, and their ``[start_pfn, count]``
         ranges (the first ``limit``; ``ranges_truncated`` says when there were more)."""
-        from kdumplab.memory.page_class import DISTRUST_REASONS
+        from kdumplab.memory.page_rules import DISTRUST_REASONS
 
         if not self.distrusted:
             return None

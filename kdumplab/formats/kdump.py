@@ -36,9 +36,8 @@ import os
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import NamedTuple
-
-import numpy as np
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kdumplab.errors import CorruptDumpError, MemoryReadError, TruncatedDumpError, UnsupportedDumpError
 from kdumplab.formats.arch import machine_from_vmcoreinfo, normalize_machine
@@ -46,6 +45,9 @@ from kdumplab.formats.codecs import CODEC_FLAGS_MASK, codec_for_flag
 from kdumplab.formats.dumpfile import DISKDUMP_SIGNATURE, KDUMP_SIGNATURE, DumpFile
 from kdumplab.formats.notes import find_note, parse_notes, prstatus_notes
 from kdumplab.formats.vmcoreinfo import VmcoreInfo
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: ``disk_dump_header.status`` bits beyond the codec flags.
 STATUS_INCOMPLETE = 0x8
@@ -56,7 +58,6 @@ UTSNAME_FIELD = 65
 HEADER = struct.Struct("<8si390s6xqqIiiIIIIIIi")  # disk_dump_header, LP64: 464 bytes
 SUB_HEADER = struct.Struct("<QiiQQqQqQqQQQQ")  # kdump_sub_header, LP64: 104 bytes
 PAGE_DESC = struct.Struct("<qIIQ")  # page_desc: 24 bytes
-PAGE_DESC_DTYPE = np.dtype([("offset", "<i8"), ("size", "<u4"), ("flags", "<u4"), ("page_flags", "<u8")])
 
 #: Version of the sub header that introduced each field (absent fields read as None).
 _SUB_FIELDS_SINCE = (
@@ -65,11 +66,26 @@ _SUB_FIELDS_SINCE = (
     ("offset_eraseinfo", 5), ("size_eraseinfo", 5), ("start_pfn_64", 6), ("end_pfn_64", 6), ("max_mapnr_64", 6),
 )  # fmt: skip
 
-#: popcount of every byte value.
-POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 _RANK_BLOCK_BYTES = 64  # prefix counts every 512 pfns: 1/64 of the bitmap in int64, not 8x it
 _RANK_BLOCK_SHIFT = 9
 _PAGE_CACHE_PAGES = 64  # decompressed pages kept for small reads: 256 KiB with 4 KiB pages
+
+
+@lru_cache(maxsize=None)
+def _numpy_constant(name: str) -> Any:
+    import numpy as np
+
+    if name == "PAGE_DESC_DTYPE":  # page_desc as a numpy dtype
+        return np.dtype([("offset", "<i8"), ("size", "<u4"), ("flags", "<u4"), ("page_flags", "<u8")])
+    return np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)  # POPCOUNT8: popcount of each byte
+
+
+def __getattr__(name: str) -> Any:
+    """``PAGE_DESC_DTYPE`` and ``POPCOUNT8`` (numpy), made on first use: importing this module (``kdumplab
+    save`` does, for PAGE_DESC) must not import numpy."""
+    if name in ("PAGE_DESC_DTYPE", "POPCOUNT8"):
+        return _numpy_constant(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Utsname(NamedTuple):
@@ -199,7 +215,9 @@ class PageDesc(NamedTuple):
 # -- bitmap helpers (shared with the writer) ---------------------------------------------------------------
 def count_bits(bitmap: np.ndarray) -> int:
     """Number of set bits in a uint8 bitmap."""
-    return int(POPCOUNT8[np.asarray(bitmap, dtype=np.uint8)].sum(dtype=np.int64))
+    import numpy as np
+
+    return int(_numpy_constant("POPCOUNT8")[np.asarray(bitmap, dtype=np.uint8)].sum(dtype=np.int64))
 
 
 def bitmap_runs(bitmap: np.ndarray, nbits: int, *, chunk_bytes: int = 1 << 20) -> list[tuple[int, int]]:
@@ -207,6 +225,8 @@ def bitmap_runs(bitmap: np.ndarray, nbits: int, *, chunk_bytes: int = 1 << 20) -
 
     Works in chunks so that a 1 TiB machine's bitmap is never unpacked into 2^28 bytes at once.
     """
+    import numpy as np
+
     bitmap = np.asarray(bitmap, dtype=np.uint8)
     runs: list[tuple[int, int]] = []
     nbytes = min(len(bitmap), (nbits + 7) // 8)
@@ -258,6 +278,8 @@ class KdumpFile(DumpFile):
         return CorruptDumpError(self.path, offset, field, problem)
 
     def _load(self) -> None:
+        import numpy as np
+
         if self.file_size < HEADER.size:
             raise TruncatedDumpError(
                 self.path, 0, "disk_dump_header", f"the file has {self.file_size} bytes, the header needs {HEADER.size}"
@@ -344,7 +366,7 @@ class KdumpFile(DumpFile):
             self._desc_start, self._desc_end = sub.start_pfn_64, min(sub.end_pfn_64 or max_mapnr, max_mapnr)
         else:
             self._desc_start, self._desc_end = 0, max_mapnr
-        counts = POPCOUNT8[self.bitmap2]
+        counts = _numpy_constant("POPCOUNT8")[self.bitmap2]
         pad = (-len(counts)) % _RANK_BLOCK_BYTES
         counts = np.concatenate((counts, np.zeros(pad, np.uint8))).reshape(-1, _RANK_BLOCK_BYTES)
         per_block = counts.sum(axis=1, dtype=np.int64)
@@ -368,6 +390,8 @@ class KdumpFile(DumpFile):
         When they are not, the file is read from what it holds (pages whose desc or data is missing read as
         absent, as drgn reads them) and :attr:`partial` says how many pages are missing.
         """
+        import numpy as np
+
         end_of_table = self.data_offset > self.file_size
         if not end_of_table and not self.incomplete:
             last = self._read_descs(self.num_dumpable - 1, 1)[0]
@@ -390,13 +414,15 @@ class KdumpFile(DumpFile):
     def _count_lost(self) -> tuple[int, int]:
         """``(descs never written or past the end, descs whose data is past the end)`` over the whole table,
         read in chunks."""
+        import numpy as np
+
         never = past = 0
         chunk = 1 << 18
         in_file = max(0, min(self.num_dumpable, (self.file_size - self.desc_offset) // PAGE_DESC.size))
         for i in range(0, in_file, chunk):
             n = min(chunk, in_file - i)
             raw = os.pread(self._fd, n * PAGE_DESC.size, self.desc_offset + i * PAGE_DESC.size)
-            descs = np.frombuffer(raw, dtype=PAGE_DESC_DTYPE, count=len(raw) // PAGE_DESC.size)
+            descs = np.frombuffer(raw, dtype=_numpy_constant("PAGE_DESC_DTYPE"), count=len(raw) // PAGE_DESC.size)
             off = descs["offset"]
             never += int((off == 0).sum())
             past += int(((off != 0) & (off + descs["size"].astype(np.int64) > self.file_size)).sum())
@@ -404,6 +430,8 @@ class KdumpFile(DumpFile):
         return never, past
 
     def _last_dumpable_pfn(self) -> int:
+        import numpy as np
+
         part = self.bitmap2[: (self._desc_end + 7) >> 3]
         nonzero = part != 0
         byte = len(part) - 1 - int(np.argmax(nonzero[::-1]))
@@ -463,6 +491,8 @@ class KdumpFile(DumpFile):
         self.machine = machine or machine_from_vmcoreinfo(self.vmcoreinfo)
 
     def _read_bitmap(self, offset: int, nbytes: int, what: str) -> np.ndarray:
+        import numpy as np
+
         bm = np.frombuffer(self._pread(offset, nbytes, what), dtype=np.uint8).copy()
         tail = self.max_mapnr & 7
         if tail:  # bits past max_mapnr in the last byte mean nothing
@@ -487,6 +517,8 @@ class KdumpFile(DumpFile):
 
     def _read_descs(self, index: int, count: int) -> np.ndarray:
         """``count`` descs from table index ``index``; in an incomplete file the part past EOF reads as zeros."""
+        import numpy as np
+
         off = self.desc_offset + index * PAGE_DESC.size
         size = count * PAGE_DESC.size
         avail = max(0, min(size, self.file_size - off))
@@ -495,7 +527,7 @@ class KdumpFile(DumpFile):
                 self.path, off, "page_desc table", f"needs {size} bytes, the file ends at {self.file_size}"
             )
         raw = os.pread(self._fd, avail, off) if avail else b""
-        descs = np.frombuffer(raw.ljust(size, b"\0"), dtype=PAGE_DESC_DTYPE)
+        descs = np.frombuffer(raw.ljust(size, b"\0"), dtype=_numpy_constant("PAGE_DESC_DTYPE"))
         if self._cut:  # data past the end of a cut file is lost, like a desc never written
             past = descs["offset"] + descs["size"].astype(np.int64) > self.file_size
             if past.any():
@@ -512,6 +544,8 @@ class KdumpFile(DumpFile):
 
     def _check_descs(self, descs: np.ndarray, pfns: np.ndarray, *, lost_ok: bool) -> None:
         """Vectorised sanity checks of descs; raise on the first bad one."""
+        import numpy as np
+
         off, size, flags = descs["offset"], descs["size"].astype(np.int64), descs["flags"]
         lost = off == 0
         known = np.isin(flags, (0, 0x1, 0x2, 0x4, 0x20))
@@ -556,6 +590,8 @@ class KdumpFile(DumpFile):
 
     # -- reading --------------------------------------------------------------------------------------------
     def _read_window(self, pfn: int, count: int, strict: bool) -> bytearray:
+        import numpy as np
+
         ps = self.page_size
         out = bytearray(count * ps)
         lo, hi = max(pfn, self._desc_start), min(pfn + count, self._desc_end)
@@ -617,6 +653,8 @@ class KdumpFile(DumpFile):
 
     def _read_one(self, pfn: int) -> bytes:
         """Scalar path of :meth:`_read_window` for one page (no numpy overhead on the page-table-walk path)."""
+        import numpy as np
+
         if not (0 <= pfn < self.max_mapnr and self._has_desc(pfn)):
             self._raise_absent(pfn)
         index = self._rank(pfn) - self._rank_origin
@@ -628,7 +666,7 @@ class KdumpFile(DumpFile):
         ps = self.page_size
         if o == 0 or f not in (0, 0x1, 0x2, 0x4, 0x20) or s > ps or s == 0 or (f == 0 and s != ps) \
                 or o < self.data_offset or o + s > self.file_size:  # fmt: skip
-            descs = np.frombuffer(PAGE_DESC.pack(o, s, f, 0), dtype=PAGE_DESC_DTYPE)
+            descs = np.frombuffer(PAGE_DESC.pack(o, s, f, 0), dtype=_numpy_constant("PAGE_DESC_DTYPE"))
             if not raw and not (self.incomplete or self._cut):
                 self._read_descs(index, 1)  # raises the truncation error
             self._check_descs(descs, np.array([pfn]), lost_ok=False)  # raises the precise error

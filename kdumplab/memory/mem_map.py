@@ -13,10 +13,13 @@
   cannot be read.
 - **FLATMEM** with ``SYMBOL(mem_map)``: the pointer stored there, for pfns ``[0, max_pfn)``.
 
-:meth:`MemMap.read_pages` returns a window of struct pages as a numpy structured array (:data:`PAGE_DTYPE`),
-read with one bulk read per mem_map range (vmemmap is translated per page-table leaf and read as contiguous
-physical runs). Besides the page's own fields each record carries what the classifier needs from the *next*
-struct page (for a compound head, its first tail ``page[1]``) and the pfn of the head a tail page points to.
+The classifier reads struct pages with :meth:`MemMap.read_window`: the raw records of a window (one bulk read
+per mem_map range; vmemmap is translated per page-table leaf and read as contiguous physical runs) as a
+:class:`~kdumplab.memory.page_rules.StructPages`, which also resolves the head a tail page points to. No numpy
+there: ``kdumplab save`` does not import it. :meth:`MemMap.read_pages` gives the same window as a numpy structured
+array (:data:`PAGE_DTYPE`) for analysis: besides the page's own fields each record carries what the classifier
+needs from the *next* struct page (for a compound head, its first tail ``page[1]``) and the pfn of the head a
+tail page points to.
 
 >>> mm = MemMap(mem)                                             # doctest: +SKIP
 >>> mm.ranges[:1]                                                # doctest: +SKIP
@@ -27,13 +30,18 @@ struct page (for a compound head, its first tail ``page[1]``) and the pfn of the
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-import numpy as np
+import bisect
+import struct
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 from kdumplab.errors import MemoryReadError, VmcoreinfoError
+from kdumplab.memory.page_rules import StructPages
 
-__all__ = ["MemMap", "MemMapRange", "PAGE_DTYPE", "tail_head_addrs"]
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = ["MemMap", "MemMapRange", "PAGE_DTYPE", "tail_head_addrs", "head_addr"]
 
 #: One struct page as :meth:`MemMap.read_pages` returns it.
 #:
@@ -47,19 +55,48 @@ __all__ = ["MemMap", "MemMapRange", "PAGE_DTYPE", "tail_head_addrs"]
 #: - ``valid``: the pfn has a struct page (its section is present);
 #: - ``head_pfn``: for a tail page, the pfn of the head its ``compound_head`` names (a pointer, or 7.x's mask:
 #:   :func:`tail_head_addrs`); -1 otherwise (also when that is not a struct page address).
-PAGE_DTYPE = np.dtype([
+#:
+#: Built on first use (module ``__getattr__``): the capture never imports numpy.
+_PAGE_FIELDS = [
     ("flags", "<u8"), ("compound_head", "<u8"), ("mapping", "<u8"), ("private", "<u8"),
     ("mapcount", "<i4"), ("refcount", "<i4"), ("next_flags", "<u8"), ("next_order", "u1"), ("next_dtor", "u1"),
     ("valid", "?"), ("head_pfn", "<i8"),
-])
+]
+_FORMAT_SIZE = {"<u8": 8, "<i8": 8, "<i4": 4, "u1": 1, "?": 1}
+
+
+@lru_cache(maxsize=None)
+def _page_dtype() -> Any:
+    import numpy as np
+
+    return np.dtype(_PAGE_FIELDS)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PAGE_DTYPE":
+        return _page_dtype()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _SECTION_PRESENT = 0x1
 # The low bits of section_mem_map are flags (SECTION_MAP_LAST_BIT is 5 or 6 depending on config); the encoded
 # pointer (mem_map - section_start_pfn) is at least 64-byte aligned (a huge-page-aligned vmemmap base, or an
 # aligned allocation minus a multiple of 32768 * SIZE(page)), so clearing 6 bits is safe on every kernel.
 _SECTION_FLAGS_MASK = 0x3F
+_U64 = struct.Struct("<Q")
 _MAX_SECTIONS = 1 << 22  # 512 TiB of memory in 128 MiB sections
-_KERNEL_HALF = 0xFF00000000000000  # the lowest kernel address with 5-level paging (4-level: 0xffff8...)
+_KERNEL_HALF = 0xFF00000000000000
+_M64 = (1 << 64) - 1  # the lowest kernel address with 5-level paging (4-level: 0xffff8...)
+
+
+def head_addr(info: int, page_addr: int) -> int:
+    """The head struct page address of a tail page from its ``compound_head``/``compound_info`` word (bit 0
+    set) and its own struct page address (see :func:`tail_head_addrs`).
+
+    >>> hex(head_addr(0xffffea0000040001, 0xffffea0000040040)), hex(head_addr(0xffffffffffff8001, 0xffffea0000048040))
+    ('0xffffea0000040000', '0xffffea0000048000')
+    """
+    low = ~(info & ~1) & _M64  # for a mask: 2**k - 1
+    return page_addr & info & ~1 if not low & (low + 1) & _M64 else (info - 1) & _M64
 
 
 def tail_head_addrs(info: np.ndarray, page_addrs: np.ndarray) -> np.ndarray:
@@ -72,15 +109,17 @@ def tail_head_addrs(info: np.ndarray, page_addrs: np.ndarray) -> np.ndarray:
     (all ones above some bit, zeros below it but bit 0). A vmemmap pointer has zero bits between its top and its
     low bits, so it never looks like such a mask.
 
+    >>> import numpy as np
     >>> tail_head_addrs(np.array([0xffffea0000040001, 0xffffffffffff8001], np.uint64),
     ...                 np.array([0xffffea0000040040, 0xffffea0000048040], np.uint64)).tolist() == [
     ...     0xffffea0000040000, 0xffffea0000048000]
     True
     """
-    info = np.asarray(info, dtype=np.uint64)
-    low = ~(info & ~np.uint64(1))  # for a mask: 2**k - 1
-    is_mask = (low & (low + np.uint64(1))) == 0
-    return np.where(is_mask, np.asarray(page_addrs, dtype=np.uint64) & info & ~np.uint64(1), info - np.uint64(1))
+    import numpy as np
+
+    return np.array([head_addr(i, a) for i, a in zip(np.asarray(info, dtype=np.uint64).tolist(),
+                                                       np.asarray(page_addrs, dtype=np.uint64).tolist())],
+                    dtype=np.uint64)
 
 
 class MemMapRange(NamedTuple):
@@ -170,36 +209,40 @@ class MemMap:
             return [MemMapRange(0, self.max_pfn, self.vmemmap)]
         raise MemoryReadError(f"{mem.name}: cannot decode mem_section: " + "; ".join(problems))
 
-    def _section_words(self, root_array: int | None, flat: int | None, nr_sections: int, per_root: int) -> np.ndarray:
+    def _section_words(self, root_array: int | None, flat: int | None, nr_sections: int, per_root: int) -> list[int]:
         """``section_mem_map`` of sections ``[0, nr_sections)`` (0 for sections under a NULL root)."""
         info, mem = self.info, self.mem
         sec_size = info.size("mem_section")
         word = info.offset("mem_section.section_mem_map")
-        out = np.zeros(nr_sections, dtype=np.uint64)
+
+        def words(raw: bytes, n: int) -> list[int]:
+            return [_U64.unpack_from(raw, i * sec_size + word)[0] for i in range(n)]
+
         if flat is not None:  # classic SPARSEMEM: one flat array of struct mem_section
-            raw = np.frombuffer(mem.read(flat, nr_sections * sec_size), dtype=np.uint8)
-            return raw.reshape(nr_sections, sec_size)[:, word : word + 8].copy().view("<u8").ravel()
+            return words(mem.read(flat, nr_sections * sec_size), nr_sections)
+        out = [0] * nr_sections
         nr_roots = -(-nr_sections // per_root)
-        roots = mem.read_array(root_array, nr_roots, "<u8")
-        for r, root in enumerate(roots.tolist()):
+        roots = struct.unpack(f"<{nr_roots}Q", mem.read(root_array, 8 * nr_roots))
+        for r, root in enumerate(roots):
             if not root:
                 continue
             n = min(per_root, nr_sections - r * per_root)
-            raw = np.frombuffer(mem.read(root, n * sec_size), dtype=np.uint8).reshape(n, sec_size)
-            out[r * per_root : r * per_root + n] = raw[:, word : word + 8].copy().view("<u8").ravel()
+            out[r * per_root : r * per_root + n] = words(mem.read(root, n * sec_size), n)
         return out
 
-    def _decode(self, words: np.ndarray) -> list[MemMapRange]:
+    def _decode(self, words: list[int]) -> list[MemMapRange]:
         size = self.page_struct_size
         pps = self.pages_per_section
         ranges: list[MemMapRange] = []
-        for nr in np.flatnonzero(words & np.uint64(_SECTION_PRESENT)).tolist():
-            coded = int(words[nr]) & ~_SECTION_FLAGS_MASK
+        for nr, word in enumerate(words):
+            if not word & _SECTION_PRESENT:
+                continue
+            coded = word & ~_SECTION_FLAGS_MASK
             if not coded:
                 continue
             start = nr * pps
             end = min(start + pps, self.max_pfn)
-            addr = (coded + start * size) & ((1 << 64) - 1)
+            addr = (coded + start * size) & _M64
             if addr < _KERNEL_HALF:
                 raise ValueError(f"section {nr} decodes to {addr:#x}, not a kernel address")
             if ranges and ranges[-1].end_pfn == start and ranges[-1].page_addr + (start - ranges[-1].start_pfn) * size == addr:
@@ -215,9 +258,18 @@ class MemMap:
     def _build_lookup(self) -> None:
         size = self.page_struct_size
         by_addr = sorted(self.ranges, key=lambda r: r.page_addr)
-        self._addr_start = np.array([r.page_addr for r in by_addr], dtype=np.uint64)
-        self._addr_end = np.array([r.page_addr + (r.end_pfn - r.start_pfn) * size for r in by_addr], dtype=np.uint64)
-        self._addr_pfn = np.array([r.start_pfn for r in by_addr], dtype=np.int64)
+        self._addr_start = [r.page_addr for r in by_addr]
+        self._addr_end = [r.page_addr + (r.end_pfn - r.start_pfn) * size for r in by_addr]
+        self._addr_pfn = [r.start_pfn for r in by_addr]
+        self._pfn_start = [r.start_pfn for r in self.ranges]
+        layout = {name: off for name, (off, _fmt) in self._fields.items()}
+        self._layout = {"flags": layout["flags"], "mapcount": layout["mapcount"], "next_flags": layout["flags"] + size}
+        for name in ("compound_head", "mapping", "private"):
+            if name in layout:
+                self._layout[name] = layout[name]
+        for name in ("order", "dtor"):
+            if name in layout:
+                self._layout["next_" + name] = layout[name] + size
 
     def _field_layout(self) -> dict[str, tuple[int, str]]:
         """Offsets of the fields read from each struct page record (and from the next one), each checked to lie
@@ -240,92 +292,126 @@ class MemMap:
             elif info.has_offset(folio_key):  # the folio overlays page[0..]: minus SIZE(page) is page[1]'s field
                 keys[name] = (folio_key, info.offset(folio_key) - size, "u1")
         for name, (key, offset, fmt) in keys.items():
-            if not 0 <= offset <= size - np.dtype(fmt).itemsize:
+            if not 0 <= offset <= size - _FORMAT_SIZE[fmt]:
                 raise VmcoreinfoError(f"{self.mem.name}: VMCOREINFO OFFSET({key})={info.get(f'OFFSET({key})')!r} puts "
                                       f"struct page's {name} outside SIZE(page)={size}: the offset or the size is "
                                       "corrupt")
         return {name: (offset, fmt) for name, (_key, offset, fmt) in keys.items()}
 
     # -- lookups -----------------------------------------------------------------------------------------
+    def _range_of(self, pfn: int) -> MemMapRange | None:
+        i = bisect.bisect_right(self._pfn_start, pfn) - 1
+        if i >= 0 and pfn < self.ranges[i].end_pfn:
+            return self.ranges[i]
+        return None
+
     def page_addr(self, pfn: int) -> int:
         """Virtual address of the struct page of ``pfn``; MemoryReadError if its section has no mem_map."""
-        for r in self.ranges:
-            if r.start_pfn <= pfn < r.end_pfn:
-                return r.page_addr + (pfn - r.start_pfn) * self.page_struct_size
-        raise MemoryReadError(f"{self.mem.name}: pfn {pfn} has no struct page (its memory section is not present)")
+        r = self._range_of(pfn)
+        if r is None:
+            raise MemoryReadError(f"{self.mem.name}: pfn {pfn} has no struct page (its memory section is not present)")
+        return r.page_addr + (pfn - r.start_pfn) * self.page_struct_size
 
-    def page_to_pfn(self, addrs) -> np.ndarray:
+    def pfn_of(self, addr: int) -> int:
+        """The pfn whose struct page is at ``addr``; -1 if ``addr`` is no struct page."""
+        i = bisect.bisect_right(self._addr_start, addr) - 1
+        if i < 0 or addr >= self._addr_end[i]:
+            return -1
+        index, rest = divmod(addr - self._addr_start[i], self.page_struct_size)
+        return -1 if rest else self._addr_pfn[i] + index
+
+    def page_to_pfn(self, addrs: Any) -> np.ndarray:
         """Pfns of struct page addresses (a scalar or an array); -1 where an address is no struct page."""
+        import numpy as np
+
         a = np.atleast_1d(np.asarray(addrs, dtype=np.uint64))
-        out = np.full(a.shape, -1, dtype=np.int64)
-        if not len(self._addr_start) or not a.size:
-            return out
-        idx = np.searchsorted(self._addr_start, a, side="right") - 1
-        ok = idx >= 0
-        idx_ok = np.where(ok, idx, 0)
-        delta = a - self._addr_start[idx_ok]
-        size = np.uint64(self.page_struct_size)
-        ok &= (a < self._addr_end[idx_ok]) & (delta % size == 0)
-        out[ok] = self._addr_pfn[idx_ok[ok]] + (delta[ok] // size).astype(np.int64)
-        return out
+        return np.array([self.pfn_of(x) for x in a.ravel().tolist()], dtype=np.int64).reshape(a.shape)
 
     def valid_ranges(self) -> list[tuple[int, int]]:
         """``[start, end)`` pfn runs that have struct pages."""
         return [(r.start_pfn, r.end_pfn) for r in self.ranges]
 
     # -- bulk reading --------------------------------------------------------------------------------------
-    def read_raw(self, start_pfn: int, count: int) -> tuple[bytes | bytearray, np.ndarray]:
-        """The raw struct page bytes of ``count`` pfns from ``start_pfn`` (zeros where there is none), and a
-        bool array telling which pfns have a struct page."""
+    def read_raw(self, start_pfn: int, count: int) -> tuple[bytes | bytearray, bytes | bytearray]:
+        """The raw struct page bytes of ``count`` pfns from ``start_pfn`` (zeros where there is none), and one
+        byte per pfn telling whether it has a struct page (1) or not (0)."""
         size = self.page_struct_size
         end_pfn = start_pfn + count
-        for r in self.ranges:  # the common case: one range holds the whole window, no copy
-            if r.start_pfn <= start_pfn and end_pfn <= r.end_pfn:
-                data = self.mem.read_filled(r.page_addr + (start_pfn - r.start_pfn) * size, count * size)
-                return data, np.ones(count, dtype=bool)
+        r = self._range_of(start_pfn)
+        if r is not None and end_pfn <= r.end_pfn:  # the common case: one range holds the whole window, no copy
+            data = self.mem.read_filled(r.page_addr + (start_pfn - r.start_pfn) * size, count * size)
+            return data, b"\x01" * count
         buf = bytearray(count * size)
-        valid = np.zeros(count, dtype=bool)
+        valid = bytearray(count)
         for r in self.ranges:
             lo, hi = max(r.start_pfn, start_pfn), min(r.end_pfn, end_pfn)
             if lo >= hi:
                 continue
             data = self.mem.read_filled(r.page_addr + (lo - r.start_pfn) * size, (hi - lo) * size)
             buf[(lo - start_pfn) * size : (hi - start_pfn) * size] = data
-            valid[lo - start_pfn : hi - start_pfn] = True
+            valid[lo - start_pfn : hi - start_pfn] = b"\x01" * (hi - lo)
         return buf, valid
 
+    def read_window(self, start_pfn: int, count: int) -> StructPages:
+        """The struct pages of pfns ``[start_pfn, start_pfn + count)`` as raw records for
+        :func:`~kdumplab.memory.page_rules.classify_window` (one record more is read: the last page's ``page[1]``)."""
+        raw, valid = self.read_raw(start_pfn, count + 1)
+        return StructPages(raw, count, start_pfn, self.page_struct_size, self._layout,
+                           None if valid.count(1) == count + 1 else valid[:count],
+                           lambda a, b, word: self._tail_heads(start_pfn, a, b, word))
+
+    def _tail_heads(self, start_pfn: int, a: int, b: int, word: int) -> Iterator[tuple[int, int, int]]:
+        """``(x, y, head pfn)`` for the tails ``[a, b)`` (window positions) sharing the ``compound_head`` word
+        ``word``: one head for a pointer; for 7.x's mask, one per aligned block of struct pages."""
+        low = ~(word & ~1) & _M64
+        if low & (low + 1) & _M64:  # the head's address + 1
+            yield a, b, self.pfn_of((word - 1) & _M64)
+            return
+        size = self.page_struct_size
+        while a < b:
+            r = self._range_of(start_pfn + a)
+            if r is None:  # no struct page: not a tail (read_raw zeroed it)
+                yield a, a + 1, -1
+                a += 1
+                continue
+            addr = r.page_addr + (start_pfn + a - r.start_pfn) * size
+            head = head_addr(word, addr)
+            stop = min(b, r.end_pfn - start_pfn, a + max(1, -(-(head + low + 1 - addr) // size)))
+            yield a, stop, self.pfn_of(head)
+            a = stop
+
     def read_pages(self, start_pfn: int, count: int) -> np.ndarray:
-        """Struct pages of pfns ``[start_pfn, start_pfn + count)`` as a :data:`PAGE_DTYPE` array.
+        """Struct pages of pfns ``[start_pfn, start_pfn + count)`` as a :data:`PAGE_DTYPE` array (numpy: for
+        analysis; the classifier reads :meth:`read_window`).
 
         One extra struct page is read so that the last record has its ``next_*`` fields too.
         """
+        import numpy as np
+
+        window = self.read_window(start_pfn, count)
         size = self.page_struct_size
-        raw, valid = self.read_raw(start_pfn, count + 1)
         view_dtype = np.dtype({"names": list(self._fields), "formats": [f for _, f in self._fields.values()],
                                "offsets": [o for o, _ in self._fields.values()], "itemsize": size})
-        rec = np.frombuffer(raw, dtype=view_dtype, count=count + 1)
-        out = np.zeros(count, dtype=PAGE_DTYPE)
+        rec = np.frombuffer(window.raw, dtype=view_dtype, count=count + 1)
+        out = np.zeros(count, dtype=_page_dtype())
         for name in ("flags", "compound_head", "mapping", "private", "mapcount", "refcount"):
             if name in self._fields:
                 out[name] = rec[name][:count]
-        if "mapcount" not in self._fields:
-            out["mapcount"] = -1
         out["next_flags"] = rec["flags"][1:]
         if "order" in self._fields:
             out["next_order"] = rec["order"][1:]
         if "dtor" in self._fields:
             out["next_dtor"] = rec["dtor"][1:]
-        out["valid"] = valid[:count]
+        out["valid"] = True if window.valid is None else np.frombuffer(window.valid, dtype=bool)
         out["head_pfn"] = -1
-        tail = (out["compound_head"] & np.uint64(1)).astype(bool) & out["valid"]
-        if tail.any():
-            pos = np.flatnonzero(tail)
-            heads = tail_head_addrs(out["compound_head"][pos], self.pfn_to_page_addr(pos + start_pfn))
-            out["head_pfn"][pos] = self.page_to_pfn(heads)
+        for x, y, head_pfn in window.tail_pieces(window.bit("compound_head", 0) & window.valid_all):
+            out["head_pfn"][x:y] = head_pfn
         return out
 
-    def pfn_to_page_addr(self, pfns) -> np.ndarray:
+    def pfn_to_page_addr(self, pfns: Any) -> np.ndarray:
         """Struct page addresses of ``pfns`` (an array); 0 where a pfn has no struct page."""
+        import numpy as np
+
         p = np.asarray(pfns, dtype=np.int64)
         out = np.zeros(p.shape, dtype=np.uint64)
         size = np.uint64(self.page_struct_size)

@@ -25,9 +25,9 @@ Three layouts, chosen by the keys the kernel exported:
 from __future__ import annotations
 
 import re
+import struct
+import sys
 from typing import Any, NamedTuple
-
-import numpy as np
 
 from kdumplab.errors import MemoryReadError, VmcoreinfoError
 
@@ -92,9 +92,14 @@ def read_printk(mem: Any) -> list[PrintkRecord]:
                           "cannot be located")
 
 
-def _struct(info, prefix: str, fields: dict[str, tuple[str, str]], itemsize: int) -> np.dtype:
-    """A numpy dtype with ``fields`` {name: (member key, format)} at their VMCOREINFO offsets."""
-    names, formats, offsets = [], [], []
+_CODES = {"<u8": "Q", "<u4": "I", "<u2": "H", "u1": "B"}
+
+
+def _struct(info, prefix: str, fields: dict[str, tuple[str, str]], itemsize: int) -> tuple[int, dict[str, tuple[int, str]]]:
+    """``(itemsize, {name: (offset, format)})`` for ``fields`` {name: (member key or offset, format)} at their
+    VMCOREINFO offsets (formats ``<u8 <u4 <u2 u1``, or ``S<n>`` for n bytes); members VMCOREINFO lacks are left
+    out."""
+    out = {}
     for name, (member, fmt) in fields.items():
         if isinstance(member, int):
             off = member
@@ -102,14 +107,30 @@ def _struct(info, prefix: str, fields: dict[str, tuple[str, str]], itemsize: int
             off = info.offset(f"{prefix}.{member}")
         else:
             continue
-        if off < 0 or off + np.dtype(fmt).itemsize > itemsize:
+        size = int(fmt[1:]) if fmt[0] == "S" else struct.calcsize(_CODES[fmt])
+        if off < 0 or off + size > itemsize:
             raise VmcoreinfoError(f"{info.source or '<dump>'}: VMCOREINFO puts {prefix}.{member} at offset {off}, "
                                   f"outside the {itemsize}-byte struct {prefix}: the offsets or SIZE({prefix}) are "
                                   "corrupt")
-        names.append(name)
-        formats.append(fmt)
-        offsets.append(off)
-    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": itemsize})
+        out[name] = (off, fmt)
+    return itemsize, out
+
+
+def _columns(raw: bytes, count: int, layout: tuple[int, dict[str, tuple[int, str]]]) -> dict[str, list]:
+    """Each field of ``count`` records back to back in ``raw`` as a list (``S<n>`` fields as bytes without their
+    trailing NULs, as C strings)."""
+    itemsize, fields = layout
+    out: dict[str, list] = {}
+    for name, (off, fmt) in fields.items():
+        if fmt[0] == "S":
+            n = int(fmt[1:])
+            out[name] = [raw[i + off : i + off + n].rstrip(b"\0") for i in range(0, count * itemsize, itemsize)]
+        elif sys.byteorder == "little" and not off % (size := struct.calcsize(_CODES[fmt])) and not itemsize % size:
+            out[name] = memoryview(raw).cast(_CODES[fmt])[off // size :: itemsize // size][:count].tolist()
+        else:
+            unpack = struct.Struct("<" + _CODES[fmt]).unpack_from
+            out[name] = [unpack(raw, i + off)[0] for i in range(0, count * itemsize, itemsize)]
+    return out
 
 
 def _read_lockless(mem: Any) -> list[PrintkRecord]:
@@ -153,15 +174,15 @@ def _read_lockless(mem: Any) -> list[PrintkRecord]:
                    "facility": (text_len_off + 2, "u1"), "flv": (text_len_off + 3, "u1"),
                    "caller": ("caller_id", "<u4")}
     info_dt = _struct(info, "printk_info", info_fields, info.size("printk_info"))
-    descs = mem.read_array(descs_addr, count, desc_dt)
-    infos = mem.read_array(infos_addr, count, info_dt)
+    descs = _columns(mem.read(descs_addr, count * desc_dt[0]), count, desc_dt)
+    infos = _columns(mem.read(infos_addr, count * info_dt[0]), count, info_dt)
     data = mem.read(data_addr, data_size)
     dev = _dev_info_reader(mem, infos_addr, count)
 
-    states, begins, nexts = descs["state"].tolist(), descs["begin"].tolist(), descs["next"].tolist()
-    seqs, tss, tlens = infos["seq"].tolist(), infos["ts"].tolist(), infos["text_len"].tolist()
-    facs, flvs = infos["facility"].tolist(), infos["flv"].tolist()
-    callers = infos["caller"].tolist() if "caller" in info_dt.names else None
+    states, begins, nexts = descs["state"], descs["begin"], descs["next"]
+    seqs, tss, tlens = infos["seq"], infos["ts"], infos["text_len"]
+    facs, flvs = infos["facility"], infos["flv"]
+    callers = infos.get("caller")
 
     out: list[PrintkRecord] = []
     rid = tail_id
@@ -212,10 +233,9 @@ def _dev_info_reader(mem: Any, infos_addr: int, count: int):
         if off + length > itemsize:
             raise VmcoreinfoError(f"{info.source or '<dump>'}: VMCOREINFO puts printk_info's {name.lower()} at "
                                   f"{off}..{off + length}, past SIZE(printk_info)={itemsize}")
-    dt = np.dtype({"names": [f[0] for f in fields], "formats": [f"S{f[2]}" for f in fields],
-                   "offsets": [f[1] for f in fields], "itemsize": info.size("printk_info")})
-    arr = mem.read_array(infos_addr, count, dt)
-    subs, devs = arr["SUBSYSTEM"].tolist(), arr["DEVICE"].tolist()
+    layout = (itemsize, {name: (off, f"S{length}") for name, off, length in fields})
+    arr = _columns(mem.read(infos_addr, count * itemsize), count, layout)
+    subs, devs = arr["SUBSYSTEM"], arr["DEVICE"]
 
     def get(i: int) -> dict:
         d = {}

@@ -42,14 +42,15 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from kdumplab.errors import MemoryReadError, VmcoreinfoError
 from kdumplab.formats.arch import dump_machine
 from kdumplab.formats.vmcoreinfo import VmcoreInfo
 from kdumplab.memory.arm64 import Arm64Layout
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["KernelMemory", "KERNEL_MAP_START"]
 
@@ -343,7 +344,10 @@ class KernelMemory:
         return int.from_bytes(self.read(vaddr, 8), "little", signed=True)
 
     def read_array(self, vaddr: int, count: int, dtype: Any) -> np.ndarray:
-        """``count`` items of ``dtype`` at ``vaddr`` as a (read-only) numpy array."""
+        """``count`` items of ``dtype`` at ``vaddr`` as a (read-only) numpy array (for analysis: numpy is
+        imported here, not by the capture)."""
+        import numpy as np
+
         dt = np.dtype(dtype)
         return np.frombuffer(self.read(vaddr, count * dt.itemsize), dtype=dt, count=count)
 
