@@ -64,3 +64,17 @@ def test_capture_commands_without_analysis_stack():
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
         assert out.returncode == 0, (command, out.stderr)
         assert "Usage:" in out.stdout, command
+
+
+def test_capture_imports_without_numpy():
+    """Issue 11/14: the kdump initrd carries no numpy (45 of its 86 MiB unpacked with OpenBLAS): every capture
+    module, the memory and formats packages and ``kdumplab save --help`` import with numpy unimportable.
+    tests/synthetic/test_save_without_numpy.py runs a whole save that way."""
+    banned = (*BANNED, "numpy")
+    out = subprocess.run([sys.executable, "-c", _SCRIPT.format(banned=banned)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "kdumplab.capture.save" in out.stdout.split()
+    script = (f"import sys\nfor n in {banned!r}: sys.modules[n] = None\n"
+              "sys.argv = ['kdumplab', 'save', '--help']\nfrom kdumplab.cli import main\nmain()\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

@@ -12,8 +12,9 @@ Layout (x86_64 and aarch64, little-endian, ``block_size`` = page size; the machi
     ... + 24 * num_dumpable             page data: the shared zero page (dump level bit 1), then pages in pfn order
 
 The k-th set bit of the 2nd bitmap owns the k-th page_desc. :class:`KdumpFile` keeps a prefix count of set bits
-per 512 pfns (a numpy cumsum of per-block popcounts, bit order little), so :meth:`KdumpFile.page_desc` is O(1)
-and a window read ranks its pfns with one ``unpackbits`` + ``cumsum``.
+per 512 pfns (popcounts of 64-byte blocks, accumulated; bit order little), so :meth:`KdumpFile.page_desc` is
+O(1) and a window read ranks its first pfn once. Standard library only (``kdumplab save`` verifies what it wrote
+with this reader).
 
 >>> from kdumplab.formats.kdump import KdumpFile
 >>> with KdumpFile("/var/crash/dump.kdump") as dump:               # doctest: +SKIP
@@ -34,20 +35,19 @@ from __future__ import annotations
 
 import os
 import struct
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import TYPE_CHECKING, Any, NamedTuple
+from itertools import accumulate
+from typing import Any, NamedTuple
 
 from kdumplab.errors import CorruptDumpError, MemoryReadError, TruncatedDumpError, UnsupportedDumpError
+from kdumplab.formats import bitmap as bitmap_mod
 from kdumplab.formats.arch import machine_from_vmcoreinfo, normalize_machine
 from kdumplab.formats.codecs import CODEC_FLAGS_MASK, codec_for_flag
 from kdumplab.formats.dumpfile import DISKDUMP_SIGNATURE, KDUMP_SIGNATURE, DumpFile
 from kdumplab.formats.notes import find_note, parse_notes, prstatus_notes
 from kdumplab.formats.vmcoreinfo import VmcoreInfo
-
-if TYPE_CHECKING:
-    import numpy as np
 
 #: ``disk_dump_header.status`` bits beyond the codec flags.
 STATUS_INCOMPLETE = 0x8
@@ -69,23 +69,7 @@ _SUB_FIELDS_SINCE = (
 _RANK_BLOCK_BYTES = 64  # prefix counts every 512 pfns: 1/64 of the bitmap in int64, not 8x it
 _RANK_BLOCK_SHIFT = 9
 _PAGE_CACHE_PAGES = 64  # decompressed pages kept for small reads: 256 KiB with 4 KiB pages
-
-
-@lru_cache(maxsize=None)
-def _numpy_constant(name: str) -> Any:
-    import numpy as np
-
-    if name == "PAGE_DESC_DTYPE":  # page_desc as a numpy dtype
-        return np.dtype([("offset", "<i8"), ("size", "<u4"), ("flags", "<u4"), ("page_flags", "<u8")])
-    return np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)  # POPCOUNT8: popcount of each byte
-
-
-def __getattr__(name: str) -> Any:
-    """``PAGE_DESC_DTYPE`` and ``POPCOUNT8`` (numpy), made on first use: importing this module (``kdumplab
-    save`` does, for PAGE_DESC) must not import numpy."""
-    if name in ("PAGE_DESC_DTYPE", "POPCOUNT8"):
-        return _numpy_constant(name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+_CODEC_FLAGS = frozenset((0, 0x1, 0x2, 0x4, 0x20))
 
 
 class Utsname(NamedTuple):
@@ -212,40 +196,18 @@ class PageDesc(NamedTuple):
     page_flags: int
 
 
-# -- bitmap helpers (shared with the writer) ---------------------------------------------------------------
-def count_bits(bitmap: np.ndarray) -> int:
-    """Number of set bits in a uint8 bitmap."""
-    import numpy as np
-
-    return int(_numpy_constant("POPCOUNT8")[np.asarray(bitmap, dtype=np.uint8)].sum(dtype=np.int64))
+# -- bitmap helpers ---------------------------------------------------------------------------------------
+def count_bits(bitmap: Any) -> int:
+    """Number of set bits in a packed bitmap (any bytes-like object)."""
+    return bitmap_mod.popcount(bitmap)
 
 
-def bitmap_runs(bitmap: np.ndarray, nbits: int, *, chunk_bytes: int = 1 << 20) -> list[tuple[int, int]]:
-    """``[start, end)`` runs of set bits among the first ``nbits`` of an LSB-first bitmap.
-
-    Works in chunks so that a 1 TiB machine's bitmap is never unpacked into 2^28 bytes at once.
-    """
-    import numpy as np
-
-    bitmap = np.asarray(bitmap, dtype=np.uint8)
-    runs: list[tuple[int, int]] = []
-    nbytes = min(len(bitmap), (nbits + 7) // 8)
-    for b0 in range(0, nbytes, chunk_bytes):
-        chunk = bitmap[b0 : min(nbytes, b0 + chunk_bytes)]
-        if not chunk.any():
-            continue
-        bits = np.unpackbits(chunk, bitorder="little")
-        base = b0 * 8
-        bits = bits[: max(0, nbits - base)]
-        edges = np.diff(np.concatenate(([0], bits, [0])).astype(np.int8))
-        starts = np.flatnonzero(edges == 1) + base
-        ends = np.flatnonzero(edges == -1) + base
-        for s, e in zip(starts.tolist(), ends.tolist()):
-            if runs and runs[-1][1] == s:  # a run that crosses a chunk boundary
-                runs[-1] = (runs[-1][0], e)
-            else:
-                runs.append((s, e))
-    return runs
+def bitmap_runs(bitmap: Any, nbits: int) -> list[tuple[int, int]]:
+    """``[start, end)`` runs of set bits among the first ``nbits`` of an LSB-first bitmap (any bytes-like
+    object)."""
+    if not isinstance(bitmap, (bytes, bytearray)):
+        bitmap = bytes(memoryview(bitmap).cast("B"))
+    return list(bitmap_mod.bitmap_runs(bitmap, 0, min(nbits, 8 * len(bitmap))))
 
 
 class KdumpFile(DumpFile):
@@ -278,8 +240,6 @@ class KdumpFile(DumpFile):
         return CorruptDumpError(self.path, offset, field, problem)
 
     def _load(self) -> None:
-        import numpy as np
-
         if self.file_size < HEADER.size:
             raise TruncatedDumpError(
                 self.path, 0, "disk_dump_header", f"the file has {self.file_size} bytes, the header needs {HEADER.size}"
@@ -366,11 +326,9 @@ class KdumpFile(DumpFile):
             self._desc_start, self._desc_end = sub.start_pfn_64, min(sub.end_pfn_64 or max_mapnr, max_mapnr)
         else:
             self._desc_start, self._desc_end = 0, max_mapnr
-        counts = _numpy_constant("POPCOUNT8")[self.bitmap2]
-        pad = (-len(counts)) % _RANK_BLOCK_BYTES
-        counts = np.concatenate((counts, np.zeros(pad, np.uint8))).reshape(-1, _RANK_BLOCK_BYTES)
-        per_block = counts.sum(axis=1, dtype=np.int64)
-        self._rank_index = np.concatenate(([0], np.cumsum(per_block)))
+        bm, step = self.bitmap2, _RANK_BLOCK_BYTES
+        self._rank_index = array("q", accumulate((int.from_bytes(bm[i : i + step], "little").bit_count()
+                                                  for i in range(0, len(bm), step)), initial=0))
         self._rank_origin = self._rank(self._desc_start)
         self.num_dumpable = self._rank(self._desc_end) - self._rank_origin
 
@@ -390,14 +348,12 @@ class KdumpFile(DumpFile):
         When they are not, the file is read from what it holds (pages whose desc or data is missing read as
         absent, as drgn reads them) and :attr:`partial` says how many pages are missing.
         """
-        import numpy as np
-
         end_of_table = self.data_offset > self.file_size
         if not end_of_table and not self.incomplete:
-            last = self._read_descs(self.num_dumpable - 1, 1)[0]
-            o, size = int(last["offset"]), int(last["size"])
+            last = self._read_descs(self.num_dumpable - 1, 1)
+            o, size = last[0][0], last[0][1]
             if o != 0 and o + size <= self.file_size:
-                self._check_descs(np.array([last]), np.array([self._last_dumpable_pfn()]), lost_ok=False)
+                self._check_descs(last, [self._last_dumpable_pfn()], lost_ok=False)
                 return
         self._cut = True
         lost = self._count_lost()
@@ -414,28 +370,25 @@ class KdumpFile(DumpFile):
     def _count_lost(self) -> tuple[int, int]:
         """``(descs never written or past the end, descs whose data is past the end)`` over the whole table,
         read in chunks."""
-        import numpy as np
-
         never = past = 0
         chunk = 1 << 18
         in_file = max(0, min(self.num_dumpable, (self.file_size - self.desc_offset) // PAGE_DESC.size))
         for i in range(0, in_file, chunk):
             n = min(chunk, in_file - i)
             raw = os.pread(self._fd, n * PAGE_DESC.size, self.desc_offset + i * PAGE_DESC.size)
-            descs = np.frombuffer(raw, dtype=_numpy_constant("PAGE_DESC_DTYPE"), count=len(raw) // PAGE_DESC.size)
-            off = descs["offset"]
-            never += int((off == 0).sum())
-            past += int(((off != 0) & (off + descs["size"].astype(np.int64) > self.file_size)).sum())
+            end = self.file_size
+            for o, size, _flags, _ in PAGE_DESC.iter_unpack(raw[: len(raw) - len(raw) % PAGE_DESC.size]):
+                if o == 0:
+                    never += 1
+                elif o + size > end:
+                    past += 1
         never += self.num_dumpable - in_file
         return never, past
 
     def _last_dumpable_pfn(self) -> int:
-        import numpy as np
-
-        part = self.bitmap2[: (self._desc_end + 7) >> 3]
-        nonzero = part != 0
-        byte = len(part) - 1 - int(np.argmax(nonzero[::-1]))
-        pfn = byte * 8 + int(part[byte]).bit_length() - 1
+        part = bytes(self.bitmap2[: (self._desc_end + 7) >> 3]).rstrip(b"\0")
+        byte = max(len(part) - 1, 0)
+        pfn = byte * 8 + (part[byte] if part else 0).bit_length() - 1
         return min(pfn, self._desc_end - 1)
 
     @staticmethod
@@ -490,10 +443,8 @@ class KdumpFile(DumpFile):
                                        f"{named!r}; only x86_64 and aarch64 dumps are read")
         self.machine = machine or machine_from_vmcoreinfo(self.vmcoreinfo)
 
-    def _read_bitmap(self, offset: int, nbytes: int, what: str) -> np.ndarray:
-        import numpy as np
-
-        bm = np.frombuffer(self._pread(offset, nbytes, what), dtype=np.uint8).copy()
+    def _read_bitmap(self, offset: int, nbytes: int, what: str) -> bytearray:
+        bm = bytearray(self._pread(offset, nbytes, what))
         tail = self.max_mapnr & 7
         if tail:  # bits past max_mapnr in the last byte mean nothing
             bm[-1] &= (1 << tail) - 1
@@ -505,7 +456,7 @@ class KdumpFile(DumpFile):
         block = pfn >> _RANK_BLOCK_SHIFT
         b0 = block * _RANK_BLOCK_BYTES
         b1 = pfn >> 3
-        r = int(self._rank_index[block]) + int.from_bytes(self.bitmap2[b0:b1].tobytes(), "little").bit_count()
+        r = int(self._rank_index[block]) + int.from_bytes(self.bitmap2[b0:b1], "little").bit_count()
         if pfn & 7 and b1 < len(self.bitmap2):
             r += (int(self.bitmap2[b1]) & ((1 << (pfn & 7)) - 1)).bit_count()
         return r
@@ -515,10 +466,9 @@ class KdumpFile(DumpFile):
             self._desc_start <= pfn < self._desc_end and bool((int(self.bitmap2[pfn >> 3]) >> (pfn & 7)) & 1)
         )
 
-    def _read_descs(self, index: int, count: int) -> np.ndarray:
-        """``count`` descs from table index ``index``; in an incomplete file the part past EOF reads as zeros."""
-        import numpy as np
-
+    def _read_descs(self, index: int, count: int) -> list[tuple[int, int, int, int]]:
+        """``count`` descs ``(offset, size, flags, page_flags)`` from table index ``index``; in an incomplete file
+        the part past EOF reads as zeros."""
         off = self.desc_offset + index * PAGE_DESC.size
         size = count * PAGE_DESC.size
         avail = max(0, min(size, self.file_size - off))
@@ -527,37 +477,32 @@ class KdumpFile(DumpFile):
                 self.path, off, "page_desc table", f"needs {size} bytes, the file ends at {self.file_size}"
             )
         raw = os.pread(self._fd, avail, off) if avail else b""
-        descs = np.frombuffer(raw.ljust(size, b"\0"), dtype=_numpy_constant("PAGE_DESC_DTYPE"))
+        descs = list(PAGE_DESC.iter_unpack(raw.ljust(size, b"\0")))
         if self._cut:  # data past the end of a cut file is lost, like a desc never written
-            past = descs["offset"] + descs["size"].astype(np.int64) > self.file_size
-            if past.any():
-                descs = descs.copy()
-                descs["offset"][past] = 0
+            end = self.file_size
+            descs = [(0, *d[1:]) if d[0] + d[1] > end else d for d in descs]
         return descs
 
     def page_desc(self, pfn: int) -> PageDesc | None:
         """The page_desc of ``pfn``, or None if the pfn has none (excluded, a hole, past max_pfn)."""
         if not 0 <= pfn < self.max_mapnr or not self._has_desc(pfn):
             return None
-        d = self._read_descs(self._rank(pfn) - self._rank_origin, 1)[0]
-        return PageDesc(int(d["offset"]), int(d["size"]), int(d["flags"]), int(d["page_flags"]))
+        return PageDesc(*self._read_descs(self._rank(pfn) - self._rank_origin, 1)[0])
 
-    def _check_descs(self, descs: np.ndarray, pfns: np.ndarray, *, lost_ok: bool) -> None:
-        """Vectorised sanity checks of descs; raise on the first bad one."""
-        import numpy as np
-
-        off, size, flags = descs["offset"], descs["size"].astype(np.int64), descs["flags"]
-        lost = off == 0
-        known = np.isin(flags, (0, 0x1, 0x2, 0x4, 0x20))
-        bad_flag = ~known & ~lost
-        bad_size = ~lost & ((size > self.block_size) | (size == 0) | ((flags == 0) & (size != self.block_size)))
-        bad_off = ~lost & ((off < self.data_offset) | (off + size > self.file_size))
-        for mask, kind in ((bad_flag, "flag"), (bad_size, "size"), (bad_off, "offset")):
-            if mask.any():
-                i = int(np.flatnonzero(mask)[0])
+    def _check_descs(self, descs: list[tuple[int, int, int, int]], pfns: list[int], *, lost_ok: bool) -> None:
+        """Sanity checks of descs (those of ``pfns``); raise on the first bad one (a bad flag first, then a bad
+        size, then a bad offset, then a lost page)."""
+        ps, start, end = self.block_size, self.data_offset, self.file_size
+        bad = [(i, o, s, f) for i, (o, s, f, _) in enumerate(descs)
+               if o != 0 and (f not in _CODEC_FLAGS or s > ps or s == 0 or (f == 0 and s != ps) or o < start
+                              or o + s > end)]
+        for kind in ("flag", "size", "offset"):
+            for i, o, s, f in bad:
+                if kind == "flag" and f in _CODEC_FLAGS or kind == "size" and not (s > ps or s == 0 or (
+                        f == 0 and s != ps)):
+                    continue
                 pfn = int(pfns[i])
                 where = self.desc_offset + (self._rank(pfn) - self._rank_origin) * PAGE_DESC.size
-                o, s, f = int(off[i]), int(size[i]), int(flags[i])
                 if kind == "flag":
                     raise self._corrupt(where, f"page_desc.flags of pfn {pfn:#x}", f"unknown compression flag {f:#x}")
                 if kind == "size":
@@ -575,8 +520,9 @@ class KdumpFile(DumpFile):
                     where, f"page_desc.offset of pfn {pfn:#x}",
                     f"data at {o} lies before the page data area, which starts at {self.data_offset}",
                 )  # fmt: skip
-        if lost.any() and not lost_ok:
-            pfn = int(pfns[int(np.flatnonzero(lost)[0])])
+        lost = next((i for i, d in enumerate(descs) if d[0] == 0), None)
+        if lost is not None and not lost_ok:
+            pfn = int(pfns[lost])
             if self._cut and not self.incomplete:
                 raise MemoryReadError(
                     f"{self.path}: pfn {pfn:#x} is missing: the dump was cut short or never finished before its data "
@@ -590,8 +536,6 @@ class KdumpFile(DumpFile):
 
     # -- reading --------------------------------------------------------------------------------------------
     def _read_window(self, pfn: int, count: int, strict: bool) -> bytearray:
-        import numpy as np
-
         ps = self.page_size
         out = bytearray(count * ps)
         lo, hi = max(pfn, self._desc_start), min(pfn + count, self._desc_end)
@@ -599,36 +543,33 @@ class KdumpFile(DumpFile):
             if strict and count:
                 self._raise_absent(pfn)
             return out
-        b0 = lo >> 3
-        bits = np.unpackbits(self.bitmap2[b0 : (hi + 7) >> 3], bitorder="little")[lo - 8 * b0 : hi - 8 * b0]
-        if strict and (lo > pfn or hi < pfn + count or not bits.all()):
+        b0 = lo & ~7
+        bits = bitmap_mod.unpack(self.bitmap2, b0, hi)[lo - b0 : hi - b0]
+        if strict and (lo > pfn or hi < pfn + count or bits.count(1) != hi - lo):
             missing = [p for p in range(pfn, pfn + count) if not (lo <= p < hi and bits[p - lo])]
             self._raise_absent(missing[0])
-        idx = np.flatnonzero(bits)
-        if not len(idx):
+        pfns = [lo + i for i, bit in enumerate(bits) if bit]
+        if not pfns:
             return out
-        pfns = idx + lo
-        descs = self._read_descs(self._rank(lo) - self._rank_origin, len(idx))
+        descs = self._read_descs(self._rank(lo) - self._rank_origin, len(pfns))
         self._check_descs(descs, pfns, lost_ok=not strict)
         mv = memoryview(out)
-        offs, sizes, flags = descs["offset"], descs["size"], descs["flags"]
-        real = (offs != 0) & (offs != (self._zero_offset if self._zero_offset is not None else -1))
-        if not real.any():
+        zero = self._zero_offset if self._zero_offset is not None else -1
+        real = [(p, d) for p, d in zip(pfns, descs) if d[0] != 0 and d[0] != zero]
+        if not real:
             return out
         # One read covers the window when its pages are stored close together (the usual case: pfn order).
-        r_off, r_end = offs[real], offs[real] + sizes[real].astype(np.int64)
-        span_lo, span_hi = int(r_off.min()), int(r_end.max())
+        span_lo, span_hi = min(d[0] for _, d in real), max(d[0] + d[1] for _, d in real)
         span = None
-        if span_hi - span_lo <= max(2 * int(sizes[real].sum()), ps) and span_hi - span_lo <= (32 << 20):
+        if span_hi - span_lo <= max(2 * sum(d[1] for _, d in real), ps) and span_hi - span_lo <= (32 << 20):
             span = self._pread(span_lo, span_hi - span_lo, "page data")
-        for i in np.flatnonzero(real).tolist():
-            o, s, f = int(offs[i]), int(sizes[i]), int(flags[i])
+        for p, (o, s, f, _) in real:
             data = span[o - span_lo : o - span_lo + s] if span is not None else self._pread(o, s, "page data")
-            dst = (int(pfns[i]) - pfn) * ps
+            dst = (p - pfn) * ps
             if f == 0:
                 mv[dst : dst + ps] = data
             else:
-                mv[dst : dst + ps] = codec_for_flag(f).decompress(data, ps, path=self.path, offset=o, pfn=int(pfns[i]))
+                mv[dst : dst + ps] = codec_for_flag(f).decompress(data, ps, path=self.path, offset=o, pfn=p)
         return out
 
     def _raise_absent(self, pfn: int) -> None:
@@ -652,9 +593,7 @@ class KdumpFile(DumpFile):
         return bytes(self._read_window(pfn, count, strict=False))
 
     def _read_one(self, pfn: int) -> bytes:
-        """Scalar path of :meth:`_read_window` for one page (no numpy overhead on the page-table-walk path)."""
-        import numpy as np
-
+        """Scalar path of :meth:`_read_window` for one page (the page-table-walk path)."""
         if not (0 <= pfn < self.max_mapnr and self._has_desc(pfn)):
             self._raise_absent(pfn)
         index = self._rank(pfn) - self._rank_origin
@@ -664,12 +603,11 @@ class KdumpFile(DumpFile):
         if self._cut and o + s > self.file_size:
             o = 0
         ps = self.page_size
-        if o == 0 or f not in (0, 0x1, 0x2, 0x4, 0x20) or s > ps or s == 0 or (f == 0 and s != ps) \
+        if o == 0 or f not in _CODEC_FLAGS or s > ps or s == 0 or (f == 0 and s != ps) \
                 or o < self.data_offset or o + s > self.file_size:  # fmt: skip
-            descs = np.frombuffer(PAGE_DESC.pack(o, s, f, 0), dtype=_numpy_constant("PAGE_DESC_DTYPE"))
             if not raw and not (self.incomplete or self._cut):
                 self._read_descs(index, 1)  # raises the truncation error
-            self._check_descs(descs, np.array([pfn]), lost_ok=False)  # raises the precise error
+            self._check_descs([(o, s, f, 0)], [pfn], lost_ok=False)  # raises the precise error
         if o == self._zero_offset:
             return bytes(ps)
         data = self._pread(o, s, "page data")

@@ -235,3 +235,28 @@ def test_present_runs_of_a_kcore_like_dump():
     assert present_runs(img) == [(1, 0x9F), (0x100, 0x800)]
     img2 = MemoryImage(SIZE, "PAGESIZE=4096\n", present=[(0, 16), (32, 48)], segments=segs[3:])
     assert present_runs(img2) == [(0, 16), (32, 48)]  # an ordinary dump: its own present_pfns()
+
+
+def test_raw_window_resolves_7x_mask_encoded_tails():
+    """The classifier's raw windows (what ``kdumplab save`` reads, no numpy): tails whose compound_info is 7.x's
+    mask (``tail_address & mask`` is the head) resolve to their head per aligned block, tails pointing into a
+    missing section to no head, and the tails take their head's class."""
+    from kdumplab.memory.page_rules import ClassRules, classify_window
+
+    k = Kernel("6.12")
+    info = k.info
+    mask = ~(8 * 64 - 1) | 1                                  # an order-3 folio of 64-byte struct pages
+    base = 2 * PPS
+    k.page(base + 8, flags=info.number("PG_head_mask"), mapping=0xFF11000000999001)   # anon head
+    k.u64(k.page_phys(base + 9) + info.offset("page.flags"), 3)                       # folio order 3
+    for t in range(9, 16):
+        k.u64(k.page_phys(base + t) + info.offset("page.compound_head"), mask)
+    k.page(base + 16, flags=1 << info.number("PG_lru"), mapping=0xFF11000000123000)    # page cache after it
+    k.page(base + 17, head=PPS + 3)                                                    # into the hole
+    mm = MemMap(k.mem, max_pfn=3 * PPS)
+    window = mm.read_window(base, 24)
+    tail = window.bit("compound_head", 0) & window.valid_all
+    assert window.tail_pieces(tail) == [(9, 16, base + 8), (17, 18, -1)]
+    classes = [LABELS[c] for c in classify_window(window, ClassRules.from_vmcoreinfo(info))]
+    assert classes[8:17] == ["anon"] * 8 + ["cache"] and classes[17] == "kernel"
+    assert mm.read_pages(base, 24)["head_pfn"][8:18].tolist() == [-1] + [base + 8] * 7 + [-1, -1]
