@@ -152,10 +152,10 @@ class MemoryClassifier:
         self._state_cls = ClassifyState
         #: ``(start_pfn, count, reason bits)`` runs of struct pages the trust check refused (kept whole).
         self.distrusted: list[tuple[int, int, int]] = []
-        from kdumplab.memory.pcp import PcpFree
-
-        #: The free pages on the per-CPU lists (no buddy marker): classed free (meta.json ``per_cpu_free``).
-        self.pcp = PcpFree.of(mem, self.mem_map)
+        #: The free pages on the per-CPU lists (no buddy marker), walked at the first window of a dump level that
+        #: drops free pages and classed free (meta.json ``per_cpu_free``); None until then.
+        self.pcp: Any = None
+        self._mem = mem
 
     def window(self, start: int, count: int, dump_level: int) -> tuple[bytearray, bytes]:
         """``(classes, kept)``: one byte per page each (a :class:`~kdumplab.memory.page_rules.PageClass` value;
@@ -172,8 +172,13 @@ class MemoryClassifier:
             raise
         if bad:
             self.distrusted.extend(distrust_runs(reasons, start))
-        self.pcp.mark(classes, start, free_value=PageClass.FREE, replaceable=(PageClass.KERNEL, PageClass.ZERO),
-                      skip=reasons if bad else None)
+        if dump_level & 16:
+            if self.pcp is None:
+                from kdumplab.memory.pcp import PcpFree
+
+                self.pcp = PcpFree.of(self._mem, self.mem_map)
+            self.pcp.mark(classes, start, free_value=PageClass.FREE, replaceable=(PageClass.KERNEL, PageClass.ZERO),
+                          skip=reasons if bad else None)
         return classes, classes.translate(keep_table(dump_level))
 
     def fallback_json(self, dump_level: int, limit: int = 4096) -> dict[str, Any] | None:
@@ -708,7 +713,7 @@ def _save(dump: Any, source: str, dest: str, options: SaveOptions, progress: Pro
     if plan is None:  # even an unfiltered copy could not be planned: the source's headers are unusable
         reasons = "; ".join(f["reason"] for f in meta["fallbacks"])
         raise SourceInvalidError(f"{source}: cannot plan the dump at any dump level: {reasons}")
-    if classifier is not None:
+    if classifier is not None and classifier.pcp is not None:
         meta["per_cpu_free"] = classifier.pcp.to_json()
     page_fallback = classifier.fallback_json(level) if classifier is not None else None
     if page_fallback is not None:
