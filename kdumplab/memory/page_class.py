@@ -117,8 +117,6 @@ def type_match(mapcount: np.ndarray, value: int | None) -> np.ndarray:
     return np.frombuffer(mask.to_bytes(n, "little"), dtype=bool).copy()
 
 
-_type_match = type_match
-
 
 def _struct_pages(pages: np.ndarray, start_pfn: int) -> StructPages:
     """A :data:`~kdumplab.memory.mem_map.PAGE_DTYPE` array as the core's records (the tails' ``head_pfn`` is

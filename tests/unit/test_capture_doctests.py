@@ -7,7 +7,8 @@ import importlib
 import pytest
 
 MODULES = ["kdumplab.capture.pipeline", "kdumplab.formats.kdump_writer", "kdumplab.formats.codecs",
-           "kdumplab.formats.bitmap", "kdumplab.capture.elf_output", "kdumplab.testing.synth_server"]
+           "kdumplab.formats.bitmap", "kdumplab.capture.elf_output", "kdumplab.testing.synth_server",
+           "kdumplab.memory.page_rules", "kdumplab.memory.page_class", "kdumplab.memory.mem_map", "kdumplab.memory.printk"]
 
 
 @pytest.mark.parametrize("name", MODULES)
