@@ -10,12 +10,17 @@ On the realistic dumps the VM harness cached (``~/.cache/kdumplab/vm-dumps/<rele
 - analysis: crash 8.0.2 (Debian 12) and sid's crash 9.0.2, ``sys`` and ``ps`` on the raw dump ("opens" when
   ``sys`` prints the release; tasks listed against drgn's for_each_task), and ``kdumplab.open(...).tasks()``.
 
-The x86_64 builds of makedumpfile and crash read x86_64 dumps only; arm64 rows say so, and give the in-guest
-makedumpfile 1.7.2 time the harness recorded. Each tool run is timed as a child process (wall seconds, warm page
-cache: the raw dump is read once first).
+makedumpfile and crash are built for one architecture: on arm64 dumps the arm64 builds run under qemu-user
+(binfmt_misc, Debian's qemu-user-static), chrooted into arm64 roots made by ``mmdebstrap --variant=extract``
+(no emulation needed to make them): bookworm's (makedumpfile 1.7.2, crash 8.0.2) and sid's. Their seconds are
+emulated ones, not comparable to native (the table marks them; the arm64 kdump kernel's own makedumpfile 1.7.2
+time, under TCG, is in the note). Each tool run is timed as a child process (wall seconds, warm page cache: the
+raw dump is read once first). "right" means drgn lists the same tasks and the same crashed stack from the output
+as from the raw dump.
 
     .venv/bin/python benchmarks/kernels.py                 # every cached realistic dump
     .venv/bin/python benchmarks/kernels.py --runs 3 --markdown out/kernels.md
+    .venv/bin/python benchmarks/kernels.py --arch arm64 --workload realistic --workload idle --runs 1
 
 Benchmarks are never run by the tests.
 """
@@ -31,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -39,6 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kdumplab.debuginfo.debian import cache_lock, cache_root, system_mirrors  # noqa: E402
 
 SID_ROOT = cache_root() / "anchors" / "sid-amd64"
+
+#: The Debian suites whose makedumpfile and crash run on foreign-architecture dumps (bookworm: 1.7.2 and
+#: 8.0.2, Debian 12's; sid: the newest releases).
+ANCHOR_SUITES = ("bookworm", "sid")
 
 
 def sid_root() -> Path:
@@ -53,6 +62,47 @@ def sid_root() -> Path:
                            check=True, stdout=subprocess.DEVNULL)
             stamp.write_text("ok\n")
     return SID_ROOT
+
+
+def foreign_root(suite: str, arch: str) -> Path:
+    """``suite``'s makedumpfile and crash for ``arch`` (with their libraries), unpacked by ``mmdebstrap
+    --variant=extract`` into ``<cache>/anchors/<suite>-<arch>`` (once, about 10 s; no maintainer scripts, so no
+    emulation); they run there chrooted, under qemu-user through binfmt_misc."""
+    from kdumplab.testing.vm.userland import complete_extracted
+
+    binfmt = Path(f"/proc/sys/fs/binfmt_misc/qemu-{QEMU_NAMES[arch]}")
+    if not binfmt.exists() or "enabled" not in binfmt.read_text():
+        raise SystemExit(f"{binfmt} is not registered: apt-get install qemu-user-static binfmt-support")
+    root = cache_root() / "anchors" / f"{suite}-{arch}"
+    stamp = root / ".kdumplab-ready"
+    with cache_lock(f"anchors-{suite}-{arch}"):
+        if not stamp.exists():
+            staging = root.with_name(root.name + ".staging")
+            for old in (staging, root):
+                _remove_unmounted(old)
+            staging.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["mmdebstrap", "--mode=root", "--variant=extract", f"--architectures={arch}",
+                            "--aptopt=Acquire::Check-Valid-Until \"false\"", "--include=makedumpfile,crash",
+                            suite, str(staging), system_mirrors()["debian"]], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            complete_extracted(staging)
+            staging.rename(root)
+            stamp.write_text("ok\n")
+    return root
+
+
+def _remove_unmounted(path: Path) -> None:
+    """Remove ``path``, a chroot left half made, unless something is still mounted in it (chroot_mounts binds
+    /dev and the dumps there: removing through those would delete them)."""
+    inside = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
+              if line.split()[1].startswith(f"{path}/")]
+    if inside:
+        raise SystemExit(f"{path} still has mounts ({', '.join(inside[:3])}): unmount them first")
+    shutil.rmtree(path, ignore_errors=True)
+
+
+#: qemu-user's name for each Debian architecture (``/proc/sys/fs/binfmt_misc/qemu-<name>``).
+QEMU_NAMES = {"arm64": "aarch64"}
 
 
 @contextmanager
@@ -85,18 +135,34 @@ def version(argv: list[str], pattern: str) -> str:
     return match.group(1) if match else "?"
 
 
-def drgn_tasks(vmcore: Path, vmlinux: Path) -> int | str:
-    """The tasks drgn's for_each_task lists from ``vmcore``, or why it cannot."""
+def drgn_verdict(vmcore: Path, vmlinux: Path) -> dict | str:
+    """What drgn reads from ``vmcore``: the tasks for_each_task lists, the online CPUs, the crashed thread's
+    stack (function names); or why it cannot."""
     import drgn
+    from drgn.helpers.linux.cpumask import for_each_online_cpu
     from drgn.helpers.linux.pid import for_each_task
 
     prog = drgn.Program()
     try:
         prog.set_core_dump(str(vmcore))
         prog.load_debug_info([str(vmlinux)])
-        return sum(1 for _ in for_each_task(prog))
+        return {"tasks": sum(1 for _ in for_each_task(prog)), "cpus": sum(1 for _ in for_each_online_cpu(prog)),
+                "stack": [frame.name for frame in prog.crashed_thread().stack_trace()]}
     except Exception as error:  # noqa: BLE001 - the verdict is the point
         return f"drgn: {type(error).__name__}: {str(error)[:80]}"
+
+
+def judged(got: dict | str, want: dict | str) -> str:
+    """``right``, or what drgn finds wrong with a tool's output against the raw dump."""
+    if isinstance(got, str):
+        return f"wrong ({got})"
+    if isinstance(want, str):
+        return "?"
+    if got["tasks"] != want["tasks"]:
+        return f"wrong (drgn lists {got['tasks']} of {want['tasks']} tasks)"
+    if got["stack"] != want["stack"]:
+        return "wrong (another crashed stack)"
+    return "right"
 
 
 def crash_run(prefix: list[str], vmlinux: Path, vmcore: Path) -> tuple[float, str, int | None]:
@@ -118,24 +184,33 @@ def crash_run(prefix: list[str], vmlinux: Path, vmcore: Path) -> tuple[float, st
     return seconds, release.group(1), tasks
 
 
-def bench_dump(vm: dict, runs: int, sid: Path | None) -> dict:
+def bench_dump(vm: dict, runs: int, roots: dict[str, Path | None], crash: bool = True) -> dict:
+    """One dump's row. ``roots`` maps "old" (Debian 12's tools) and "sid" to the chroot to run them in (None:
+    the host's own for "old", skipped for "sid")."""
     raw, vmlinux = Path(vm["raw_vmcore"]), Path(vm["vmlinux"])
-    row: dict = {"release": vm["release"], "arch": vm.get("arch", "amd64"), "raw_bytes": raw.stat().st_size}
+    arch = vm.get("arch", "amd64")
+    row: dict = {"release": vm["release"], "arch": arch, "workload": vm.get("workload"),
+                 "raw_bytes": raw.stat().st_size, "emulated": arch != "amd64"}
     with open(raw, "rb") as handle:  # warm page cache for every tool alike
         while handle.read(16 << 20):
             pass
-    want = drgn_tasks(raw, vmlinux)
-    row["drgn_tasks_raw"] = want
-    if row["arch"] != "amd64":
-        row["note"] = ("the host's x86_64 makedumpfile and crash read x86_64 dumps only; in the arm64 kdump "
-                       f"kernel makedumpfile 1.7.2 took {vm['timings'].get('makedumpfile')} s under TCG")
+    want = drgn_verdict(raw, vmlinux)
+    row["drgn_raw"] = want
+    row["drgn_tasks_raw"] = want["tasks"] if isinstance(want, dict) else want
+    if arch != "amd64":
+        inside = vm["timings"].get("makedumpfile")
+        inside = f"took {inside} s" if vm.get("makedumpfile_dump") else "failed"
+        row["note"] = (f"{arch}: makedumpfile and crash are the {arch} builds under qemu-user, whose seconds are "
+                       f"emulated ones; in the {arch} kdump kernel (TCG) makedumpfile 1.7.2 {inside} on "
+                       f"{vm['release']} {vm.get('workload')}")
+    prefixes = {name: (["chroot", str(root)] if root else []) for name, root in roots.items()
+                if root or name == "old"}
     with tempfile.TemporaryDirectory(dir=raw.parent.parent) as scratch_name:
         scratch = Path(scratch_name)
         tools = {"kdumplab": [sys.executable, "-m", "kdumplab.cli", "save", "-q", "-c", "lzo", "-d", "31"]}
-        if row["arch"] == "amd64":
-            tools["makedumpfile 1.7.2"] = ["makedumpfile", "-l", "-d", "31"]
-            if sid:
-                tools["makedumpfile sid"] = ["chroot", str(sid), "makedumpfile", "-l", "-d", "31"]
+        tools["makedumpfile 1.7.2"] = [*prefixes["old"], "makedumpfile", "-l", "-d", "31"]
+        if "sid" in prefixes:
+            tools["makedumpfile sid"] = [*prefixes["sid"], "makedumpfile", "-l", "-d", "31"]
         for name, argv in tools.items():
             out = scratch / f"{name.replace(' ', '_')}.vmcore"
             times = []
@@ -144,15 +219,23 @@ def bench_dump(vm: dict, runs: int, sid: Path | None) -> dict:
                 seconds, done = timed([*argv, str(raw), str(out)])
                 times.append(seconds)
             ok = done.returncode == 0 and out.exists()
-            got = drgn_tasks(out, vmlinux) if ok else f"exit {done.returncode}: {done.stderr.strip()[-90:]}"
+            if ok:
+                got = drgn_verdict(out, vmlinux)
+            else:
+                lines = [l for l in (done.stderr + done.stdout).replace("\r", "\n").splitlines()
+                         if l.strip() and "%]" not in l]
+                got = f"exit {done.returncode}: {' / '.join(lines[-3:])[-160:]}"
             row[name] = {"seconds": [round(t, 2) for t in times], "bytes": out.stat().st_size if ok else None,
-                         "drgn_tasks": got, "right": got == want}
-    if row["arch"] == "amd64":
-        for name, prefix in (("crash 8.0.2", []), ("crash sid", ["chroot", str(sid)] if sid else None)):
-            if prefix is None:
-                continue
-            seconds, release, tasks = crash_run(prefix, vmlinux, raw)
-            row[name] = {"seconds": round(seconds, 2), "opens": release, "ps_tasks": tasks}
+                         "drgn": got, "verdict": judged(got, want) if ok else f"fails: {got}",
+                         "right": ok and judged(got, want) == "right", "emulated": name != "kdumplab" and row["emulated"]}
+    for name, key in (("crash 8.0.2", "old"), ("crash sid", "sid")):
+        if not crash or key not in prefixes:
+            continue
+        seconds, release, tasks = crash_run(prefixes[key], vmlinux, raw)
+        cell = {"seconds": round(seconds, 2), "opens": release, "ps_tasks": tasks, "emulated": row["emulated"]}
+        if tasks is not None and isinstance(want, dict):
+            cell["ps_right"] = tasks == want["tasks"] + want["cpus"]  # ps adds one idle task per CPU
+        row[name] = cell
     code = ("import sys, time, kdumplab; t = time.monotonic(); d = kdumplab.open(sys.argv[1], vmlinux=sys.argv[2]); "
             "n = int((d.tasks()['pid'] > 0).sum()); print(n, round(time.monotonic() - t, 2))")
     seconds, done = timed([sys.executable, "-c", code, str(raw), str(vmlinux)])
@@ -169,54 +252,77 @@ def markdown(rows: list[dict], versions: dict[str, str]) -> str:
     def cap(cell: dict | None) -> str:
         if not cell:
             return "n/a"
-        verdict = "right" if cell["right"] else f"wrong ({cell['drgn_tasks']})"
-        size = f"{cell['bytes'] / 1e6:.1f} MB" if cell["bytes"] else "-"
-        return f"{min(cell['seconds']):.2f} s, {size}, {verdict}"
+        if not cell["bytes"]:
+            return cell["verdict"]
+        where = " under qemu-user" if cell.get("emulated") else ""
+        return f"{min(cell['seconds']):.2f} s{where}, {cell['bytes'] / 1e6:.1f} MB, {cell['verdict']}"
 
     def crash(cell: dict | None) -> str:
         if not cell:
-            return "n/a (x86_64 build)"
+            return "n/a"
         if cell["ps_tasks"] is None:
             return f"{cell['opens']}"
-        return f"opens, ps {cell['ps_tasks']} tasks, {cell['seconds']:.1f} s"
+        ps = "ps right" if cell.get("ps_right") else f"ps lists {cell['ps_tasks']} tasks"
+        return f"opens; {ps}; {cell['seconds']:.0f} s{' under qemu-user' if cell.get('emulated') else ''}"
 
     for r in rows:
         k = r["kdumplab tasks()"]
-        lines.append(f"| {r['release']} ({r['raw_bytes'] / 1e9:.1f} GB, drgn {r['drgn_tasks_raw']} tasks) | "
+        name = f"{r['release']} {r.get('workload') or ''}".strip()
+        lines.append(f"| {name} ({r['raw_bytes'] / 1e9:.1f} GB, drgn {r['drgn_tasks_raw']} tasks) | "
                      f"{cap(r.get('makedumpfile 1.7.2'))} | {cap(r.get('makedumpfile sid'))} | "
                      f"{cap(r.get('kdumplab'))} | {crash(r.get('crash 8.0.2'))} | {crash(r.get('crash sid'))} | "
                      f"{k['tasks']} tasks, {k['seconds']:.1f} s ({k['in_process']} s in process) |")
-    return "\n".join(lines) + "\n"
+    notes = sorted({r["note"] for r in rows if r.get("note")})
+    return "\n".join(lines + [""] + notes) + "\n"
+
+
+def anchor_roots(arch: str, sid: bool) -> dict[str, Path | None]:
+    """Where Debian 12's tools ("old") and sid's run for ``arch``'s dumps: the host itself and a sid chroot on
+    amd64; foreign-architecture chroots (qemu-user) otherwise."""
+    if arch == "amd64":
+        return {"old": None, "sid": sid_root() if sid else None}
+    return {"old": foreign_root("bookworm", arch), "sid": foreign_root("sid", arch) if sid else None}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=2, help="capture runs per tool (the best is shown)")
     parser.add_argument("--no-sid", action="store_true", help="skip sid's makedumpfile and crash")
+    parser.add_argument("--no-crash", action="store_true", help="skip crash (minutes per dump under qemu-user)")
+    parser.add_argument("--arch", action="append", choices=["amd64", "arm64"],
+                        help="only these architectures' dumps [default: every one cached]")
+    parser.add_argument("--workload", action="append", choices=["realistic", "idle"],
+                        help="the workloads whose cached dumps to measure [default: realistic]")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args()
     dumps = []
-    for meta in sorted((cache_root() / "vm-dumps").glob("*-realistic/vm.json")):
-        vm = json.loads(meta.read_text())
-        if vm.get("ok") and vm.get("raw_vmcore") and Path(vm["raw_vmcore"]).exists():
-            dumps.append(vm)
+    for workload in args.workload or ["realistic"]:
+        for meta in sorted((cache_root() / "vm-dumps").glob(f"*-{workload}/vm.json")):
+            vm = json.loads(meta.read_text())
+            if (vm.get("ok") and vm.get("raw_vmcore") and Path(vm["raw_vmcore"]).exists()
+                    and vm.get("arch", "amd64") in (args.arch or ["amd64", "arm64"])):
+                dumps.append(vm)
     if not dumps:
-        print("no realistic dumps cached: run `kdumplab vm crash --workload realistic` or the vm tests first")
+        print("no such dumps cached: run `kdumplab vm crash --workload realistic` or the vm tests first")
         return 1
-    sid = None if args.no_sid else sid_root()
     versions = {"mdf": version(["makedumpfile", "-v"], r"makedumpfile: version (\S+)"),
                 "crash": version(["crash", "--version"], r"crash (\S+)"), "mdf_sid": "sid", "crash_sid": "sid"}
     rows = []
-    places = sorted({str(Path(vm["raw_vmcore"]).parent.parent) for vm in dumps}
-                    | {str(Path(vm["vmlinux"]).parent) for vm in dumps})
-    with chroot_mounts(sid, [Path(p) for p in places]) if sid else nullcontext():
-        if sid:
-            versions["mdf_sid"] = version(["chroot", str(sid), "makedumpfile", "-v"], r"makedumpfile: version (\S+)")
-            versions["crash_sid"] = version(["chroot", str(sid), "crash", "--version"], r"crash (\S+)")
-        for vm in dumps:
-            print(f"{vm['release']}...", file=sys.stderr, flush=True)
-            rows.append(bench_dump(vm, args.runs, sid))
+    places = [Path(p) for p in sorted({str(Path(vm["raw_vmcore"]).parent.parent) for vm in dumps}
+                                      | {str(Path(vm["vmlinux"]).parent) for vm in dumps})]
+    for arch in sorted({vm.get("arch", "amd64") for vm in dumps}):
+        roots = anchor_roots(arch, not args.no_sid)
+        with ExitStack() as stack:
+            for root in {r for r in roots.values() if r}:
+                stack.enter_context(chroot_mounts(root, places))
+            if roots.get("sid"):
+                versions["mdf_sid"] = version(["chroot", str(roots["sid"]), "makedumpfile", "-v"],
+                                              r"makedumpfile: version (\S+)")
+                versions["crash_sid"] = version(["chroot", str(roots["sid"]), "crash", "--version"], r"crash (\S+)")
+            for vm in (vm for vm in dumps if vm.get("arch", "amd64") == arch):
+                print(f"{vm['release']} {vm.get('workload')}...", file=sys.stderr, flush=True)
+                rows.append(bench_dump(vm, args.runs, roots, crash=not args.no_crash))
     table = markdown(rows, versions)
     print(table)
     if args.markdown:

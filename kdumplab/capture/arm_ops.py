@@ -128,8 +128,7 @@ def arm(config: Config, root: Path = Path("/"), runner: Runner | None = None, dr
 
     reservation = check_reservation(root, kernel, initrd, capture_in_initrd=bool(config.init) or config.capture == "initrd",
                                     capture=config.capture)
-    reserved = "nothing" if not reservation.reserved else format_mib(reservation.reserved)
-    echo(f"reservation: {reserved} reserved, about {format_mib(reservation.needed)} needed "
+    echo(f"reservation: {reservation.describe()} reserved, about {format_mib(reservation.needed)} needed "
          f"(recommended: {reservation.recommended_line})")
     for note in reservation.notes:
         echo(f"note: {note}")

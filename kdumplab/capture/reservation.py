@@ -12,10 +12,20 @@ in the cases people actually hit, and each gets its own message saying what to d
 
 The size needed is the usual table by RAM (more than 2 GiB: 256M, 12 GiB: 512M, 48 GiB: 768M, 128 GiB: 1G),
 raised when the estimate (the kernel image and initrd, each unpacked in the reserved memory, the capture's
-own bounded memory and a base for the kernel, udev and Python) says more. On arm64 the line to add is
-``crashkernel=X,high crashkernel=128M,low`` when the machine has RAM above 4 GiB and its kernel reads those
-suffixes (5.19+): the large block from above 4 GiB, where it is free, and the low part arm64 needs for DMA
-written out (:func:`recommend`); older arm64 kernels ignore suffixed values, so they get plain ``crashkernel=X``.
+own bounded memory and a base for the kernel, udev and Python) says more.
+
+Where the memory comes from (:func:`recommend`; the kernel's kernel-parameters.txt and kernel/crash_reserve.c):
+``crashkernel=X`` takes X below 4 GiB and, on x86_64 and on arm64 since 5.19, falls back to above 4 GiB plus an
+automatic low part when the low memory has no room; ``crashkernel=X,high`` takes X from the top of the RAM and a
+low part below 4 GiB (arm64: below its DMA limit) for swiotlb and 32-bit DMA of the kdump kernel's devices:
+256 MiB by itself on x86_64, 128 MiB by itself on arm64 since 6.2 and *none* on arm64 5.19 to 6.1, where
+``crashkernel=Y,low`` must ask for it; arm64 before 5.19 reads no suffix at all (reserves nothing). x86_64 gets
+the plain form (low first is what kdump-tools and Fedora's kdump do too, and needs no extra low part); arm64 with
+RAM above 4 GiB gets ``crashkernel=X,high``, with ``crashkernel=128M,low`` written out where the kernel adds no
+low part by itself: arm64's memory below 4 GiB is its DMA zone (often small on servers), which a plain X would
+take first. A reservation in two ranges (``Crash kernel`` above and below 4 GiB in /proc/iomem) counts as their
+sum, which is what the kdump kernel runs in; /sys/kernel/kexec_crash_size counts only the high range on kernels
+before 6.5, 6.1 among them (:func:`check_reservation`).
 
 >>> import tempfile, pathlib
 >>> root = pathlib.Path(tempfile.mkdtemp())
@@ -68,6 +78,11 @@ class IomemRange:
     def hidden(self) -> bool:
         return self.start == 0 and self.end == 0
 
+    @property
+    def above_4g(self) -> bool:
+        """The range of a ``,high`` reservation (the kernel's ``crashk_res``); the one below is its low part."""
+        return self.start >= 4 * GiB
+
 
 @dataclass
 class Reservation:
@@ -98,10 +113,22 @@ class Reservation:
     def ok(self) -> bool:
         return not self.problems
 
+    def describe(self) -> str:
+        """What is reserved, in words: ``'384 MiB (256 MiB above 4 GiB, 128 MiB below)'``, ``'nothing'``."""
+        if not self.reserved:
+            return "nothing"
+        high = [r for r in self.iomem if r.above_4g and not r.hidden]
+        if not high:
+            return format_mib(self.reserved)
+        low = sum(r.size for r in self.iomem if not r.above_4g)
+        return (f"{format_mib(self.reserved)} ({format_mib(sum(r.size for r in high))} above 4 GiB, "
+                f"{format_mib(low) if low else 'nothing'} below)")
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out["ok"] = self.ok
-        out["iomem"] = [{"start": r.start, "end": r.end, "size": r.size} for r in self.iomem]
+        out["iomem"] = [{"start": r.start, "end": r.end, "size": r.size, "above_4g": r.above_4g} for r in self.iomem]
+        out["described"] = self.describe()
         return out
 
 
@@ -181,6 +208,58 @@ def requested_bytes(value: str, mem_total: int) -> int | None:
     return _parse_size(size_text)
 
 
+@dataclass(frozen=True)
+class CrashkernelRequest:
+    """What the ``crashkernel=`` values of a command line ask for, read as the kernel reads them
+    (kernel/crash_reserve.c, ``parse_crashkernel``): the last value without a suffix wins, and then every
+    ``,high`` and ``,low`` is ignored; without one, the last ``,high`` with the last ``,low``. ``value`` is the
+    main value as written, ``size`` its bytes on this machine (None: unreadable, or no range matches), ``low``
+    the bytes of an explicit ``,low`` (None: not given, the kernel's default applies)."""
+
+    value: str
+    size: int | None
+    high: bool = False
+    low: int | None = None
+    ignored: tuple[str, ...] = ()
+
+
+def parse_request(values: list[str], mem_total: int) -> CrashkernelRequest | None:
+    """The request ``values`` (:func:`crashkernel_params`) make on a machine with ``mem_total`` bytes; None when
+    there is none the kernel would act on (no value, or only ``,low`` ones: a low part alone reserves nothing).
+
+    >>> parse_request(["512M,high", "64M,low"], 8 << 30)
+    CrashkernelRequest(value='512M,high', size=536870912, high=True, low=67108864, ignored=())
+    >>> parse_request(["256M", "1G,high"], 8 << 30).ignored
+    ('1G,high',)
+    """
+    plain = [v for v in values if not v.endswith((",high", ",low"))]
+    highs = [v for v in values if v.endswith(",high")]
+    lows = [v for v in values if v.endswith(",low")]
+    if plain:
+        return CrashkernelRequest(plain[-1], requested_bytes(plain[-1], mem_total),
+                                  ignored=tuple(v for v in values if v.endswith((",high", ",low"))))
+    if not highs:
+        return None
+    low = _parse_size(lows[-1].removesuffix(",low")) if lows else None
+    return CrashkernelRequest(highs[-1], requested_bytes(highs[-1], mem_total), high=True, low=low)
+
+
+def default_low_bytes(arch: str, release: str | None) -> int | None:
+    """The low part the kernel reserves by itself beside ``crashkernel=X,high`` (no ``,low`` given): x86_64 256
+    MiB (max(swiotlb + 8 MiB, 256 MiB)); arm64 128 MiB since 6.2 and 0 on 5.19 to 6.1; None where the kernel
+    reads no ``,high`` (arm64 before 5.19) or the release is unknown on arm64.
+
+    >>> [default_low_bytes("aarch64", r) for r in ("6.12.74+deb13-arm64", "6.1.0-57-arm64", "5.10.0-30-arm64")]
+    [134217728, 0, None]
+    """
+    if arch not in ("aarch64", "arm64"):
+        return X86_LOW_BYTES
+    version = _release_tuple(release or "")
+    if version is None or version < ARM64_HIGH_SINCE:
+        return None
+    return ARM64_LOW_BYTES if version >= ARM64_AUTO_LOW_SINCE else 0
+
+
 def size_from_table(mem_total: int) -> int:
     """The table size in bytes for ``mem_total`` bytes of RAM.
 
@@ -257,13 +336,19 @@ def format_size(nbytes: int) -> str:
     return f"{-(-nbytes // MiB)}M"
 
 
-#: arm64 reserves a low part beside a ``,high`` reservation (DEFAULT_CRASH_KERNEL_LOW_SIZE): DMA buffers and
-#: swiotlb of the kdump kernel's devices must sit below the DMA limit (4 GiB on most machines, 1 GiB on RPi4).
+#: The low part beside a ``,high`` reservation (arm64's DEFAULT_CRASH_KERNEL_LOW_SIZE, since 6.2 reserved by
+#: itself): swiotlb and DMA buffers of the kdump kernel's devices must sit below the DMA limit (4 GiB on most
+#: machines, 1 GiB on the Raspberry Pi 4).
 ARM64_LOW_BYTES = 128 * MiB
+#: x86_64's own low part beside ``,high``: max(swiotlb_size_or_default() + 8 MiB, 256 MiB).
+X86_LOW_BYTES = 256 * MiB
 #: The first arm64 kernel that reads ``crashkernel=X,high`` / ``crashkernel=Y,low`` (5.19: Zhen Lei's "support
 #: reserving crashkernel above 4G on arm64 kdump"). Older arm64 kernels skip suffixed values and reserve nothing;
 #: they take only ``crashkernel=X[@offset]``, below 4 GiB.
 ARM64_HIGH_SINCE = (5, 19)
+#: The first arm64 kernel that adds the 128 MiB low part by itself when ``,low`` is not given (6.2: "arm64:
+#: kdump: Provide default size when crashkernel=Y,low is not specified"); 5.19 to 6.1 reserve no low part then.
+ARM64_AUTO_LOW_SINCE = (6, 2)
 
 
 def ram_above_4g(iomem: str) -> int:
@@ -295,26 +380,37 @@ def recommend(mem_total: int, needed: int, arch: str, *, release: str | None = N
               high_ram: int | None = None) -> tuple[int, str]:
     """The size to reserve (bytes, a multiple of 64 MiB) and the ``crashkernel=`` parameter(s) for ``arch``.
 
-    x86_64: ``crashkernel=X`` (the kernel takes it below 4 GiB if it can, else above with a low part by
-    itself). arm64 (``release`` its running kernel, ``high_ram`` its RAM above 4 GiB): where the kernel reads
-    the suffixes (5.19+) and there is RAM above 4 GiB, ``crashkernel=X,high crashkernel=128M,low``: the large
-    block comes from above 4 GiB, where it is free, and the low part that arm64 would add by itself for DMA is
-    written out so that it shows and can be tuned. With all RAM below 4 GiB, or an older kernel (which ignores
-    suffixed values and would reserve nothing), plain ``crashkernel=X``.
+    x86_64: ``crashkernel=X`` (below 4 GiB if there is room, else above with a 256 MiB low part by itself).
+    arm64 (``release`` its running kernel, ``high_ram`` its RAM above 4 GiB, None when unknown): with RAM above
+    4 GiB for X and a kernel that reads the suffixes (5.19+), ``crashkernel=X,high``, which leaves the DMA zone
+    below 4 GiB to the devices; before 6.2 (or an unknown release) with ``crashkernel=128M,low`` written out,
+    since those kernels reserve no low part by themselves. With all RAM below 4 GiB, or an older kernel (which
+    ignores suffixed values and would reserve nothing), plain ``crashkernel=X``.
 
+    >>> recommend(64 << 30, 300 << 20, "aarch64", release="6.12.74+deb13-arm64", high_ram=60 << 30)[1]
+    'crashkernel=768M,high'
     >>> recommend(64 << 30, 300 << 20, "aarch64", release="6.1.0-28-arm64", high_ram=60 << 30)[1]
     'crashkernel=768M,high crashkernel=128M,low'
     >>> recommend(64 << 30, 300 << 20, "aarch64", release="5.10.0-30-arm64", high_ram=60 << 30)[1]
     'crashkernel=768M'
+    >>> recommend(64 << 30, 300 << 20, "x86_64", release="6.1.0-28-amd64", high_ram=60 << 30)[1]
+    'crashkernel=768M'
     """
     size = max(size_from_table(mem_total), -(-needed // (64 * MiB)) * 64 * MiB)
+    return size, _line(size, arch, release, high_ram)
+
+
+def _line(size: int, arch: str, release: str | None, high_ram: int | None) -> str:
     line = f"crashkernel={format_size(size)}"
-    if arch in ("aarch64", "arm64"):
-        version = _release_tuple(release or "")
-        suffixes = version is None or version >= ARM64_HIGH_SINCE
-        if suffixes and (high_ram is None or high_ram >= size):
-            line += f",high crashkernel={format_size(ARM64_LOW_BYTES)},low"
-    return size, line
+    if arch not in ("aarch64", "arm64") or (high_ram is not None and high_ram < size):
+        return line
+    version = _release_tuple(release or "")
+    if version is not None and version < ARM64_HIGH_SINCE:
+        return line
+    line += ",high"
+    if version is None or version < ARM64_AUTO_LOW_SINCE:
+        line += f" crashkernel={format_size(ARM64_LOW_BYTES)},low"
+    return line
 
 
 def check_reservation(root: Path = Path("/"), kernel: Path | None = None, initrd: Path | None = None,
@@ -322,7 +418,10 @@ def check_reservation(root: Path = Path("/"), kernel: Path | None = None, initrd
     """Read /proc/cmdline, /sys/kernel/kexec_crash_size, /proc/iomem and /proc/meminfo under ``root``.
 
     ``kernel`` and ``initrd`` are the files the crash kernel will be loaded from (their sizes feed the
-    estimate; ``capture_in_initrd`` when the capture runs from the initrd). The result's ``problems`` hold the exact messages to show; ``ok`` means arming can go ahead.
+    estimate; ``capture_in_initrd`` when the capture runs from the initrd). The result's ``problems`` hold the
+    exact messages to show; ``ok`` means arming can go ahead. ``reserved`` is the sum of the ``Crash kernel``
+    ranges of /proc/iomem when they can be read (as root), else kexec_crash_size: a ``,high`` reservation has a
+    range above 4 GiB and its low part below, and the kdump kernel runs in both.
     """
     root = Path(root)
     cmdline = read_text(root, "/proc/cmdline") or ""
@@ -336,9 +435,10 @@ def check_reservation(root: Path = Path("/"), kernel: Path | None = None, initrd
     release = osrelease(root)
     high_ram = ram_above_4g(iomem_text) if iomem_text else None
     size, line = recommend(mem_total, needed, arch, release=release, high_ram=high_ram)
+    request = parse_request(requested, mem_total)
 
     iomem_bytes = sum(r.size for r in ranges) if ranges and not any(r.hidden for r in ranges) else None
-    reserved = crash_size if crash_size is not None else iomem_bytes
+    reserved = iomem_bytes if iomem_bytes is not None else crash_size
     result = Reservation(requested=requested, reserved=reserved, iomem=ranges, mem_total=mem_total, arch=arch,
                          needed=needed, recommended=size, recommended_line=line)
     where = ("the kernel command line (on Debian: GRUB_CMDLINE_LINUX_DEFAULT in /etc/default/grub, then "
@@ -353,35 +453,64 @@ def check_reservation(root: Path = Path("/"), kernel: Path | None = None, initrd
             return result
     if ranges and any(r.hidden for r in ranges):
         result.notes.append("/proc/iomem hides addresses from non-root users; run as root to see the range")
-    if crash_size is not None and ranges and iomem_bytes is not None and iomem_bytes != crash_size:
-        # x86_64 ",high" reservations show a high range plus a separate low one that kexec_crash_size omits.
-        result.notes.append(f"/proc/iomem lists {format_mib(iomem_bytes)} in {len(ranges)} Crash kernel range(s), "
-                            f"kexec_crash_size says {format_mib(crash_size)}")
+    if crash_size is not None and iomem_bytes is not None and iomem_bytes != crash_size:
+        # Before 6.5 kexec_crash_size is crashk_res alone: the high range of a ",high" one, not its low part.
+        result.notes.append(f"/proc/iomem lists {result.describe()} in {len(ranges)} Crash kernel ranges, "
+                            f"kexec_crash_size says {format_mib(crash_size)} (older kernels count only the range "
+                            f"above 4 GiB there): the kdump kernel runs in all of them")
+    if request is not None and request.ignored:
+        result.notes.append(f"crashkernel={' crashkernel='.join(request.ignored)} is ignored: a crashkernel= "
+                            f"without ,high or ,low (crashkernel={request.value}) takes precedence")
 
     if not reserved:
         if not requested:
             result.problems.append(f"no memory reserved for the crash kernel: add {line} {how}")
         else:
-            asked = requested_bytes(requested[-1], mem_total)
-            why = ""
-            version = _release_tuple(release)
-            if arch in ("aarch64", "arm64") and version is not None and version < ARM64_HIGH_SINCE and any(
-                    v.endswith((",high", ",low")) for v in requested):
-                why = (f" (arm64 kernels before {ARM64_HIGH_SINCE[0]}.{ARM64_HIGH_SINCE[1]} ignore ,high and ,low "
-                       f"values; {release} takes only crashkernel=X, below 4 GiB)")
-            elif asked is None and ":" in requested[-1]:
-                why = f" (no range in crashkernel={requested[-1]} matches this machine's {format_mib(mem_total)})"
-            elif asked is not None and mem_total and asked >= mem_total // 2:
-                why = f" ({format_mib(asked)} is too much for {format_mib(mem_total)} of RAM)"
-            result.problems.append(
-                f"crashkernel={requested[-1]} is on the kernel command line but no memory was reserved{why}: "
-                f"the kernel log says why (dmesg | grep -i crashkernel); replace it with {line} {instead}")
+            result.problems.append(_nothing_reserved(requested, request, arch, release, mem_total, line, instead))
         return result
+    _low_part(result, request, ranges, release)
     if _below_floor(result, reserved, capture or ("initrd" if capture_in_initrd else "rootfs"), instead):
         pass
     elif not ranges and iomem_text is not None:
         result.notes.append("no Crash kernel range in /proc/iomem although kexec_crash_size is set")
     return result
+
+
+def _nothing_reserved(requested: list[str], request: CrashkernelRequest | None, arch: str, release: str,
+                      mem_total: int, line: str, instead: str) -> str:
+    """The problem when crashkernel= is given and nothing was reserved, with the likeliest reason."""
+    shown = " ".join(f"crashkernel={v}" for v in requested)
+    why = ""
+    version = _release_tuple(release)
+    arm64 = arch in ("aarch64", "arm64")
+    if arm64 and version is not None and version < ARM64_HIGH_SINCE and (request is None or request.high):
+        why = (f" (arm64 kernels before {ARM64_HIGH_SINCE[0]}.{ARM64_HIGH_SINCE[1]} ignore ,high and ,low "
+               f"values; {release} takes only crashkernel=X, below 4 GiB)")
+    elif request is None:
+        why = " (a crashkernel=Y,low alone reserves nothing: it is the low part of a crashkernel=X,high)"
+    elif request.size is None and ":" in request.value:
+        why = f" (no range in crashkernel={request.value} matches this machine's {format_mib(mem_total)})"
+    elif request.size is not None and mem_total and request.size >= mem_total // 2:
+        why = f" ({format_mib(request.size)} is too much for {format_mib(mem_total)} of RAM)"
+    return (f"{shown} is on the kernel command line but no memory was reserved{why}: the kernel log says why "
+            f"(dmesg | grep -i crashkernel); replace it with {line} {instead}")
+
+
+def _low_part(result: Reservation, request: CrashkernelRequest | None, ranges: list[IomemRange],
+              release: str) -> None:
+    """Warn when a reservation lies wholly above 4 GiB without having asked for that: the kdump kernel then has
+    no memory below 4 GiB for swiotlb and devices limited to 32-bit DMA (arm64 5.19 to 6.1 add no low part to
+    ``crashkernel=X,high`` by themselves)."""
+    if not ranges or any(r.hidden for r in ranges) or not all(r.above_4g for r in ranges):
+        return
+    if request is not None and request.high and request.low == 0:
+        return  # crashkernel=0,low: asked for no low part
+    low = format_size(ARM64_LOW_BYTES if result.arch in ("aarch64", "arm64") else X86_LOW_BYTES)
+    own = default_low_bytes(result.arch, release)
+    why = (f" ({release} adds no low part to crashkernel=X,high by itself)" if own == 0 else "")
+    result.warnings.append(
+        f"the crash kernel's memory is all above 4 GiB{why}: the kdump kernel has none below 4 GiB for swiotlb "
+        f"and devices limited to 32-bit DMA; add crashkernel={low},low to the kernel command line")
 
 
 def _below_floor(result: Reservation, reserved: int, capture: str, instead: str) -> bool:
@@ -396,7 +525,7 @@ def _below_floor(result: Reservation, reserved: int, capture: str, instead: str)
         if result.recommended < result.floor + NEAR_MIB * MiB:
             result.recommended = -(-(result.floor + NEAR_MIB * MiB) // (64 * MiB)) * 64 * MiB
             result.recommended_line = re.sub(r"crashkernel=[^,\s]+", f"crashkernel={format_size(result.recommended)}",
-                                             result.recommended_line)
+                                             result.recommended_line, count=1)  # the main part, not a ,low
         if reserved < result.floor:
             result.problems.append(
                 f"reserved {format_mib(reserved)}, below {floor.floor_mib} MiB, the smallest reservation kdumplab "

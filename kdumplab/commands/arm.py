@@ -63,7 +63,7 @@ def _render_status(st) -> None:
     res = st.reservation
     yes_no = {True: "yes", False: "no", None: "unknown"}
     click.echo(f"ready:        {'yes' if st.ready else 'NO'}")
-    reserved = "nothing" if not res["reserved"] else _mib(res["reserved"])
+    reserved = res.get("described") or ("nothing" if not res["reserved"] else _mib(res["reserved"]))
     requested = " ".join(f"crashkernel={r}" for r in res["requested"]) or "no crashkernel="
     click.echo(f"reservation:  {reserved} ({requested}); need about {_mib(res['needed'])}, "
                f"recommended {res['recommended_line']}")

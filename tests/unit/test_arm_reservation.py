@@ -214,3 +214,110 @@ def test_arm64_image_counts_its_own_size_not_four_times_it(tmp_path):
     assert r.needed == max(33 * MiB + 60 * MiB + 32 * MiB, 33 * MiB + rsv.BASE_BYTES + rsv.CAPTURE_BYTES)
     kernel.write_bytes(bytes(31 << 20))  # not an Image: the x86 rule
     assert check_reservation(tmp_path, kernel, initrd).needed >= 4 * 31 * MiB
+
+
+# A ,high reservation as /proc/iomem shows it: the range above 4 GiB (crashk_res) and its low part below
+# (crashk_low_res), both named "Crash kernel", inside System RAM (QEMU virt arm64 with 6 GiB: RAM from 1 GiB).
+HIGH, LOW = (0x1AF000000, 0x1BEFFFFFF), (0xB7000000, 0xBEFFFFFF)
+ARM64_6G = ("40000000-1bfffffff : System RAM\n  40210000-41ffffff : Kernel code\n"
+            "  b7000000-beffffff : Crash kernel\n  1af000000-1beffffff : Crash kernel\n")
+
+
+def _arm64_high(root, release, crash_size, iomem=ARM64_6G, cmdline="root=/dev/vda2 crashkernel=256M,high"):
+    make_tree(root, cmdline=cmdline, crash_size=crash_size, arch="aarch64", mem_total=6 * GiB - 500 * MiB)
+    (root / "proc/sys/kernel/osrelease").write_text(release + "\n")
+    (root / "proc/iomem").write_text(iomem)
+    return check_reservation(root, *_files(root), capture="unmeasured")
+
+
+def test_two_ranges_count_as_their_sum(tmp_path):
+    """6.12 counts both ranges in kexec_crash_size; 6.1 only the high one: the kdump kernel gets both."""
+    r = _arm64_high(tmp_path / "a", "6.12.74+deb13-arm64", 384 * MiB)
+    assert r.reserved == 384 * MiB and r.ok and r.notes == [] and r.warnings == []
+    assert [x.above_4g for x in r.iomem] == [False, True]
+    assert r.describe() == "384 MiB (256 MiB above 4 GiB, 128 MiB below)"
+    assert r.to_dict()["described"] == r.describe()
+    r = _arm64_high(tmp_path / "b", "6.1.0-57-arm64", 256 * MiB)
+    assert r.reserved == 384 * MiB and r.ok
+    assert r.notes == ["/proc/iomem lists 384 MiB (256 MiB above 4 GiB, 128 MiB below) in 2 Crash kernel ranges, "
+                       "kexec_crash_size says 256 MiB (older kernels count only the range above 4 GiB there): the "
+                       "kdump kernel runs in all of them"]
+
+
+def test_kexec_crash_size_alone_when_iomem_is_hidden(tmp_path):
+    hidden = "00000000-00000000 : System RAM\n  00000000-00000000 : Crash kernel\n  00000000-00000000 : Crash kernel\n"
+    r = _arm64_high(tmp_path, "6.1.0-57-arm64", 256 * MiB, iomem=hidden)
+    assert r.reserved == 256 * MiB and r.describe() == "256 MiB"
+    assert any("hides addresses" in n for n in r.notes)
+
+
+def test_high_without_a_low_part_warns(tmp_path):
+    only_high = "40000000-1bfffffff : System RAM\n  1af000000-1beffffff : Crash kernel\n"
+    r = _arm64_high(tmp_path / "a", "6.1.0-57-arm64", 256 * MiB, iomem=only_high)
+    assert r.ok and r.describe() == "256 MiB (256 MiB above 4 GiB, nothing below)"
+    assert r.warnings == [
+        "the crash kernel's memory is all above 4 GiB (6.1.0-57-arm64 adds no low part to crashkernel=X,high by "
+        "itself): the kdump kernel has none below 4 GiB for swiotlb and devices limited to 32-bit DMA; add "
+        "crashkernel=128M,low to the kernel command line"]
+    # asked for no low part: crashkernel=0,low
+    r = _arm64_high(tmp_path / "b", "6.1.0-57-arm64", 256 * MiB, iomem=only_high,
+                    cmdline="crashkernel=256M,high crashkernel=0,low")
+    assert r.warnings == []
+
+
+def test_recommendation_by_arch_and_release(tmp_path):
+    """arm64 with RAM above 4 GiB: ,high (the low part written out where the kernel adds none); x86_64 plain."""
+    cases = [("aarch64", "6.12.74+deb13-arm64", "crashkernel=256M,high"),
+             ("aarch64", "6.1.0-57-arm64", "crashkernel=256M,high crashkernel=128M,low"),
+             ("aarch64", "5.10.0-35-arm64", "crashkernel=256M"), ("x86_64", "6.12.74+deb13-amd64", "crashkernel=256M")]
+    for arch, release, line in cases:
+        root = tmp_path / release
+        make_tree(root, cmdline="root=/dev/vda2", crash_size=0, arch=arch, mem_total=6 * GiB - 500 * MiB)
+        (root / "proc/sys/kernel/osrelease").write_text(release + "\n")
+        (root / "proc/iomem").write_text("40000000-1bfffffff : System RAM\n" if arch == "aarch64" else
+                                         "00100000-bffdffff : System RAM\n100000000-1bfffffff : System RAM\n")
+        r = check_reservation(root, *_files(root), capture="unmeasured")
+        assert r.recommended_line == line, release
+        assert r.problems == [f"no memory reserved for the crash kernel: add {line} to the kernel command line (on "
+                              "Debian: GRUB_CMDLINE_LINUX_DEFAULT in /etc/default/grub, then update-grub) and reboot"]
+
+
+def test_the_kernels_reading_of_the_values():
+    """kernel/crash_reserve.c: a plain value wins over ,high/,low; else the last ,high with the last ,low."""
+    assert rsv.parse_request(["128M,low", "512M,high", "1G,high"], 8 * GiB) == rsv.CrashkernelRequest(
+        "1G,high", GiB, high=True, low=128 * MiB)
+    assert rsv.parse_request(["1G-:256M", "1G,high", "64M,low"], 8 * GiB) == rsv.CrashkernelRequest(
+        "1G-:256M", 256 * MiB, ignored=("1G,high", "64M,low"))
+    assert rsv.parse_request(["128M,low"], 8 * GiB) is None and rsv.parse_request([], 8 * GiB) is None
+
+
+def test_low_alone_and_plain_over_high(tmp_path):
+    make_tree(tmp_path / "a", cmdline="root=/dev/vda1 crashkernel=128M,low", crash_size=0)
+    r = check_reservation(tmp_path / "a", *_files(tmp_path / "a"))
+    assert r.problems[0].startswith("crashkernel=128M,low is on the kernel command line but no memory was reserved "
+                                    "(a crashkernel=Y,low alone reserves nothing: it is the low part of a "
+                                    "crashkernel=X,high)")
+    make_tree(tmp_path / "b", cmdline="crashkernel=512M crashkernel=1G,high", crash_size=512 * MiB)
+    r = check_reservation(tmp_path / "b", *_files(tmp_path / "b"))
+    assert r.ok and ("crashkernel=1G,high is ignored: a crashkernel= without ,high or ,low (crashkernel=512M) takes "
+                     "precedence") in r.notes
+
+
+def test_floor_raises_the_main_size_not_the_low_part(tmp_path, monkeypatch):
+    import json
+
+    from kdumplab.capture import floors as floors_mod
+
+    path = tmp_path / "floors.json"
+    path.write_text(json.dumps({"source": "test", "floors": [
+        {"capture": "rootfs", "arch": "aarch64", "suite": "bookworm", "release": "6.1.0-57-arm64", "floor_mib": 320,
+         "memory": "2G", "workload": "realistic", "measured": "2026-12-03"}]}))
+    monkeypatch.setattr(floors_mod, "FLOORS_FILE", path)
+    root = tmp_path / "root"
+    make_tree(root, cmdline="root=/dev/vda2 crashkernel=256M,high", crash_size=256 * MiB, arch="aarch64",
+              mem_total=6 * GiB - 500 * MiB)
+    (root / "proc/sys/kernel/osrelease").write_text("6.1.0-57-arm64\n")
+    (root / "proc/iomem").write_text(ARM64_6G)
+    r = check_reservation(root, *_files(root))
+    assert r.recommended_line == "crashkernel=384M,high crashkernel=128M,low"
+    assert r.ok  # 384 MiB in two ranges: above the 320 MiB floor (256 MiB, kexec_crash_size's figure, is not)

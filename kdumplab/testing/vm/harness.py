@@ -224,7 +224,8 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
              report: Callable[[str], None] | None = None,
              guest_out: str | os.PathLike | None = None, arch: str = "amd64",
              extra_files: dict[str, Path] | None = None, during_crash: Callable[[Guest], None] | None = None,
-             qemu_extra: list[str] | None = None, kdump_extra: list[Step] | None = None) -> VmResult:
+             qemu_extra: list[str] | None = None, kdump_extra: list[Step] | None = None,
+             first_extra: list[Step] | None = None) -> VmResult:
     """Boot ``kernel``'s current Debian kernel, arm, load, crash, save; see the module docstring.
 
     ``arm`` is ``"kdumplab"``, ``"kexec"`` or ``"auto"`` (kdumplab when ``kdumplab arm`` exists); ``save`` is
@@ -237,7 +238,9 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
     (:class:`InitConfig`), ``qemu_extra`` onto QEMU's command line, and ``during_crash(guest)`` runs on the host
     once the crash step has begun (to act from outside, as :mod:`kdumplab.testing.vm.crashes` injects an NMI).
     ``kdump_extra`` steps run in the kdump kernel after the save steps, on the same /proc/vmcore, each timed in
-    ``timings`` by its name (benchmarks/capture_kdump.py). Raises :class:`~kdumplab.testing.vm.qemu.VmError` naming the failed phase.
+    ``timings`` by its name (benchmarks/capture_kdump.py); ``first_extra`` steps run in the first kernel right after
+    arming (tests/vm/test_vm_crashkernel_high.py records /proc/iomem there). ``crashkernel`` may carry suffixes
+    and more values (``256M,high crashkernel=128M,low``). Raises :class:`~kdumplab.testing.vm.qemu.VmError` naming the failed phase.
     """
     say = report or (lambda message: print(f"kdumplab vm: {message}", file=sys.stderr, flush=True))
     if workload not in workload_mod.WORKLOADS:
@@ -254,7 +257,7 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
                                "--from-config` yet: use save='raw'")
     memory_bytes = parse_size(memory)
     crashkernel = crashkernel or CRASHKERNEL[arch]
-    parse_size(crashkernel)
+    parse_size(crashkernel.split(",", 1)[0])
     timeouts = timeouts or (Timeouts() if arch == "amd64" else Timeouts().scaled(FOREIGN_SLOWDOWN))
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -293,6 +296,7 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
             first.append(Step("arm", "host", shlex.join(argv) + loaded))
     else:
         first.append(Step("arm", "host", shlex.join([*kdumplab_cli, "arm", "--config", str(gconfig)])))
+    first += list(first_extra or [])
     disk = None
     disks: list[Path] = []
     if workload == "realistic":
