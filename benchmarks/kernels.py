@@ -165,13 +165,15 @@ def judged(got: dict | str, want: dict | str) -> str:
     return "right"
 
 
-def crash_run(prefix: list[str], vmlinux: Path, vmcore: Path) -> tuple[float, str, int | None]:
+def crash_run(prefix: list[str], vmlinux: Path, vmcore: Path, timeout: float = 600) -> tuple[float, str, int | None]:
     """crash ``sys`` and ``ps`` on the dump: seconds, the release (or the error), the tasks ps lists."""
     with tempfile.NamedTemporaryFile("w", suffix=".crash", dir=vmcore.parent, delete=False) as handle:
         handle.write("sys\nps\nquit\n")
         script = handle.name
     try:
-        seconds, done = timed([*prefix, "crash", "-s", "-i", script, str(vmlinux), str(vmcore)], timeout=600)
+        seconds, done = timed([*prefix, "crash", "-s", "-i", script, str(vmlinux), str(vmcore)], timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return timeout, f"no answer in {timeout:.0f} s", None
     finally:
         os.unlink(script)
     release = re.search(r"RELEASE: (\S+)", done.stdout)
@@ -231,7 +233,7 @@ def bench_dump(vm: dict, runs: int, roots: dict[str, Path | None], crash: bool =
     for name, key in (("crash 8.0.2", "old"), ("crash sid", "sid")):
         if not crash or key not in prefixes:
             continue
-        seconds, release, tasks = crash_run(prefixes[key], vmlinux, raw)
+        seconds, release, tasks = crash_run(prefixes[key], vmlinux, raw, timeout=2400 if row["emulated"] else 600)
         cell = {"seconds": round(seconds, 2), "opens": release, "ps_tasks": tasks, "emulated": row["emulated"]}
         if tasks is not None and isinstance(want, dict):
             cell["ps_right"] = tasks == want["tasks"] + want["cpus"]  # ps adds one idle task per CPU

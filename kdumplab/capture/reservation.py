@@ -18,14 +18,15 @@ Where the memory comes from (:func:`recommend`; the kernel's kernel-parameters.t
 ``crashkernel=X`` takes X below 4 GiB and, on x86_64 and on arm64 since 5.19, falls back to above 4 GiB plus an
 automatic low part when the low memory has no room; ``crashkernel=X,high`` takes X from the top of the RAM and a
 low part below 4 GiB (arm64: below its DMA limit) for swiotlb and 32-bit DMA of the kdump kernel's devices:
-256 MiB by itself on x86_64, 128 MiB by itself on arm64 since 6.2 and *none* on arm64 5.19 to 6.1, where
-``crashkernel=Y,low`` must ask for it; arm64 before 5.19 reads no suffix at all (reserves nothing). x86_64 gets
-the plain form (low first is what kdump-tools and Fedora's kdump do too, and needs no extra low part); arm64 with
+256 MiB by itself on x86_64, 128 MiB by itself on arm64 since 6.2 and *none* on arm64 5.19 to 6.1 (seen on
+Debian's 6.1.0-57 and 6.12.118: tests/vm/test_vm_crashkernel_high.py), where ``crashkernel=Y,low`` must ask
+for it; arm64 before 5.19 reads no suffix at all (reserves nothing). x86_64 gets the plain form (low first is
+what kdump-tools and Fedora's kdump do too, and needs no extra low part); arm64 with
 RAM above 4 GiB gets ``crashkernel=X,high``, with ``crashkernel=128M,low`` written out where the kernel adds no
 low part by itself: arm64's memory below 4 GiB is its DMA zone (often small on servers), which a plain X would
 take first. A reservation in two ranges (``Crash kernel`` above and below 4 GiB in /proc/iomem) counts as their
-sum, which is what the kdump kernel runs in; /sys/kernel/kexec_crash_size counts only the high range on kernels
-before 6.5, 6.1 among them (:func:`check_reservation`).
+sum, which is what the kdump kernel runs in; /sys/kernel/kexec_crash_size counts only the high range on older
+kernels (6.1; 6.12 counts both) (:func:`check_reservation`).
 
 >>> import tempfile, pathlib
 >>> root = pathlib.Path(tempfile.mkdtemp())
@@ -454,7 +455,7 @@ def check_reservation(root: Path = Path("/"), kernel: Path | None = None, initrd
     if ranges and any(r.hidden for r in ranges):
         result.notes.append("/proc/iomem hides addresses from non-root users; run as root to see the range")
     if crash_size is not None and iomem_bytes is not None and iomem_bytes != crash_size:
-        # Before 6.5 kexec_crash_size is crashk_res alone: the high range of a ",high" one, not its low part.
+        # On older kernels (6.1) kexec_crash_size is crashk_res alone: a ",high" one's high range, not its low part.
         result.notes.append(f"/proc/iomem lists {result.describe()} in {len(ranges)} Crash kernel ranges, "
                             f"kexec_crash_size says {format_mib(crash_size)} (older kernels count only the range "
                             f"above 4 GiB there): the kdump kernel runs in all of them")
