@@ -114,8 +114,10 @@ def measure(argv: list[str], out: Path, env: dict[str, str] | None = None) -> tu
     with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
         peak = [0]
         start = time.perf_counter()
+        # run from the output's directory: ``python -m`` puts the working directory first on sys.path, and a
+        # checkout there would shadow the one PYTHONPATH names
         proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", report.name, *argv], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True, env=env)
+                                stderr=subprocess.PIPE, text=True, env=env, cwd=out.parent)
         done = threading.Event()
 
         def sample() -> None:
