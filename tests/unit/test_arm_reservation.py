@@ -321,3 +321,20 @@ def test_floor_raises_the_main_size_not_the_low_part(tmp_path, monkeypatch):
     r = check_reservation(root, *_files(root))
     assert r.recommended_line == "crashkernel=384M,high crashkernel=128M,low"
     assert r.ok  # 384 MiB in two ranges: above the 320 MiB floor (256 MiB, kexec_crash_size's figure, is not)
+
+
+def test_status_and_arm_show_both_ranges(tmp_path):
+    """`kdumplab status` and `kdumplab arm --dry-run` print the reservation split as the guest's /proc/iomem had it."""
+    from click.testing import CliRunner
+
+    from kdumplab.cli import main
+
+    make_tree(tmp_path, cmdline="root=/dev/vda2 crashkernel=256M,high crashkernel=128M,low", crash_size=256 * MiB,
+              arch="aarch64", mem_total=6 * GiB - 500 * MiB)
+    (tmp_path / "proc/sys/kernel/osrelease").write_text("6.1.0-57-arm64\n")
+    (tmp_path / "proc/iomem").write_text(ARM64_6G)
+    status = CliRunner().invoke(main, ["status", "--root", str(tmp_path), "--no-ssh"]).output
+    assert ("reservation:  384 MiB (256 MiB above 4 GiB, 128 MiB below) (crashkernel=256M,high crashkernel=128M,low)"
+            in status), status
+    arm = CliRunner().invoke(main, ["arm", "--root", str(tmp_path), "--dry-run"]).output
+    assert "reservation: 384 MiB (256 MiB above 4 GiB, 128 MiB below) reserved" in arm, arm
