@@ -1,17 +1,18 @@
 """``crashkernel=X,high`` on guests with RAM above 4 GiB: the reservation comes in two ranges, ``kdumplab arm``
 counts both, and the kdump kernel running in them saves a dump drgn agrees with.
 
-A 6 GiB guest (QEMU virt arm64: RAM from 1 GiB, so 3 GiB above 4 GiB; q35 amd64: 2 GiB below, 4 GiB above) boots
+A 6 GiB guest (QEMU virt arm64: RAM from 1 GiB, so 3 GiB above 4 GiB; amd64: 3 GiB below, 3 GiB above) boots
 with the ``crashkernel=`` kdumplab recommends for its kernel (:func:`kdumplab.capture.reservation.recommend`):
 trixie's arm64 6.12 ``256M,high`` (the kernel adds 128 MiB below 4 GiB by itself), bookworm's arm64 6.1
 ``256M,high crashkernel=128M,low`` (6.1 adds none), and amd64 ``256M,high`` (256 MiB low by itself; kdumplab
-recommends the plain form there, ``,high`` is what a user may have). Right after ``kdumplab arm`` the guest
+recommends the plain form there, ``,high`` is what a user may have); and bookworm's arm64 6.1 with ``256M,high``
+alone, which reserves nothing below 4 GiB: ``kdumplab arm`` warns. Right after ``kdumplab arm`` the guest
 copies its /proc/iomem, /sys/kernel/kexec_crash_size and ``kdumplab status --json`` to OUT/guest/; then sysrq,
 and ``kdumplab save`` in the kdump kernel. The checks: the ``Crash kernel`` ranges are one above 4 GiB of X and
 one below of the low part, ``kdumplab arm`` and ``status`` report their sum, and the saved dump's tasks and
 crashed stack equal drgn's.
 
-Matrix only (each guest is 2-4 minutes under TCG): ``KDUMPLAB_MATRIX=1 pytest tests/vm/test_vm_crashkernel_high.py``;
+Matrix only (each guest is 1-2 minutes under TCG): ``KDUMPLAB_MATRIX=1 pytest tests/vm/test_vm_crashkernel_high.py``;
 ``KDUMPLAB_VM_REUSE=1`` reuses the guests kept under ``~/.cache/kdumplab/vm-dumps/crashkernel-high-*``.
 """
 
