@@ -185,3 +185,21 @@ def test_userland_wheels_are_the_capture_only_install():
     declared = [d.split("#")[0].strip() for d in pyproject["project"]["dependencies"]]
     assert [r.replace(" ", "") for r in base_requirements()] == [d.replace(" ", "") for d in declared]
     assert any(d.startswith(NO_WHEEL) for d in declared)
+
+
+def test_dumps_a_run_leaves_are_private(tmp_path):
+    """The raw copy and makedumpfile's file come out of the guest with its umask (0644 seen): the harness makes
+    every dump file of a run 0600, as the dumps a real machine saves are."""
+    from kdumplab.testing.vm.harness import _make_private
+
+    for rel in ("raw/vmcore", "makedumpfile/vmcore", "kdumplab/2026-x/vmcore", "kdumplab/2026-x/meta.json"):
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        path.chmod(0o644)
+    (tmp_path / "console.log").write_text("boot")
+    (tmp_path / "console.log").chmod(0o644)  # not a dump: left as it is
+    _make_private(tmp_path)
+    modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in tmp_path.rglob("*") if p.is_file()}
+    assert modes == {"raw/vmcore": 0o600, "makedumpfile/vmcore": 0o600, "kdumplab/2026-x/vmcore": 0o600,
+                     "kdumplab/2026-x/meta.json": 0o600, "console.log": 0o644}

@@ -319,7 +319,7 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
             # /proc/vmcore straight onto a virtio-blk disk whose image file becomes raw/vmcore: about twice as
             # fast as a 9p write on 6.12 (whose 9p writes run at about 30 MB/s under TCG).
             raw_disk = out / "raw" / "vmcore.disk"
-            with open(raw_disk, "wb") as handle:
+            with open(os.open(raw_disk, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
                 handle.truncate(memory_bytes + (64 << 20))
             device = f"/dev/vd{'abcdefgh'[len(disks)]}"
             disks.append(raw_disk)
@@ -375,6 +375,7 @@ def crash_vm(out: str | os.PathLike, kernel: str = "bookworm", memory: str = "1G
         if disk:
             disk.unlink(missing_ok=True)
         _finish_raw_disk(out / "raw")
+        _make_private(out)
     result.raw_vmcore = out / "raw" / "vmcore" if (out / "raw" / "vmcore").exists() else None
     result.makedumpfile_dump = (out / "makedumpfile" / "vmcore") if result.steps.get("makedumpfile") == 0 else None
     made = sorted((out / "kdumplab").glob("*/vmcore*"))
@@ -397,6 +398,15 @@ def _kdumplab_saves(arch: str) -> bool:
     import importlib.util
 
     return arch == "amd64" or importlib.util.find_spec(f"kdumplab.memory.{arch}") is not None
+
+
+def _make_private(out: Path) -> None:
+    """Mode 0600 for the dumps a run leaves (the raw copy and makedumpfile's file come out of the guest with its
+    umask): they hold the guest's memory, as a real machine's dumps hold secrets."""
+    for name in ("raw", "makedumpfile", "kdumplab"):
+        for path in (out / name).rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                path.chmod(0o600)
 
 
 def _finish_raw_disk(raw: Path) -> None:
