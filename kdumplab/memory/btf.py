@@ -24,6 +24,7 @@ Only what kdumplab needs is decoded (the format is the kernel's Documentation/bp
 from __future__ import annotations
 
 import struct
+from array import array
 from typing import Any
 
 from kdumplab.errors import VmcoreinfoError
@@ -56,24 +57,34 @@ class Btf:
             raise VmcoreinfoError(f"{name}: BTF: sections end past the blob's {len(data)} bytes")
         self.data = data
         self.strings = data[hdr_len + str_off:hdr_len + str_off + str_len]
-        self.types: list[tuple[int, int, int, int]] = [(0, 0, 0, 0)]  # (kind, info, size_or_type, records at)
+        # Where each type's record starts, by type id (id 0 is void): 4 bytes a type, where a tuple each cost
+        # 10 MiB for a Debian kernel's 110,000 types, in a kdump kernel's save.
+        self._at = array("I", [0])
         self._by_name_off: dict[int, int] = {}  # struct/union/enum name offset -> its first type
         pos, end = hdr_len + type_off, hdr_len + type_off + type_len
-        named, extra, types = (_STRUCT, _UNION, _ENUM, _ENUM64), _EXTRA, self.types
+        named, extra, at = (_STRUCT, _UNION, _ENUM, _ENUM64), _EXTRA, self._at
         unpack = struct.Struct("<3I").unpack_from
         while pos < end:
-            name_off, info, size = unpack(data, pos)
+            name_off, info, _ = unpack(data, pos)
             kind = (info >> 24) & 0x1F
             if kind not in extra:
-                raise VmcoreinfoError(f"{name}: BTF: type {len(types)} has unknown kind {kind}")
-            types.append((kind, info, size, pos + 12))
+                raise VmcoreinfoError(f"{name}: BTF: type {len(at)} has unknown kind {kind}")
+            at.append(pos)
             if kind in named and name_off:
-                self._by_name_off.setdefault(name_off, len(types) - 1)
+                self._by_name_off.setdefault(name_off, len(at) - 1)
             fixed, per = extra[kind]
             pos += 12 + fixed + per * (info & 0xFFFF)
         if pos != end:
             raise VmcoreinfoError(f"{name}: BTF: the type records overrun their section")
         self._enums: dict[str, int] | None = None
+
+    def type(self, tid: int) -> tuple[int, int, int, int]:
+        """Type ``tid`` as ``(kind, info, size_or_type, where its own records start)``; void for id 0."""
+        if tid == 0:
+            return (0, 0, 0, 0)
+        pos = self._at[tid]
+        _, info, size = struct.unpack_from("<3I", self.data, pos)
+        return ((info >> 24) & 0x1F, info, size, pos + 12)
 
     def string(self, off: int) -> str:
         return self.strings[off:self.strings.index(b"\0", off)].decode("latin-1")
@@ -85,13 +96,13 @@ class Btf:
 
     def _struct(self, name: str) -> int:
         tid = self._named(name)
-        if tid is None or self.types[tid][0] not in (_STRUCT, _UNION):
+        if tid is None or self.type(tid)[0] not in (_STRUCT, _UNION):
             raise VmcoreinfoError(f"{self.name}: BTF has no struct {name}")
         return tid
 
     def _find(self, tid: int, member: str) -> tuple[int, int] | None:
         """``(byte offset, type id)`` of ``member`` in struct/union ``tid``, looking into anonymous members."""
-        kind, info, _, at = self.types[tid]
+        kind, info, _, at = self.type(tid)
         for i in range(info & 0xFFFF):
             name_off, mtype, off = struct.unpack_from("<3I", self.data, at + 12 * i)
             bits = off & 0xFFFFFF if info >> 31 else off
@@ -99,7 +110,7 @@ class Btf:
                 return bits // 8, mtype
             if not name_off:
                 inner = self._resolve(mtype)
-                if self.types[inner][0] in (_STRUCT, _UNION):
+                if self.type(inner)[0] in (_STRUCT, _UNION):
                     got = self._find(inner, member)
                     if got is not None:
                         return bits // 8 + got[0], got[1]
@@ -107,7 +118,7 @@ class Btf:
 
     def _resolve(self, tid: int) -> int:
         for _ in range(32):  # typedef/const/volatile chains are short; a loop is a damaged blob
-            kind, _, size_or_type, _ = self.types[tid]
+            kind, _, size_or_type, _ = self.type(tid)
             if kind not in _MODIFIERS:
                 return tid
             tid = size_or_type
@@ -127,12 +138,12 @@ class Btf:
         return self.member(struct_name, member)[0]
 
     def size(self, struct_name: str) -> int:
-        return self.types[self._struct(struct_name)][2]
+        return self.type(self._struct(struct_name))[2]
 
     def array_length(self, struct_name: str, member: str) -> int:
         """The element count of the array member ``struct_name.member``."""
         tid = self._resolve(self.member(struct_name, member)[1])
-        kind, _, _, at = self.types[tid]
+        kind, _, _, at = self.type(tid)
         if kind != _ARRAY:
             raise VmcoreinfoError(f"{self.name}: BTF: {struct_name}.{member} is not an array")
         return struct.unpack_from("<3I", self.data, at)[2]
@@ -141,15 +152,15 @@ class Btf:
         """The value of the enumerator ``name``: of ``enum`` when given (found directly), else of any enum."""
         if enum is not None:
             tid = self._named(enum)
-            if tid is not None and self.types[tid][0] == _ENUM:
-                _, info, _, at = self.types[tid]
+            if tid is not None and self.type(tid)[0] == _ENUM:
+                _, info, _, at = self.type(tid)
                 for i in range(info & 0xFFFF):
                     n, v = struct.unpack_from("<I" + ("i" if info >> 31 else "I"), self.data, at + 8 * i)
                     if self.string(n) == name:
                         return v
         if self._enums is None:
             self._enums = {}
-            for kind, info, _, at in self.types:
+            for kind, info, _, at in map(self.type, range(1, len(self._at))):
                 if kind == _ENUM:
                     for i in range(info & 0xFFFF):
                         n, v = struct.unpack_from("<I" + ("i" if info >> 31 else "I"), self.data, at + 8 * i)
