@@ -1,0 +1,100 @@
+"""The kdump initrd carries the packages ``kdumplab save`` imports, read off the source
+(:func:`kdumplab.capture.initrd_imports.save_packages`): a real save, in a fresh interpreter where every other
+third-party package is unimportable, must work for every codec and format. A save that starts importing a
+package the walk misses fails here, not in a kdump kernel."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdumplab.capture.initrd_imports import imported_names, save_packages
+
+#: Run as ``python -c LAUNCHER ALLOWED ARGV...``: only the standard library and the ALLOWED top-level packages
+#: import; then ``python -m kdumplab.cli ARGV`` as the initramfs script runs it; at exit, the third-party
+#: packages it did import go to stderr as one JSON line.
+LAUNCHER = r"""
+import json, runpy, sys
+allowed = set(sys.argv[1].split(","))
+stdlib = set(sys.stdlib_module_names)
+before = set(sys.modules)  # the interpreter's start (site's .pth hooks), not the save's
+
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        top = name.split(".")[0]
+        if top in stdlib or top in allowed or top == "__future__":
+            return None
+        raise ImportError(f"{top} is not in the kdump initrd")
+
+sys.meta_path.insert(0, Blocker())
+sys.argv = ["kdumplab.cli", *sys.argv[2:]]
+try:
+    runpy.run_module("kdumplab.cli", run_name="__main__", alter_sys=True)
+finally:
+    used = sorted({m.split(".")[0] for m in set(sys.modules) - before} - stdlib - {"__main__", "__future__"})
+    print("@@imported " + json.dumps(used), file=sys.stderr, flush=True)
+"""
+
+
+def _save(allowed: list[str], *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", LAUNCHER, ",".join(allowed), *argv], capture_output=True,
+                          text=True, timeout=600)
+
+
+def _imported(done: subprocess.CompletedProcess) -> list[str]:
+    line = next(l for l in done.stderr.splitlines() if l.startswith("@@imported "))
+    return json.loads(line.removeprefix("@@imported "))
+
+
+def test_the_walk_finds_the_capture_side_only():
+    names = save_packages()
+    assert names[0] == "kdumplab"
+    for analysis in ("drgn", "pandas", "matplotlib", "elftools", "nbformat", "rich"):
+        assert analysis not in names
+    assert "zstandard" in names  # the default codec
+
+
+def test_imports_inside_functions_and_relative_ones_count():
+    source = "import os\nfrom ..formats import kdump\nif TYPE_CHECKING:\n    import pandas\ndef f():\n    import lzo\n"
+    names = imported_names(source, "kdumplab.capture.save")
+    assert {"os", "kdumplab.formats", "kdumplab.formats.kdump", "lzo"} <= names
+    assert "pandas" not in names
+
+
+@pytest.mark.parametrize("codec,fmt", [("zstd", "kdump"), ("lzo", "kdump"), ("snappy", "kdump"),
+                                       ("zlib", "flat"), ("none", "elf")])
+def test_save_runs_with_only_the_initrd_packages(synth_61, tmp_path, codec, fmt):
+    allowed = save_packages()
+    out = tmp_path / "out"
+    done = _save(allowed, "save", "-q", "-d", "31", "-c", codec, "-f", fmt, str(synth_61.vmcore), str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert set(_imported(done)) <= set(allowed)
+    assert out.is_file() and out.stat().st_size > 4096
+    assert json.loads(out.with_name("out.meta.json").read_text())["status"] == "complete"
+
+
+def test_a_missing_package_is_seen(synth_61, tmp_path):
+    """The check has teeth: without the default codec's package the same save fails."""
+    allowed = [p for p in save_packages() if p != "zstandard"]
+    done = _save(allowed, "save", "-q", "-d", "31", "-c", "zstd", str(synth_61.vmcore), str(tmp_path / "out"))
+    assert done.returncode != 0
+    assert "zstandard" in done.stderr
+
+
+def test_usage_errors_and_help_work_in_the_initrd(tmp_path):
+    """click is loaded only for --help and usage errors; it must be there for them."""
+    allowed = save_packages()
+    done = _save(allowed, "save", "--help")
+    assert done.returncode == 0 and "Exit status" in done.stdout, done.stderr[-2000:]
+    done = _save(allowed, "save", "--dump-level", "99", "/proc/vmcore", str(tmp_path))
+    assert done.returncode == 2 and "dump-level" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+
+
+def test_the_hook_takes_the_list_from_the_walk():
+    hook = (Path(__file__).resolve().parents[2] / "capture/initramfs-tools/hooks/kdumplab").read_text()
+    assert "kdumplab.capture.initrd_imports" in hook
