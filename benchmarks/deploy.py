@@ -53,10 +53,12 @@ def attempt(out: Path, suite: str, capture: str, mib: int, memory: str, workload
 
 
 def floor(out: Path, suite: str, capture: str, start: int, low: int, step: int, memory: str, workload: str,
-          log: list) -> tuple[dict | None, dict | None]:
+          log: list, guess: int | None = None) -> tuple[dict | None, dict | None]:
     """Bisect in ``step`` MiB between ``low`` (assumed too small) and ``start``: (row at the floor, row at
-    ``start``)."""
-    print(f"{suite} {capture}: from {start}M down to {low}M in {step}M steps", flush=True)
+    ``start``). ``guess``, when given, is tried first instead of the middle (an earlier run's floor: one or
+    two attempts then confirm it, each attempt being minutes of a TCG guest)."""
+    print(f"{suite} {capture}: from {start}M down to {low}M in {step}M steps"
+          + (f", {guess}M first" if guess else ""), flush=True)
     top = attempt(out, suite, capture, start, memory, workload, log)
     if top is None:
         return None, None
@@ -64,12 +66,41 @@ def floor(out: Path, suite: str, capture: str, start: int, low: int, step: int, 
     while good - bad > step:
         middle = bad + ((good - bad) // step // 2) * step
         middle = max(middle, bad + step)
+        if guess is not None and bad < guess < good:
+            middle, guess = guess, (guess - step if guess - step > bad else None)
         row = attempt(out, suite, capture, middle, memory, workload, log)
         if row is None:
             bad = middle
         else:
             good, good_row = middle, row
     return good_row, top
+
+
+def write_floors(rows: list[dict], log: list[dict], args: argparse.Namespace) -> None:
+    """Record the measured floors in floors.json: the rows of this run replace those of the same suite and
+    capture way, the others stay. Each row says what saved, what did not, and kdump-tools' floor beside it."""
+    today = time.strftime("%Y-%m-%d")
+    try:
+        data = json.loads(FLOORS.read_text())
+    except (OSError, ValueError):
+        data = {}
+    measured = {(r["suite"], r["capture"]) for r in rows if r["floor"]}
+    keep = lambda item: (item.get("suite"), item.get("capture")) not in measured  # noqa: E731
+    floors = [item for item in data.get("floors", []) if keep(item)]
+    for r in rows:
+        if not r["floor"]:
+            continue
+        f, s = r["floor"], r["start"]
+        floors.append({
+            "capture": r["capture"], "arch": "x86_64", "suite": r["suite"], "release": f["release"],
+            "floor_mib": f["mib"], "memory": args.memory, "workload": args.workload, "measured": today,
+            "panic_to_saved": f["panic_to_saved"], "initrd_bytes": f["initrd_bytes"], "dump_bytes": f["dump_bytes"],
+            f"panic_to_saved_at_{args.start}M": s["panic_to_saved"],
+            "not_saved_at_mib": sorted({x["mib"] for x in log if x["suite"] == r["suite"]
+                                        and x["capture"] == r["capture"] and not x["saved"]})})
+    data = {"source": "benchmarks/deploy.py", "floors": sorted(floors, key=lambda i: (i["suite"], i["capture"]))}
+    FLOORS.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {FLOORS}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start", type=int, default=256, help="MiB known to be enough")
     parser.add_argument("--low", type=int, default=64, help="MiB assumed too small")
     parser.add_argument("--step", type=int, default=16)
+    parser.add_argument("--guess", default="", help="first sizes to try per capture way, MiB: "
+                                                    "initrd=224,kdump-tools=128 (then the one 16M below)")
     parser.add_argument("--memory", default="2G")
     parser.add_argument("--workload", default="realistic")
     parser.add_argument("--out", default=None, help="where the guests' directories go [a temporary directory]")
@@ -87,10 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or tempfile.mkdtemp(prefix="kdumplab-deploy-bench-"))
     log: list[dict] = []
     rows = []
+    guesses = {k: int(v) for k, v in (item.split("=") for item in args.guess.split(",") if item)}
     for suite in args.suites.split(","):
         for capture in args.captures.split(","):
             at_floor, at_start = floor(out, suite, capture, args.start, args.low, args.step, args.memory,
-                                       args.workload, log)
+                                       args.workload, log, guesses.get(capture))
             rows.append({"suite": suite, "capture": capture, "floor": at_floor, "start": at_start})
             (out / "deploy-bench.json").write_text(json.dumps({"rows": rows, "log": log}, indent=2) + "\n")
     print("\n| suite | capture | smallest crashkernel= | panic_to_saved at it | at %dM | kdump initrd | dump |"
@@ -110,16 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"panic_to_saved at {args.start}M "
                   f"{(row['start']['panic_to_saved'] or 0) / (theirs['start']['panic_to_saved'] or 1):.2f}")
     if args.write:
-        today = time.strftime("%Y-%m-%d")
-        data = {"source": "benchmarks/deploy.py", "floors": [
-            {"capture": r["capture"], "arch": "x86_64", "suite": r["suite"], "release": r["floor"]["release"],
-             "floor_mib": r["floor"]["mib"], "memory": args.memory, "workload": args.workload, "measured": today,
-             "panic_to_saved": r["floor"]["panic_to_saved"], "initrd_bytes": r["floor"]["initrd_bytes"]}
-            for r in rows if r["floor"] and r["capture"] != "kdump-tools"],
-            "kdump_tools": [{"suite": r["suite"], "floor_mib": r["floor"]["mib"], "measured": today}
-                            for r in rows if r["floor"] and r["capture"] == "kdump-tools"]}
-        FLOORS.write_text(json.dumps(data, indent=2) + "\n")
-        print(f"wrote {FLOORS}")
+        write_floors(rows, log, args)
     print(f"details: {out / 'deploy-bench.json'}")
     return 0
 

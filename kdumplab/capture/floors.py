@@ -12,6 +12,10 @@ machine without a dump, so above the floor it arms and, near it, warns.
 ...     {"capture": "initrd", "arch": "x86_64", "suite": "trixie", "floor_mib": 176, "memory": "2G"}]})
 >>> floor.floor_mib, floor.suite
 (176, 'trixie')
+>>> print(measured_floor("initrd", "x86_64", data={"floors": [
+...     {"capture": "initrd", "arch": "x86_64", "suite": "bookworm", "floor_mib": 160},
+...     {"capture": "kdump-tools", "arch": "x86_64", "suite": "bookworm", "floor_mib": 144}]}).describe())
+capture = "initrd" saved a 2G realistic Debian bookworm guest with 160 MiB (benchmarks/deploy.py; Debian's kdump-tools needed 144 MiB on the same image)
 >>> measured_floor("rootfs", "x86_64", data={"floors": []}) is None
 True
 """
@@ -43,12 +47,16 @@ class Floor:
     workload: str = "realistic"
     measured: str = ""
     source: str = "benchmarks/deploy.py"
+    #: Debian's kdump-tools' floor measured in the same run on the same suite (None when not measured)
+    kdump_tools_mib: int | None = None
 
     def describe(self) -> str:
         """Where the figure comes from, for a message."""
         when = f", {self.measured}" if self.measured else ""
+        anchor = (f"; Debian's kdump-tools needed {self.kdump_tools_mib} MiB on the same image"
+                  if self.kdump_tools_mib else "")
         return (f"capture = \"{self.capture}\" saved a {self.memory} {self.workload} Debian {self.suite} "
-                f"{self.release or 'guest'} with {self.floor_mib} MiB ({self.source}{when})")
+                f"{self.release or 'guest'} with {self.floor_mib} MiB ({self.source}{when}{anchor})")
 
 
 def load_floors(path: Path | None = None) -> dict[str, Any]:
@@ -66,13 +74,15 @@ def measured_floor(capture: str, arch: str, data: dict[str, Any] | None = None) 
     data = load_floors() if data is None else data
     arch = "x86_64" if arch in ("x86_64", "amd64") else arch
     source = data.get("source", "benchmarks/deploy.py")
+    anchors = {item.get("suite"): item.get("floor_mib") for item in data.get("floors", [])
+               if item.get("capture") == "kdump-tools" and item.get("arch", "x86_64") == arch}
     found = []
     for item in data.get("floors", []):
         if item.get("capture") != capture or item.get("arch", "x86_64") != arch:
             continue
         known = {k: v for k, v in item.items() if k in Floor.__dataclass_fields__}  # more figures may be recorded
         try:
-            found.append(Floor(**{"source": source, **known}))
+            found.append(Floor(**{"source": source, "kdump_tools_mib": anchors.get(item.get("suite")), **known}))
         except TypeError:
             continue
     return max(found, key=lambda f: f.floor_mib) if found else None

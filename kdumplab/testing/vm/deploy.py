@@ -58,7 +58,7 @@ MARK = r"@@kdumplab-deploy "
 
 #: A console line that says the dump was saved, per capture way.
 SAVED = {"initrd": r"kdumplab save: saved (/\S+) \(", "rootfs": r"kdumplab save: saved (/\S+) \(",
-         "kdump-tools": r"saved vmcore in (\S+)"}
+         "kdump-tools": r"saved vmcore in (/\S+?)\.?(?:\s|$)"}  # "...saved vmcore in /var/crash/202612031437."
 #: A console line that says the capture failed.
 FAILED = {"initrd": r"kdumplab: error: (.*)", "rootfs": r"kdumplab: error: (.*)",
           "kdump-tools": r"kdump-tools: (?:failed|.*failed)(.*)"}
