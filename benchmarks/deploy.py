@@ -54,20 +54,29 @@ def attempt(out: Path, suite: str, capture: str, mib: int, memory: str, workload
 
 def floor(out: Path, suite: str, capture: str, start: int, low: int, step: int, memory: str, workload: str,
           log: list, guess: int | None = None) -> tuple[dict | None, dict | None]:
-    """Bisect in ``step`` MiB between ``low`` (assumed too small) and ``start``: (row at the floor, row at
-    ``start``). ``guess``, when given, is tried first instead of the middle (an earlier run's floor: one or
-    two attempts then confirm it, each attempt being minutes of a TCG guest)."""
+    """Bisect in ``step`` MiB between ``low`` (assumed too small) and ``start`` (tried first, assumed to save
+    when it does): (row at the floor, row at ``start``, None when it was not run). ``guess``, when given, is
+    tried first instead (an earlier run's floor, each attempt being minutes of a TCG guest): when it saves,
+    the size one step below decides, and ``start`` is not run at all."""
     print(f"{suite} {capture}: from {start}M down to {low}M in {step}M steps"
           + (f", {guess}M first" if guess else ""), flush=True)
-    top = attempt(out, suite, capture, start, memory, workload, log)
-    if top is None:
-        return None, None
-    good, good_row, bad = start, top, low
+    top = None
+    good, good_row, bad = start, None, low
+    if guess is not None and low < guess < start:
+        good_row = attempt(out, suite, capture, guess, memory, workload, log)
+        if good_row is None:
+            bad = guess
+        else:
+            good = guess
+    if good_row is None:
+        top = good_row = attempt(out, suite, capture, start, memory, workload, log)
+        if top is None:
+            return None, None
     while good - bad > step:
         middle = bad + ((good - bad) // step // 2) * step
         middle = max(middle, bad + step)
-        if guess is not None and bad < guess < good:
-            middle, guess = guess, (guess - step if guess - step > bad else None)
+        if good == guess:  # the guess saved: one step below it first
+            middle = good - step
         row = attempt(out, suite, capture, middle, memory, workload, log)
         if row is None:
             bad = middle
@@ -95,7 +104,7 @@ def write_floors(rows: list[dict], log: list[dict], args: argparse.Namespace) ->
             "capture": r["capture"], "arch": "x86_64", "suite": r["suite"], "release": f["release"],
             "floor_mib": f["mib"], "memory": args.memory, "workload": args.workload, "measured": today,
             "panic_to_saved": f["panic_to_saved"], "initrd_bytes": f["initrd_bytes"], "dump_bytes": f["dump_bytes"],
-            f"panic_to_saved_at_{args.start}M": s["panic_to_saved"],
+            f"panic_to_saved_at_{args.start}M": (s or {}).get("panic_to_saved"),
             "not_saved_at_mib": sorted({x["mib"] for x in log if x["suite"] == r["suite"]
                                         and x["capture"] == r["capture"] and not x["saved"]})})
     data = {"source": "benchmarks/deploy.py", "floors": sorted(floors, key=lambda i: (i["suite"], i["capture"]))}
@@ -111,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--low", type=int, default=64, help="MiB assumed too small")
     parser.add_argument("--step", type=int, default=16)
     parser.add_argument("--guess", default="", help="first sizes to try per capture way, MiB: "
-                                                    "initrd=224,kdump-tools=128 (then the one 16M below)")
+                                                    "initrd=224,kdump-tools=128 (then the one 16M below; "
+                                                    "the start size is then run only when the guess fails)")
     parser.add_argument("--memory", default="2G")
     parser.add_argument("--workload", default="realistic")
     parser.add_argument("--out", default=None, help="where the guests' directories go [a temporary directory]")
@@ -140,9 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows:
             if row["suite"] != suite or row["capture"] == "kdump-tools" or not row["floor"] or not theirs:
                 continue
-            print(f"{suite} {row['capture']} / kdump-tools: floor {row['floor']['mib'] / theirs['floor']['mib']:.2f}, "
-                  f"panic_to_saved at {args.start}M "
-                  f"{(row['start']['panic_to_saved'] or 0) / (theirs['start']['panic_to_saved'] or 1):.2f}")
+            ours_s, theirs_s = row["floor"]["panic_to_saved"], theirs["floor"]["panic_to_saved"]
+            line = (f"{suite} {row['capture']} / kdump-tools: floor {row['floor']['mib'] / theirs['floor']['mib']:.2f}, "
+                    f"panic_to_saved at each floor {ours_s / theirs_s:.2f}")
+            if row["start"] and theirs["start"]:
+                line += (f", at {args.start}M "
+                         f"{row['start']['panic_to_saved'] / theirs['start']['panic_to_saved']:.2f}")
+            print(line)
     if args.write:
         write_floors(rows, log, args)
     print(f"details: {out / 'deploy-bench.json'}")
