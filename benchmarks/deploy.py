@@ -37,7 +37,7 @@ def attempt(out: Path, suite: str, capture: str, mib: int, memory: str, workload
     started = time.monotonic()
     try:
         result = deploy_vm(out / f"{suite}-{capture}-{mib}", suite=suite, capture=capture, memory=memory,
-                           crashkernel=f"{mib}M", workload=workload, report=False)
+                           crashkernel=f"{mib}M", workload=workload, report=False, force_arm=True)
     except VmError as error:
         log.append({"suite": suite, "capture": capture, "mib": mib, "saved": False, "why": str(error)[:300]})
         print(f"  {mib}M: not saved ({error.phase}: {error.problem[:120]})", flush=True)

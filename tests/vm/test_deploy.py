@@ -48,8 +48,9 @@ def _deploy(tmp_path_factory, name: str, **kwargs):
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
     """bookworm, capture from kdumplab's kdump initrd onto the root file system named by UUID. The kdump initrd
-    holds Python and numpy (bytecode only, about 85 MiB unpacked, all of it resident while the capture runs);
-    benchmarks/deploy.py measures how low the reservation goes."""
+    holds Python, kdumplab and the packages the save imports (kdumplab.capture.initrd_imports; no numpy since the
+    save stopped importing it), bytecode only, all of it resident while the capture runs; benchmarks/deploy.py
+    measures how low the reservation goes."""
     return _deploy(tmp_path_factory, "deploy-bookworm-initrd", suite="bookworm", capture="initrd",
                    crashkernel=INITRD_CRASHKERNEL)
 
