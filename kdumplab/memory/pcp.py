@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import struct
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from kdumplab.errors import KdumplabError, VmcoreinfoError
@@ -99,24 +100,6 @@ class _Layout:
         self.head = info.offset(head, required=True)
 
 
-class _PageIndex:
-    """Struct page address -> pfn over the mem_map ranges (:class:`~kdumplab.memory.mem_map.MemMapRange`)."""
-
-    def __init__(self, ranges: list[Any], page_struct_size: int) -> None:
-        rs = sorted((r.page_addr, r.page_addr + (r.end_pfn - r.start_pfn) * page_struct_size, r.start_pfn)
-                    for r in ranges)
-        self.starts, self.rs, self.size = [r[0] for r in rs], rs, page_struct_size
-
-    def pfn(self, addr: int) -> int | None:
-        i = bisect.bisect_right(self.starts, addr) - 1
-        if i < 0:
-            return None
-        start, end, pfn = self.rs[i]
-        if addr >= end or (addr - start) % self.size:
-            return None
-        return pfn + (addr - start) // self.size
-
-
 def pcp_free_blocks(mem: Any, mem_map: Any = None) -> PcpWalk:
     """Walk every per-CPU page list of the kernel whose memory ``mem`` (a
     :class:`~kdumplab.memory.translate.KernelMemory`) reads; ``mem_map`` (a
@@ -146,7 +129,7 @@ def pcp_free_blocks(mem: Any, mem_map: Any = None) -> PcpWalk:
     possible = int.from_bytes(mem.read(syms["__cpu_possible_mask"], 8 * -(-nr_cpus // 64)), "little")
     offsets = struct.unpack(f"<{nr_cpus}Q", mem.read(syms["__per_cpu_offset"], 8 * nr_cpus))
     cpus = [(cpu, offsets[cpu]) for cpu in range(nr_cpus) if possible >> cpu & 1]
-    walker = _Walker(mem, lay, _PageIndex(mem_map.ranges, lay.page))
+    walker = _Walker(mem, lay, mem_map.pfn_of)
     for node in _online_nodes(mem, syms):
         for z in range(lay.nr_zones):
             zone = node + lay.node_zones + z * lay.zone_size
@@ -185,8 +168,9 @@ def _online_nodes(mem: Any, syms: dict[str, int]) -> list[int]:
 class _Walker:
     """Walks the lists of one per-CPU pageset at a time, keeping what passes (module docstring)."""
 
-    def __init__(self, mem: Any, lay: _Layout, index: _PageIndex) -> None:
-        self.mem, self.lay, self.index = mem, lay, index
+    def __init__(self, mem: Any, lay: _Layout, pfn_of: Callable[[int], int]) -> None:
+        """``pfn_of(struct page address)``: its pfn, -1 for no struct page (:meth:`MemMap.pfn_of`)."""
+        self.mem, self.lay, self.pfn_of = mem, lay, pfn_of
         self.blocks: list[tuple[int, int]] = []
         self.warnings: list[str] = []
         self.lists = 0
@@ -223,8 +207,8 @@ class _Walker:
             if seen > bound:
                 raise _Refused(f"more entries than the CPU's count {bound} (a loop?)")
             addr = node - lay.lru
-            pfn = self.index.pfn(addr)
-            if pfn is None:
+            pfn = self.pfn_of(addr)
+            if pfn < 0:
                 raise _Refused(f"entry {node:#x} is not a struct page's lru")
             if pfn % n or not lo <= pfn <= hi - n:
                 raise _Refused(f"pfn {pfn:#x}: misaligned to order {order} or outside its zone")

@@ -16,7 +16,7 @@ from kdumplab.errors import VmcoreinfoError
 from kdumplab.formats.vmcoreinfo import VmcoreInfo
 from kdumplab.memory.btf import Btf, build_btf
 from kdumplab.memory.kallsyms import Kallsyms
-from kdumplab.memory.pcp import _Layout, _PageIndex, _Walker, pcp_list_orders
+from kdumplab.memory.pcp import _Layout, _Walker, pcp_list_orders
 
 BASE = 0xFFFFFFFF81000000
 
@@ -183,7 +183,11 @@ def walk_one_list(pages: dict[int, tuple[int, int]], chain: list[int], order: in
     for p, nxt in zip(chain, nodes[1:]):
         mem.write(VMEMMAP + 64 * p + 8, struct.pack("<Q", nxt))
     mem.write(PCP + lay.count, struct.pack("<i", count))
-    walker = _Walker(mem, lay, _PageIndex([SimpleNamespace(start_pfn=0, end_pfn=1024, page_addr=VMEMMAP)], 64))
+    def pfn_of(addr: int) -> int:  # MemMap.pfn_of of a mem_map of pfns 0..1023 at VMEMMAP
+        index, rest = divmod(addr - VMEMMAP, 64)
+        return index if 0 <= index < 1024 and not rest else -1
+
+    walker = _Walker(mem, lay, pfn_of)
     walker.cpu("cpu 0", PCP, 0, 1024)
     return walker
 
