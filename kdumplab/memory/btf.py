@@ -24,6 +24,7 @@ Only what kdumplab needs is decoded (the format is the kernel's Documentation/bp
 from __future__ import annotations
 
 import struct
+import sys
 from array import array
 from typing import Any
 
@@ -39,6 +40,11 @@ _EXTRA = {1: (4, 0), 2: (0, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 7
           10: (0, 0), 11: (0, 0), 12: (0, 0), 13: (0, 8), 14: (4, 0), 15: (0, 12), 16: (0, 0), 17: (4, 0),
           18: (0, 0), 19: (0, 12)}
 _MODIFIERS = (_TYPEDEF, _VOLATILE, _CONST, _RESTRICT, _TYPE_TAG)
+#: By an info word's top byte (kind in bits 0-4, kind_flag and unused bits above): (words of the record before
+#: its vlen items, words per item), None for an unknown kind; and whether the kind is looked up by name.
+_STEPS: list[tuple[int, int] | None] = [
+    (3 + _EXTRA[hi & 0x1F][0] // 4, _EXTRA[hi & 0x1F][1] // 4) if hi & 0x1F in _EXTRA else None for hi in range(256)]
+_NAMED_HI = frozenset(hi for hi in range(256) if hi & 0x1F in (_STRUCT, _UNION, _ENUM, _ENUM64))
 
 
 class Btf:
@@ -57,24 +63,35 @@ class Btf:
             raise VmcoreinfoError(f"{name}: BTF: sections end past the blob's {len(data)} bytes")
         self.data = data
         self.strings = data[hdr_len + str_off:hdr_len + str_off + str_len]
-        # Where each type's record starts, by type id (id 0 is void): 4 bytes a type, where a tuple each cost
-        # 10 MiB for a Debian kernel's 110,000 types, in a kdump kernel's save.
-        self._at = array("I", [0])
+        # Where each type's record starts, by type id (id 0 is void), in 4-byte words from the section's start:
+        # 4 bytes a type, where a tuple each cost 10 MiB for a Debian kernel's 110,000 types, in a kdump kernel's
+        # save. The walk reads the info words through a memoryview (no per-type unpack): a third of the time.
+        start = self._start = hdr_len + type_off
+        if type_off % 4 or type_len % 4:
+            raise VmcoreinfoError(f"{name}: BTF: type section at {type_off} of {type_len} bytes: not in 4-byte words")
+        words: Any = memoryview(data)[start:start + type_len].cast("I")
+        if sys.byteorder != "little":
+            words = array("I", words.tobytes())
+            words.byteswap()
+        at = self._at = array("I", [0])
         self._by_name_off: dict[int, int] = {}  # struct/union/enum name offset -> its first type
-        pos, end = hdr_len + type_off, hdr_len + type_off + type_len
-        named, extra, at = (_STRUCT, _UNION, _ENUM, _ENUM64), _EXTRA, self._at
-        unpack = struct.Struct("<3I").unpack_from
-        while pos < end:
-            name_off, info, _ = unpack(data, pos)
-            kind = (info >> 24) & 0x1F
-            if kind not in extra:
-                raise VmcoreinfoError(f"{name}: BTF: type {len(at)} has unknown kind {kind}")
-            at.append(pos)
-            if kind in named and name_off:
-                self._by_name_off.setdefault(name_off, len(at) - 1)
-            fixed, per = extra[kind]
-            pos += 12 + fixed + per * (info & 0xFFFF)
-        if pos != end:
+        by_name, append, steps, named = self._by_name_off, at.append, _STEPS, _NAMED_HI
+        w, end = 0, len(words)
+        last = end - 2  # a record's header is 3 words
+        while w < last:
+            info = words[w + 1]
+            hi = info >> 24
+            try:
+                fixed, per = steps[hi]
+            except TypeError:  # None: not a kind of this format
+                raise VmcoreinfoError(f"{name}: BTF: type {len(at)} has unknown kind {hi & 0x1F}") from None
+            append(w)
+            if hi in named:
+                name_off = words[w]
+                if name_off and name_off not in by_name:
+                    by_name[name_off] = len(at) - 1
+            w += fixed + per * (info & 0xFFFF)
+        if w != end:
             raise VmcoreinfoError(f"{name}: BTF: the type records overrun their section")
         self._enums: dict[str, int] | None = None
 
@@ -82,7 +99,7 @@ class Btf:
         """Type ``tid`` as ``(kind, info, size_or_type, where its own records start)``; void for id 0."""
         if tid == 0:
             return (0, 0, 0, 0)
-        pos = self._at[tid]
+        pos = self._start + 4 * self._at[tid]
         _, info, size = struct.unpack_from("<3I", self.data, pos)
         return ((info >> 24) & 0x1F, info, size, pos + 12)
 

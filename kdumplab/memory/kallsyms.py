@@ -37,7 +37,9 @@ __all__ = ["Kallsyms", "TABLE_KEYS"]
 TABLE_KEYS = ("kallsyms_names", "kallsyms_num_syms", "kallsyms_token_table", "kallsyms_token_index",
               "kallsyms_offsets")
 _MAX_SYMS = 1 << 22  # a kernel has ~200,000; a bound on what a damaged count makes us read
-_CHUNK = 1 << 14
+_CHUNK = 1 << 16
+_LONGEST = 2 + 0x3FFF  # an entry: a length of one or two bytes, at most 0x3fff tokens
+_MAX_NAMES = 64 << 20  # a bound on the names table read in one piece (a kernel's is 1-3 MiB)
 #: VMCOREINFO symbols whose value is not the symbol's address (the pointer's value is printed).
 _NOT_ADDRESSES = ("mem_section", "vmemmap", "mem_map")
 
@@ -70,40 +72,50 @@ class Kallsyms:
 
     def _scan(self, look: set[str]) -> dict[str, tuple[int, int]]:
         """``name -> (index, offset)`` of the first symbol of each name in ``look``. A name is decoded token by
-        token only while it is still the prefix of a name looked for: most end at their first token, which keeps
-        the pass over ~200,000 names cheap in the kdump kernel."""
+        token only when its first token starts a name looked for (a table of the 256 first tokens): most symbols
+        cost a length step, which keeps the pass over ~200,000 names cheap in the kdump kernel. The names are read
+        in one piece up to the next kallsyms table VMCOREINFO names (they come next in every layout
+        scripts/kallsyms.c has written), in chunks past it."""
         wanted = {n.encode("latin-1") for n in look}
         prefixes = {w[:k] for w in wanted for k in range(len(w) + 1)}
         tokens = self.tokens
         firsts = [t[1:] for t in tokens]  # the first token starts with the symbol's type letter
+        first_ok = bytes(f in prefixes for f in firsts)
         found: dict[str, tuple[int, int]] = {}
-        addr, buf, pos = self.info.symbol("kallsyms_names"), b"", 0
+        info = self.info
+        addr = info.symbol("kallsyms_names")
+        after = [v for v in (info.symbol(k) for k in TABLE_KEYS + ("kallsyms_relative_base",) if info.has_symbol(k))
+                 if v > addr]
+        size = min(after) - addr if after else 0
+        size = size if 0 < size <= _MAX_NAMES else _CHUNK
+        buf = self.mem.read(addr, size)
+        addr += size
+        pos = 0
+        limit = len(buf) - _LONGEST  # past it an entry may end beyond buf: read on
         for i in range(self.count):
-            if len(buf) - pos < 1024:  # read ahead in chunks (a name is at most 2 + 0x3fff tokens)
+            if pos > limit:
                 buf = buf[pos:] + self.mem.read(addr, _CHUNK)
                 addr += _CHUNK
-                pos = 0
+                pos, limit = 0, len(buf) - _LONGEST
             n = buf[pos]
-            pos += 1
             if n & 0x80:
-                n = (n & 0x7F) | (buf[pos] << 7)
+                n = (n & 0x7F) | (buf[pos + 1] << 7)
+                pos += 2
+            else:
                 pos += 1
-            if len(buf) - pos < n:
-                buf = buf[pos:] + self.mem.read(addr, n + _CHUNK)
-                addr += n + _CHUNK
-                pos = 0
-            name = firsts[buf[pos]] if n else b""
-            j = 1
-            while name in prefixes and j < n:
-                name += tokens[buf[pos + j]]
-                j += 1
+            if n and first_ok[buf[pos]]:
+                name = firsts[buf[pos]]
+                j = 1
+                while name in prefixes and j < n:
+                    name += tokens[buf[pos + j]]
+                    j += 1
+                if j == n and name in wanted:
+                    key = name.decode("latin-1")
+                    if key not in found:
+                        found[key] = (i, self.offsets[i])
+                        if len(found) == len(wanted):
+                            break
             pos += n
-            if j == n and name in wanted:
-                key = name.decode("latin-1")
-                if key not in found:
-                    found[key] = (i, self.offsets[i])
-                    if len(found) == len(wanted):
-                        break
         return found
 
     def _rules(self, stext: tuple[int, int]) -> list[tuple[str, Any]]:

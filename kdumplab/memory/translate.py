@@ -56,6 +56,7 @@ __all__ = ["KernelMemory", "KERNEL_MAP_START"]
 
 KERNEL_MAP_START = 0xFFFFFFFF80000000  # __START_KERNEL_map
 _MASK64 = (1 << 64) - 1
+_LEAF_CACHE = 1 << 14  # walked leaves kept (cleared when full): 2 MiB leaves cover 32 GiB of vmemmap
 _PHYS_MASK = ~0xFFF0000000000FFF & _MASK64  # bits 12..51 of an entry: the next table or the page
 _PRESENT = 0x1
 _PSE = 0x80
@@ -90,6 +91,10 @@ class KernelMemory:
         self.page_size = info.page_size if "PAGESIZE" in info else getattr(dumpfile, "page_size", 4096)
         self.machine = dump_machine(dumpfile, info)
         self._tables: OrderedDict[int, bytes] = OrderedDict()
+        #: Walked leaves: vaddr >> 12 of a 4 KiB leaf, or >> 21 of a larger one -> (leaf vaddr, its paddr, size).
+        #: A dump does not change, so a leaf once walked holds; the per-CPU walk reads thousands of struct pages
+        #: scattered over a few 2 MiB vmemmap leaves.
+        self._leaves: dict[tuple[int, int], tuple[int, int, int]] = {}
         self._table_cache = table_cache
         self.arm64: Arm64Layout | None = None
         if self.machine == "aarch64":
@@ -251,8 +256,15 @@ class KernelMemory:
             return self._image_phys(vaddr), KERNEL_MAP_START + self.kernel_image_size - vaddr
         if self.page_offset is not None and 0 <= vaddr - self.page_offset < self._direct_end:
             return vaddr - self.page_offset, self._direct_end - (vaddr - self.page_offset)
-        paddr, size = self.walk(vaddr)
-        return paddr, size - (vaddr & (size - 1))
+        leaf = self._leaves.get((21, vaddr >> 21)) or self._leaves.get((12, vaddr >> 12))
+        if leaf is None:
+            paddr, size = self.walk(vaddr)
+            shift = 12 if size == 4096 else 21
+            if len(self._leaves) >= _LEAF_CACHE:
+                self._leaves.clear()
+            leaf = self._leaves[(shift, vaddr >> shift)] = (vaddr & -size, paddr & -size, size)
+        into = vaddr - leaf[0]
+        return leaf[1] + into, leaf[2] - into
 
     def translate_range(self, vaddr: int, size: int) -> list[tuple[int, int, int]]:
         """The physical pieces of ``[vaddr, vaddr+size)``: ``[(vaddr, paddr, length), ...]``, adjacent pieces that
