@@ -38,8 +38,8 @@ TABLE_KEYS = ("kallsyms_names", "kallsyms_num_syms", "kallsyms_token_table", "ka
               "kallsyms_offsets")
 _MAX_SYMS = 1 << 22  # a kernel has ~200,000; a bound on what a damaged count makes us read
 _CHUNK = 1 << 16
+_S32 = struct.Struct("<i")
 _LONGEST = 2 + 0x3FFF  # an entry: a length of one or two bytes, at most 0x3fff tokens
-_MAX_NAMES = 64 << 20  # a bound on the names table read in one piece (a kernel's is 1-3 MiB)
 #: VMCOREINFO symbols whose value is not the symbol's address (the pointer's value is printed).
 _NOT_ADDRESSES = ("mem_section", "vmemmap", "mem_map")
 
@@ -65,7 +65,8 @@ class Kallsyms:
         index = struct.unpack("<256H", mem.read(info.symbol("kallsyms_token_index"), 512))
         table = mem.read(info.symbol("kallsyms_token_table"), max(index) + 1024)  # the last token, NUL-ended
         self.tokens = [table[i:table.index(b"\0", i)] for i in index]
-        self.offsets = struct.unpack(f"<{self.count}i", mem.read(info.symbol("kallsyms_offsets"), 4 * self.count))
+        # Kept as bytes (800 KB for 200,000 symbols, where a tuple of ints takes 7 MB of a kdump kernel's memory)
+        self._offsets = mem.read(info.symbol("kallsyms_offsets"), 4 * self.count)
         self.base = info.symbol("kallsyms_relative_base", 0) and struct.unpack(
             "<Q", mem.read(info.symbol("kallsyms_relative_base"), 8))[0]
         self._rule: Any = None
@@ -74,24 +75,14 @@ class Kallsyms:
         """``name -> (index, offset)`` of the first symbol of each name in ``look``. A name is decoded token by
         token only when its first token starts a name looked for (a table of the 256 first tokens): most symbols
         cost a length step, which keeps the pass over ~200,000 names cheap in the kdump kernel. The names are read
-        in one piece up to the next kallsyms table VMCOREINFO names (they come next in every layout
-        scripts/kallsyms.c has written), in chunks past it."""
+        in chunks of :data:`_CHUNK` bytes."""
         wanted = {n.encode("latin-1") for n in look}
         prefixes = {w[:k] for w in wanted for k in range(len(w) + 1)}
         tokens = self.tokens
         firsts = [t[1:] for t in tokens]  # the first token starts with the symbol's type letter
         first_ok = bytes(f in prefixes for f in firsts)
         found: dict[str, tuple[int, int]] = {}
-        info = self.info
-        addr = info.symbol("kallsyms_names")
-        after = [v for v in (info.symbol(k) for k in TABLE_KEYS + ("kallsyms_relative_base",) if info.has_symbol(k))
-                 if v > addr]
-        size = min(after) - addr if after else 0
-        size = size if 0 < size <= _MAX_NAMES else _CHUNK
-        buf = self.mem.read(addr, size)
-        addr += size
-        pos = 0
-        limit = len(buf) - _LONGEST  # past it an entry may end beyond buf: read on
+        addr, buf, pos, limit = self.info.symbol("kallsyms_names"), b"", 0, -1
         for i in range(self.count):
             if pos > limit:
                 buf = buf[pos:] + self.mem.read(addr, _CHUNK)
@@ -112,11 +103,15 @@ class Kallsyms:
                 if j == n and name in wanted:
                     key = name.decode("latin-1")
                     if key not in found:
-                        found[key] = (i, self.offsets[i])
+                        found[key] = (i, self.offset(i))
                         if len(found) == len(wanted):
                             break
             pos += n
         return found
+
+    def offset(self, index: int) -> int:
+        """``kallsyms_offsets[index]`` (an s32)."""
+        return _S32.unpack_from(self._offsets, 4 * index)[0]
 
     def _rules(self, stext: tuple[int, int]) -> list[tuple[str, Any]]:
         """``(label, rule(index, offset) -> address)`` candidates; ``stext`` is ``_stext``'s (index, offset)."""

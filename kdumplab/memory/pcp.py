@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import struct
+import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -174,6 +175,9 @@ class _Walker:
         self.blocks: list[tuple[int, int]] = []
         self.warnings: list[str] = []
         self.lists = 0
+        # The strided views need the fields aligned to their size and the host's byte order to be the dump's
+        self._strided = (sys.byteorder == "little" and lay.page % 8 == 0 and lay.refcount % 4 == 0
+                         and lay.mapcount % 4 == 0 and lay.head % 8 == 0)
 
     def cpu(self, where: str, pcp: int, zone_start: int, zone_end: int) -> None:
         lay = self.lay
@@ -199,6 +203,18 @@ class _Walker:
             return
         self.blocks += got
 
+    def _block_free(self, raw: bytes, n: int) -> bool:
+        """Whether the ``n`` struct pages in ``raw`` are all free per-CPU pages (``_refcount`` 0, ``_mapcount``
+        -1, no tail past the first): the fields of every page taken at once by strided views, no loop per page."""
+        lay = self.lay
+        if not self._strided:
+            return False
+        ints, words = memoryview(raw).cast("i"), memoryview(raw).cast("Q")
+        step = lay.page // 4
+        return (ints[lay.refcount // 4::step].tolist().count(0) == n
+                and ints[lay.mapcount // 4::step].tolist().count(-1) == n
+                and not any(map((1).__and__, words[(lay.page + lay.head) // 8::step // 2].tolist())))
+
     def _list(self, head: int, node: int, order: int, bound: int, lo: int, hi: int) -> list[tuple[int, int]]:
         lay, out, seen = self.lay, [], 0
         n = 1 << order
@@ -216,7 +232,11 @@ class _Walker:
                 raw = self.mem.read(addr, n * lay.page)
             except KdumplabError as e:
                 raise _Refused(f"pfn {pfn:#x}: struct pages unreadable: {e}") from None
-            for j in range(n):
+            if self._block_free(raw, n):
+                out.append((pfn, order))
+                node = struct.unpack_from("<Q", raw, lay.lru)[0]
+                continue
+            for j in range(n):  # which page fails, for the warning
                 at = j * lay.page
                 ref, mapc = (struct.unpack_from("<i", raw, at + o)[0] for o in (lay.refcount, lay.mapcount))
                 if ref != 0 or mapc != -1:

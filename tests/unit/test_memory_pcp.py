@@ -163,9 +163,11 @@ VMEMMAP = BASE + 0x100000  # struct pages of pfns 0..1023, 64 bytes each
 PCP = BASE + 0x200000
 
 
-def walk_one_list(pages: dict[int, tuple[int, int]], chain: list[int], order: int, count: int, loop: bool = False):
+def walk_one_list(pages: dict[int, tuple[int, int]], chain: list[int], order: int, count: int, loop: bool = False,
+                  tails: tuple[int, ...] = ()):
     """Walk a per-CPU pageset whose list of ``order`` links ``chain`` (pfns; back to its first page when
-    ``loop``); ``pages`` sets (refcount, mapcount) of pfns (default 0, -1). Returns the walker."""
+    ``loop``); ``pages`` sets (refcount, mapcount) of pfns (default 0, -1), ``tails`` the pfns whose
+    compound_head marks a tail. Returns the walker."""
     info = VmcoreInfo.parse("SIZE(zone)=1536\nOFFSET(pglist_data.node_zones)=0\nSIZE(page)=64\n"
                             "OFFSET(page.lru)=8\nOFFSET(page._refcount)=52\nOFFSET(page._mapcount)=48\n"
                             "OFFSET(page.compound_head)=8\n")
@@ -174,6 +176,8 @@ def walk_one_list(pages: dict[int, tuple[int, int]], chain: list[int], order: in
     for pfn in range(1024):
         ref, mapc = pages.get(pfn, (0, -1))
         mem.write(VMEMMAP + 64 * pfn + 48, struct.pack("<ii", mapc, ref))
+        if pfn in tails:
+            mem.write(VMEMMAP + 64 * pfn + 8, struct.pack("<Q", VMEMMAP + 1))
     for i in range(len(lay.orders)):  # every list empty: its head points at itself
         mem.write(PCP + lay.lists + 16 * i, struct.pack("<Q", PCP + lay.lists + 16 * i))
     head = PCP + lay.lists + 16 * lay.orders.index(order)
@@ -199,6 +203,7 @@ def test_pcp_walk_keeps_free_blocks():
 
 @pytest.mark.parametrize("pages, chain, loop, order, count, why", [
     ({700: (1, -1)}, [512, 0], False, 9, 1024, r"pfn 0x2bc: _refcount 1"),   # a page in use inside a block
+    ({1023: (0, 0)}, [0, 512], False, 9, 1024, r"pfn 0x3ff: _refcount 0, _mapcount 0"),  # the block's last page
     ({4: (0, -129)}, [4], False, 0, 1, r"_mapcount -129: not a free page"),   # a buddy marker (6.1's)
     ({}, [3], False, 1, 2, r"misaligned to order 1"),
     ({}, [5, 6], True, 0, 4, r"more entries than the CPU's count 4"),
@@ -208,6 +213,13 @@ def test_pcp_walk_drops_nothing_from_a_doubtful_list(pages, chain, loop, order, 
     walker = walk_one_list(pages, chain, order, count, loop)
     assert walker.blocks == []
     assert any(re.search(why, w) for w in walker.warnings), walker.warnings
+
+
+@pytest.mark.parametrize("tail, why", [(513, "pfn 0x201: a tail page"), (1023, "pfn 0x3ff: a tail page")])
+def test_pcp_walk_refuses_a_block_with_a_tail_inside(tail, why):
+    walker = walk_one_list({}, [0, 512], 9, 1024, tails=(tail,))
+    assert walker.blocks == [] and any(why in w for w in walker.warnings), walker.warnings
+
 
 
 def test_pcp_free_without_a_walk_says_why_and_marks_nothing():
