@@ -56,7 +56,7 @@ __all__ = ["KernelMemory", "KERNEL_MAP_START"]
 
 KERNEL_MAP_START = 0xFFFFFFFF80000000  # __START_KERNEL_map
 _MASK64 = (1 << 64) - 1
-_LEAF_CACHE = 1 << 14  # walked leaves kept (cleared when full): 2 MiB leaves cover 32 GiB of vmemmap
+_LEAF_CACHE = 1 << 14  # walked leaves kept (cleared when full): 2 MiB ones cover 32 GiB of vmemmap
 _PHYS_MASK = ~0xFFF0000000000FFF & _MASK64  # bits 12..51 of an entry: the next table or the page
 _PRESENT = 0x1
 _PSE = 0x80
@@ -91,10 +91,11 @@ class KernelMemory:
         self.page_size = info.page_size if "PAGESIZE" in info else getattr(dumpfile, "page_size", 4096)
         self.machine = dump_machine(dumpfile, info)
         self._tables: OrderedDict[int, bytes] = OrderedDict()
-        #: Walked leaves: vaddr >> 12 of a 4 KiB leaf, or >> 21 of a larger one -> (leaf vaddr, its paddr, size).
-        #: A dump does not change, so a leaf once walked holds; the per-CPU walk reads thousands of struct pages
-        #: scattered over a few 2 MiB vmemmap leaves.
+        #: Walked leaves: (log2 of the leaf's size, vaddr >> it) -> (leaf vaddr, its paddr, size); the sizes seen,
+        #: largest first. A dump does not change, so a leaf once walked holds; the per-CPU walk reads thousands of
+        #: struct pages scattered over a few 2 MiB vmemmap leaves.
         self._leaves: dict[tuple[int, int], tuple[int, int, int]] = {}
+        self._leaf_shifts: list[int] = []
         self._table_cache = table_cache
         self.arm64: Arm64Layout | None = None
         if self.machine == "aarch64":
@@ -250,16 +251,25 @@ class KernelMemory:
             vaddr = a.canonical(vaddr)
             if a.is_linear(vaddr):  # the image is walked: its end is not in VMCOREINFO
                 return a.linear_phys(vaddr), a.page_end - vaddr
-            paddr, size = a.walk(vaddr, self._table)
-            return paddr, size - (vaddr & (size - 1))
+            return self._walked(vaddr, a.walk)
         if self._in_image(vaddr):
             return self._image_phys(vaddr), KERNEL_MAP_START + self.kernel_image_size - vaddr
         if self.page_offset is not None and 0 <= vaddr - self.page_offset < self._direct_end:
             return vaddr - self.page_offset, self._direct_end - (vaddr - self.page_offset)
-        leaf = self._leaves.get((21, vaddr >> 21)) or self._leaves.get((12, vaddr >> 12))
-        if leaf is None:
-            paddr, size = self.walk(vaddr)
-            shift = 12 if size == 4096 else 21
+        return self._walked(vaddr, None)
+
+    def _walked(self, vaddr: int, walk: Any) -> tuple[int, int]:
+        """:meth:`_leaf` by the page tables (``walk(vaddr, table_reader) -> (paddr, leaf size)``; None: x86_64's
+        :meth:`walk`), the leaf kept: a leaf of size S maps ``[vaddr & -S, +S)`` to ``[paddr & -S, +S)`` whole."""
+        for shift in self._leaf_shifts:
+            leaf = self._leaves.get((shift, vaddr >> shift))
+            if leaf is not None:
+                break
+        else:
+            paddr, size = walk(vaddr, self._table) if walk is not None else self.walk(vaddr)
+            shift = size.bit_length() - 1
+            if shift not in self._leaf_shifts:
+                self._leaf_shifts = sorted({*self._leaf_shifts, shift}, reverse=True)
             if len(self._leaves) >= _LEAF_CACHE:
                 self._leaves.clear()
             leaf = self._leaves[(shift, vaddr >> shift)] = (vaddr & -size, paddr & -size, size)
