@@ -39,7 +39,7 @@ TABLE_KEYS = ("kallsyms_names", "kallsyms_num_syms", "kallsyms_token_table", "ka
 _MAX_SYMS = 1 << 22  # a kernel has ~200,000; a bound on what a damaged count makes us read
 _CHUNK = 1 << 16
 _S32 = struct.Struct("<i")
-_LONGEST = 2 + 0x3FFF  # an entry: a length of one or two bytes, at most 0x3fff tokens
+_LONGEST = 2 + 0x7FFF  # an entry: a length of one or two bytes ((b0 & 0x7f) | b1 << 7), that many tokens
 #: VMCOREINFO symbols whose value is not the symbol's address (the pointer's value is printed).
 _NOT_ADDRESSES = ("mem_section", "vmemmap", "mem_map")
 
