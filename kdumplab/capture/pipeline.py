@@ -11,14 +11,14 @@ kept pages are taken as runs, never pfn by pfn, and the work per page happens in
    corrupted mem_map) keeps all its pages and is recorded as a :class:`Fallback`; a layout that cannot be found
    at all is the caller's fallback (``classifier=None``). For ELF output, where zero pages are excluded rather
    than shared, the kept pages are also read and the all-zero ones cleared (as makedumpfile does for ``-E``).
-2. **Write** (:func:`write_kdump`). The runs of kept pfns are cut into batches of :data:`BATCH_PAGES` pages;
-   the main thread reads each batch into a reused buffer (one copy per run of /proc/vmcore's mapped windows, or
-   one ``preadv`` per run of a file), compression threads find its all-zero pages and compress the rest
-   (:func:`kdumplab.formats.kdump_writer.encode_batch`: a page stays raw unless compression makes it strictly
-   smaller), and the main thread hands the batches to the :class:`~kdumplab.formats.kdump_writer.KdumpWriter`
-   in pfn order, so the file is laid out exactly as a serial run would lay it out. At most ``threads + 1``
-   batches are in flight. zstd, lzo and zlib release the GIL while compressing, so reading, compressing and
-   writing overlap.
+2. **Write** (:func:`write_kdump`). The runs of kept pfns are cut into batches of :data:`BATCH_PAGES` pages; the main
+   thread reads each batch into a reused buffer (one copy per run of /proc/vmcore's mapped windows, or one ``preadv``
+   per run of a file), compression threads (at ``-j 1`` the main thread itself) find its all-zero pages and compress
+   the rest (:func:`kdumplab.formats.kdump_writer.encode_batch`: a page stays raw unless compression makes it
+   strictly smaller), and the main thread hands the batches to the
+   :class:`~kdumplab.formats.kdump_writer.KdumpWriter` in pfn order, so the file is laid out exactly as a serial run
+   would lay it out. At most ``threads + 1`` batches are in flight. zstd, lzo and zlib release the GIL while
+   compressing, so with two threads or more reading, compressing and writing overlap.
 
 >>> from kdumplab.memory.image import MemoryImage
 >>> img = MemoryImage(64 * 4096, "PAGESIZE=4096\\n")
@@ -515,13 +515,13 @@ def write_kdump(
 ) -> WriteStats:
     """Pass 2 for kdump-compressed (and flattened) output: every kept page, in pfn order, through ``writer``.
 
-    The main thread reads each batch of runs (:func:`read_runs`, into one of ``threads + 2`` reused buffers)
-    and hands it to ``threads`` compression threads (:func:`~kdumplab.formats.kdump_writer.encode_batch`: zero
-    check, compression, raw fallback, each a ``map`` over C functions, the codecs releasing the GIL), then writes
-    the batches in pfn order, so reading, compressing and writing overlap. At most ``threads + 1`` batches wait
-    in memory. With one CPU (the kdump kernel's ``nr_cpus=1``) everything runs in the main thread. Errors
-    propagate (the caller marks the file incomplete); ``stats`` is filled as pages are written, so it is
-    accurate up to the failure.
+    With ``threads`` 1 (or one CPU: the kdump kernel's ``nr_cpus=1``) the main thread reads, compresses and writes
+    each batch in turn, as makedumpfile does without ``--num-threads``. Otherwise the main thread reads each batch
+    of runs (:func:`read_runs`, into one of ``threads + 2`` reused buffers) and hands it to ``threads`` compression
+    threads (:func:`~kdumplab.formats.kdump_writer.encode_batch`: zero check, compression, raw fallback, each a
+    ``map`` over C functions, the codecs releasing the GIL), then writes the batches in pfn order, so reading,
+    compressing and writing overlap. At most ``threads + 1`` batches wait in memory. Errors propagate (the caller
+    marks the file incomplete); ``stats`` is filled as pages are written, so it is accurate up to the failure.
     """
     stats = stats if stats is not None else WriteStats()
     threads = max(1, int(threads))
@@ -544,8 +544,11 @@ def write_kdump(
 
     reader = page_reader(dump)
     try:
-        if default_threads() == 1:
-            # One CPU (the kdump kernel's nr_cpus=1): no pool, no hand-offs between threads.
+        if threads == 1 or default_threads() == 1:
+            # One compression thread, or one CPU (the kdump kernel's nr_cpus=1): no pool, no hand-offs between
+            # threads. A pool of one costs more than its overlap gives: python-lzo takes the GIL back after each
+            # page, waiting on the main thread's Python (write phase of a real 6.1/6.12/7.2 dump at lzo: 0.27-0.33 s
+            # here against 0.32-0.40 s with the thread, and 10-20 % less CPU in all).
             buffer = bytearray(batch * ps)
             for runs in batches(kept_runs(plan), batch):
                 pages = read_runs(dump, runs, ps, reader, buffer)

@@ -52,14 +52,14 @@ def _save(raw: Path, dest: Path, **options) -> bytes:
     return Path(done.dump).read_bytes()
 
 
-@pytest.mark.parametrize("cpus", [2, 1])
-def test_lzo_is_makedumpfiles_file(bookworm, tmp_path, monkeypatch, cpus):
-    """``-j 1`` with a compression thread (two CPUs), and without any (one CPU: no pool, the kdump kernel's
-    case); ``-j 2`` runs in the zstd test."""
+@pytest.mark.parametrize("cpus, threads", [(2, 2), (1, 1)])
+def test_lzo_is_makedumpfiles_file(bookworm, tmp_path, monkeypatch, cpus, threads):
+    """``-j 2`` with two compression threads, and ``-j 1`` on one CPU (no pool, the kdump kernel's case; ``-j 1``
+    never starts a pool)."""
     raw, theirs = bookworm
     if cpus == 1:
         monkeypatch.setattr(pipeline, "default_threads", lambda: 1)
-    ours = _save(raw, tmp_path / "out", codec="lzo", threads=1)
+    ours = _save(raw, tmp_path / "out", codec="lzo", threads=threads)
     assert ours == theirs.read_bytes()
 
 
