@@ -10,8 +10,8 @@ The vmcores, real first:
 
 Jobs, all at ``-d 31``: makedumpfile 1.7.2 at its best setting, one thread and LZO (``makedumpfile -l``; it was
 slower with ``--num-threads 2`` on 6.1 and aborted on 6.12); ``kdumplab save -c lzo -j 1`` (like for like: the
-same codec and one compression thread; the main thread reads and writes meanwhile, as makedumpfile's does with
-``--num-threads``); ``kdumplab save -c zstd -j 2`` (the default codec, two compression threads). With
+same codec and one thread reading, compressing and writing in turn, as makedumpfile without ``--num-threads``);
+``kdumplab save -c zstd -j 2`` (the default codec, two compression threads). With
 ``--mdf-root ROOT`` (a sid chroot, see /work/shared/reference/anchors.md) makedumpfile 1.7.8 runs too.
 
 With ``--baseline ROOT`` (another checkout of kdumplab, e.g. main before a change) its ``-c lzo -j 1`` and
