@@ -30,10 +30,15 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import shutil
 import subprocess
 import sys
-from importlib.util import find_spec
+from collections.abc import Sequence
+from importlib.util import cache_from_source, find_spec
 from pathlib import Path
+
+from kdumplab.errors import KdumplabError
 
 #: Where ``kdumplab save`` starts in the kdump kernel: ``python -m kdumplab.cli save`` hands its argv to
 #: save_entry before importing anything else.
@@ -123,40 +128,165 @@ def capture_modules(entry: str = ENTRY) -> list[str]:
     return sorted(found)
 
 
-#: Step 2, run in a fresh interpreter: import the modules, make each codec compress a page, print the
-#: third-party top-level packages loaded meanwhile (JSON).
+#: Step 2, run in a fresh interpreter: import the modules, make each given codec compress a page, let click print
+#: the save's help and a usage error (click imports parts of the standard library only then), and print, as JSON,
+#: the third-party top-level packages loaded meanwhile and the file of every standard library module loaded
+#: since the interpreter started (relative to the standard library's directory; extension modules of
+#: lib-dynload included). ``runpy`` because the initrd starts the save with ``python3 -m``.
 _PROBE = r"""
-import importlib, json, sys
+import contextlib, importlib, io, os, sys
+import runpy
 before = set(sys.modules)
-for name in sys.argv[1:]:
-    importlib.import_module(name)
+codecs = sys.argv[1].split(",") if sys.argv[1] else []
+for name in sys.argv[2:]:
+    if name.startswith("kdumplab"):
+        importlib.import_module(name)
+    else:
+        try:  # `from os import path` gives os.path: a module
+            importlib.import_module(name)
+        except ImportError:  # `from concurrent.futures import ThreadPoolExecutor`: an attribute, which a
+            parent, _, attr = name.rpartition(".")  # package's __getattr__ may import (concurrent.futures.thread)
+            try:
+                getattr(importlib.import_module(parent), attr, None)
+            except ImportError:
+                pass
 from kdumplab.formats.codecs import CODECS
-for codec in CODECS.values():
-    codec.compress(bytes(4096))
-loaded = {name.split(".")[0] for name in set(sys.modules) - before}
-print(json.dumps(sorted(loaded - set(sys.stdlib_module_names) - {"__future__", "__main__"})))
+for name in codecs:
+    CODECS[name].compress(bytes(4096))
+import kdumplab.cli
+for argv in (["save", "--help"], ["save", "--dump-level", "99", "/proc/vmcore", "/var/crash"]):
+    sys.argv = ["kdumplab", *argv]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            kdumplab.cli.main()
+        except SystemExit:
+            pass
+modules = dict(sys.modules)
+stdlib_dir = os.path.dirname(os.__file__) + "/"  # not sysconfig: the save does not load it
+files = set()
+for module in modules.values():
+    spec = getattr(module, "__spec__", None)
+    path = getattr(module, "__file__", None) or getattr(spec, "origin", None)
+    if isinstance(path, str) and path.startswith(stdlib_dir) and "site-packages" not in path:
+        files.add(path[len(stdlib_dir):])
+loaded = {name.split(".")[0] for name in set(modules) - before}
+packages = sorted(loaded - set(sys.stdlib_module_names) - {"__future__", "__main__"})
+import json
+print(json.dumps({"packages": packages, "stdlib": sorted(files)}))
 """
 
 
-def save_packages() -> list[str]:
-    """The top-level packages (kdumplab first, then sorted) ``kdumplab save`` imports, the standard library
-    left out. See the module docstring."""
+def _probe(codecs: Sequence[str] | None = None) -> dict[str, list[str]]:
+    """Step 2 of the module docstring with ``codecs`` (default: every codec) compressing a page."""
+    from kdumplab.formats.codecs import CODECS
+
+    codecs = list(CODECS) if codecs is None else list(codecs)
+    unknown = [c for c in codecs if c not in CODECS]
+    if unknown:
+        raise ValueError(f"unknown codec {unknown[0]!r} (known: {', '.join(CODECS)})")
     modules = [*capture_modules(), *CLICK_PATH]
-    done = subprocess.run([sys.executable, "-c", _PROBE, *modules], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", _PROBE, ",".join(codecs), *modules, *stdlib_imports(modules)], capture_output=True,
+                          text=True)
     if done.returncode != 0:
         raise RuntimeError(f"importing the save's modules failed: {done.stderr.strip()[-2000:]}")
-    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def stdlib_imports(modules: Sequence[str]) -> list[str]:
+    """The standard library names the kdumplab ``modules`` import anywhere, inside functions too (``ctypes``
+    in the save's start, ``gc``): importing the modules alone does not load those.
+
+    >>> "ctypes" in stdlib_imports(["kdumplab.commands.save_entry"])
+    True
+    """
+    found: set[str] = set()
+    for name in modules:
+        path = _module_file(name)
+        if path is not None:
+            found |= imported_names(path.read_text(), name, path.name == "__init__.py")
+    return sorted(n for n in found if n.split(".")[0] in sys.stdlib_module_names)
+
+
+def save_packages(codecs: Sequence[str] | None = None) -> list[str]:
+    """The top-level packages (kdumplab first, then sorted) ``kdumplab save`` imports with ``codecs`` (default:
+    every codec; the kdump initrd needs only the configured one), the standard library left out. See the
+    module docstring."""
+    loaded = _probe(codecs)["packages"]
     return ["kdumplab", *sorted(p for p in loaded if p != "kdumplab")]
 
 
+def stdlib_files(codecs: Sequence[str] | None = None) -> list[str]:
+    """The files of the standard library modules ``kdumplab save`` loads with ``codecs``, relative to the
+    standard library's directory (``sysconfig.get_paths()["stdlib"]``, where ``os`` is): what the kdump initrd keeps of it,
+    by the same probe as :func:`save_packages`. Those the interpreter loads at start (``encodings``,
+    ``site``...) are in it.
+
+    >>> files = stdlib_files(["zstd"])
+    >>> "os.py" in files, "tomllib/_parser.py" in files, "unittest/__init__.py" in files
+    (True, True, False)
+    """
+    return _probe(codecs)["stdlib"]
+
+
+def copy_stdlib(files: Sequence[str], dest: str | Path, src: str | Path | None = None) -> int:
+    """Copy the standard library ``files`` (relative, as :func:`stdlib_files` gives them) from ``src`` (this
+    interpreter's standard library) into ``dest``, each module's cached bytecode (``__pycache__``) with it when
+    there is one, times kept (the hook's bytecode step takes it when it still matches its source). Returns the
+    number of files copied; a listed file that is not there (a module built into Debian's interpreter is a
+    lib-dynload file elsewhere) is skipped."""
+    src = Path(src if src is not None else Path(os.__file__).parent)
+    count = 0
+    for rel in files:
+        paths = [src / rel]
+        if rel.endswith(".py"):
+            paths.append(Path(cache_from_source(str(src / rel))))
+        for path in paths:
+            if path.is_file():
+                target = Path(dest) / path.relative_to(src)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+                count += 1
+    return count
+
+
+def configured_codecs(config: str | None) -> list[str]:
+    """The page codec the configuration at ``config`` names (its default when it names none or the file is
+    missing): the only one a ``kdumplab save --from-config`` in the kdump initrd uses."""
+    from kdumplab.capture.config import load_config
+
+    try:
+        return [load_config(config).compress]
+    except KdumplabError:
+        if config and Path(config).exists():
+            raise
+        return [load_config(None, root=Path("/nonexistent")).compress]
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Print :func:`save_packages`, or with ``--not-capture`` kdumplab's subpackages the initrd leaves out
-    (as paths relative to site-packages: ``kdumplab/analysis``)."""
+    """Print :func:`save_packages` one a line; with ``--stdlib``, :func:`stdlib_files` instead (``--copy-stdlib
+    DEST``: copied there by :func:`copy_stdlib`); with
+    ``--config PATH``, for the codec that configuration names only (what the kdump initrd saves with); with
+    ``--not-capture``, kdumplab's subpackages the initrd leaves out (as paths relative to site-packages:
+    ``kdumplab/analysis``)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv == ["--not-capture"]:
         print("\n".join(name.replace(".", "/") for name in NOT_CAPTURE))
+        return 0
+    codecs = None
+    if "--config" in argv:
+        at = argv.index("--config")
+        codecs = configured_codecs(argv[at + 1] if at + 1 < len(argv) else None)
+        argv = argv[:at] + argv[at + 2:]
+    if argv == ["--stdlib"]:
+        print("\n".join(stdlib_files(codecs)))
+    elif len(argv) == 2 and argv[0] == "--copy-stdlib":
+        copy_stdlib(stdlib_files(codecs), argv[1])
+    elif not argv:
+        print("\n".join(save_packages(codecs)))
     else:
-        print("\n".join(save_packages()))
+        print(f"usage: python -m kdumplab.capture.initrd_imports [--stdlib | --copy-stdlib DEST | --not-capture] [--config PATH]",
+              file=sys.stderr)
+        return 2
     return 0
 
 
@@ -164,4 +294,5 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["CLICK_PATH", "ENTRY", "NOT_CAPTURE", "capture_modules", "imported_names", "save_packages"]
+__all__ = ["CLICK_PATH", "ENTRY", "NOT_CAPTURE", "capture_modules", "configured_codecs", "copy_stdlib", "imported_names",
+           "save_packages", "stdlib_files", "stdlib_imports"]
