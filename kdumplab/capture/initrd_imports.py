@@ -1,25 +1,32 @@
-"""What the kdump initrd carries besides the standard library: the packages ``kdumplab save`` can import.
+"""What Python the kdump initrd carries: the packages and standard library modules ``kdumplab save`` loads.
 
-The kdumplab initramfs hook copies kdumplab and the third-party packages a capture needs into the kdump
-initrd, and every MiB of it is unpacked into the reserved memory. Which packages those are is read off what the
-save imports, not kept as a hand list. :func:`save_packages` does it in a fresh interpreter, in two steps:
+The kdumplab initramfs hook copies kdumplab, the third-party packages a capture needs and the parts of the
+standard library it loads into the kdump initrd, and every MiB of it is unpacked into the reserved memory. Which
+those are is read off what the save imports, not kept as a hand list. :func:`save_packages` (and
+:func:`stdlib_files`) does it in a fresh interpreter, in two steps:
 
 1. :func:`capture_modules`: the kdumplab modules ``kdumplab save`` can load, by walking kdumplab's own import
    statements from the save's entry (:data:`ENTRY`), those inside functions included (the save imports its
    parts lazily), but not a package's ``__getattr__`` (the lazy hooks that keep numpy's API out of the save's
    way) and not kdumplab's analysis side (:data:`NOT_CAPTURE`);
 2. those modules imported as the save imports them, plus :data:`CLICK_PATH` (``--help`` and usage errors go to
-   click), and every page codec made to compress a page (the codecs import their library on first use): the
-   third-party packages then loaded are the answer.
+   click, which are printed once), the standard library names they import inside functions
+   (:func:`stdlib_imports`; ``from package import name`` also reads the attribute, for a package whose
+   ``__getattr__`` imports), and each page codec asked for (every one, or the configured one:
+   :func:`configured_codecs`) made to compress a page (the codecs import their library on first use): the
+   third-party packages then loaded are the answer, and the files of every standard library module loaded
+   since the interpreter started are what the initrd keeps of the standard library (:func:`copy_stdlib`).
 
 A package that the save stops importing (numpy, once the classifier and writer no longer needed it) thus leaves
 the initrd by itself, and a package imported lazily elsewhere (numpy in mem_map's numpy API, rich for progress
 bars on a terminal) stays out. tests/synthetic/test_initrd_imports.py runs real saves (every codec, every format,
 ``--from-config``, help, a usage error) in an interpreter where every other package is unimportable, and checks
-that each listed package is used by one of them.
+that each listed package is used by one of them; and the same with only :func:`stdlib_files` as the standard
+library (a ``PYTHONHOME`` holding nothing else).
 
-``python -m kdumplab.capture.initrd_imports`` prints the names, one a line (what the hook reads); with
-``--not-capture``, kdumplab's analysis subpackages, which the hook leaves out.
+``python -m kdumplab.capture.initrd_imports [--config PATH]`` prints the names, one a line (what the hook
+reads); ``--copy-stdlib DEST`` copies the standard library's part; ``--not-capture`` prints kdumplab's analysis
+subpackages, which the hook leaves out.
 
 >>> names = save_packages()
 >>> "kdumplab" in names, "drgn" in names, "pandas" in names, "numpy" in names
