@@ -10,7 +10,7 @@ those are is read off what the save imports, not kept as a hand list. :func:`sav
    parts lazily), but not a package's ``__getattr__`` (the lazy hooks that keep numpy's API out of the save's
    way) and not kdumplab's analysis side (:data:`NOT_CAPTURE`);
 2. those modules imported as the save imports them, plus :data:`CLICK_PATH` (``--help`` and usage errors go to
-   click, which are printed once), the standard library names they import inside functions
+   click; both are printed once), the standard library names they import inside functions
    (:func:`stdlib_imports`; ``from package import name`` also reads the attribute, for a package whose
    ``__getattr__`` imports), and each page codec asked for (every one, or the configured one:
    :func:`configured_codecs`) made to compress a page (the codecs import their library on first use): the
@@ -192,8 +192,8 @@ def _probe(codecs: Sequence[str] | None = None) -> dict[str, list[str]]:
     if unknown:
         raise ValueError(f"unknown codec {unknown[0]!r} (known: {', '.join(CODECS)})")
     modules = [*capture_modules(), *CLICK_PATH]
-    done = subprocess.run([sys.executable, "-c", _PROBE, ",".join(codecs), *modules, *stdlib_imports(modules)], capture_output=True,
-                          text=True)
+    argv = [sys.executable, "-c", _PROBE, ",".join(codecs), *modules, *stdlib_imports(modules)]
+    done = subprocess.run(argv, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"importing the save's modules failed: {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -224,8 +224,8 @@ def save_packages(codecs: Sequence[str] | None = None) -> list[str]:
 
 def stdlib_files(codecs: Sequence[str] | None = None) -> list[str]:
     """The files of the standard library modules ``kdumplab save`` loads with ``codecs``, relative to the
-    standard library's directory (``sysconfig.get_paths()["stdlib"]``, where ``os`` is): what the kdump initrd keeps of it,
-    by the same probe as :func:`save_packages`. Those the interpreter loads at start (``encodings``,
+    standard library's directory (where ``os`` is): what the kdump initrd keeps of it, by the same probe as
+    :func:`save_packages`. Those the interpreter loads at start (``encodings``,
     ``site``...) are in it.
 
     >>> files = stdlib_files(["zstd"])
@@ -291,8 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     elif not argv:
         print("\n".join(save_packages(codecs)))
     else:
-        print(f"usage: python -m kdumplab.capture.initrd_imports [--stdlib | --copy-stdlib DEST | --not-capture] [--config PATH]",
-              file=sys.stderr)
+        print("usage: python -m kdumplab.capture.initrd_imports [--stdlib | --copy-stdlib DEST | --not-capture] "
+              "[--config PATH]", file=sys.stderr)
         return 2
     return 0
 
@@ -301,5 +301,5 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["CLICK_PATH", "ENTRY", "NOT_CAPTURE", "capture_modules", "configured_codecs", "copy_stdlib", "imported_names",
-           "save_packages", "stdlib_files", "stdlib_imports"]
+__all__ = ["CLICK_PATH", "ENTRY", "NOT_CAPTURE", "capture_modules", "configured_codecs", "copy_stdlib",
+           "imported_names", "save_packages", "stdlib_files", "stdlib_imports"]
