@@ -1,9 +1,10 @@
 """Measured reservation floors: the smallest ``crashkernel=`` a capture way was seen to save a dump with.
 
-``benchmarks/deploy.py --floors`` boots an installed Debian image (:mod:`kdumplab.testing.vm.deploy`) with a
+``benchmarks/deploy.py`` boots an installed Debian image (:mod:`kdumplab.testing.vm.deploy`) with a
 realistic 2 GiB workload and lowers ``crashkernel=`` in 16 MiB steps until the capture no longer saves the
-dump; the smallest size that saved it is the floor of that capture way on that suite, recorded with
-Debian's kdump-tools measured the same way beside it. The figures ship with the package in ``floors.json``
+dump (complete, the machine back up); the smallest size that saved it is the floor of that capture way on
+that suite, recorded with the size below that failed and why, and Debian's kdump-tools measured the same way
+in the same run. The figures ship with the package in ``floors.json``
 and ``kdumplab arm`` refuses only below them: an estimate is a guess, and refusing on a guess leaves a
 machine without a dump, so above the floor it arms and, near it, warns.
 
@@ -13,9 +14,9 @@ machine without a dump, so above the floor it arms and, near it, warns.
 >>> floor.floor_mib, floor.suite
 (176, 'trixie')
 >>> print(measured_floor("initrd", "x86_64", data={"floors": [
-...     {"capture": "initrd", "arch": "x86_64", "suite": "bookworm", "floor_mib": 160},
+...     {"capture": "initrd", "arch": "x86_64", "suite": "bookworm", "floor_mib": 160, "not_saved_at_mib": 144},
 ...     {"capture": "kdump-tools", "arch": "x86_64", "suite": "bookworm", "floor_mib": 144}]}).describe())
-capture = "initrd" saved a 2G realistic Debian bookworm guest with 160 MiB (benchmarks/deploy.py; Debian's kdump-tools needed 144 MiB on the same image)
+capture = "initrd" saved a 2G realistic Debian bookworm guest with 160 MiB, not with 144 MiB (benchmarks/deploy.py; Debian's kdump-tools needed 144 MiB on the same image)
 >>> measured_floor("rootfs", "x86_64", data={"floors": []}) is None
 True
 """
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: The shipped measurements (written by ``benchmarks/deploy.py --floors --write``).
+#: The shipped measurements (written by ``benchmarks/deploy.py --write``).
 FLOORS_FILE = Path(__file__).with_name("floors.json")
 
 #: A reservation less than this above the floor gets a warning: the measurement is of one workload.
@@ -49,14 +50,17 @@ class Floor:
     source: str = "benchmarks/deploy.py"
     #: Debian's kdump-tools' floor measured in the same run on the same suite (None when not measured)
     kdump_tools_mib: int | None = None
+    #: the size one step below the floor, which did not save (None when not recorded)
+    not_saved_at_mib: int | None = None
 
     def describe(self) -> str:
         """Where the figure comes from, for a message."""
         when = f", {self.measured}" if self.measured else ""
         anchor = (f"; Debian's kdump-tools needed {self.kdump_tools_mib} MiB on the same image"
                   if self.kdump_tools_mib else "")
+        below = f", not with {self.not_saved_at_mib} MiB" if self.not_saved_at_mib else ""
         return (f"capture = \"{self.capture}\" saved a {self.memory} {self.workload} Debian {self.suite} "
-                f"{self.release or 'guest'} with {self.floor_mib} MiB ({self.source}{when}{anchor})")
+                f"{self.release or 'guest'} with {self.floor_mib} MiB{below} ({self.source}{when}{anchor})")
 
 
 def load_floors(path: Path | None = None) -> dict[str, Any]:
@@ -81,6 +85,8 @@ def measured_floor(capture: str, arch: str, data: dict[str, Any] | None = None) 
         if item.get("capture") != capture or item.get("arch", "x86_64") != arch:
             continue
         known = {k: v for k, v in item.items() if k in Floor.__dataclass_fields__}  # more figures may be recorded
+        if isinstance(known.get("not_saved_at_mib"), list):  # older files listed every size that failed
+            known["not_saved_at_mib"] = max(known["not_saved_at_mib"], default=None)
         try:
             found.append(Floor(**{"source": source, "kdump_tools_mib": anchors.get(item.get("suite")), **known}))
         except TypeError:
