@@ -52,6 +52,14 @@ COMMANDS = {
     "demo": "demo:demo",
 }
 
+#: The packages of the extras (pyproject.toml's optional-dependencies) -> the extra that installs them: a command
+#: that needs one on a capture-only install (`pip install kdumplab`) says which extra to add, not a traceback.
+OPTIONAL_PACKAGES = {
+    **dict.fromkeys(("numpy", "drgn", "elftools", "pandas", "matplotlib", "rich"), "analysis"),
+    **dict.fromkeys(("jupyterlab", "papermill", "nbconvert", "nbclient", "ipykernel"), "notebook"),
+    **dict.fromkeys(("dask", "distributed", "pyarrow"), "fleet"),
+}
+
 
 def _one_line_warnings() -> None:
     """Print kdumplab's own warnings (a partial dump, an interrupted save) as one ``kdumplab: warning:`` line on
@@ -76,6 +84,19 @@ class _Group(click.Group):
         except KdumplabError as error:
             click.echo(f"kdumplab: error: {error}", err=True)
             sys.exit(getattr(error, "exit_code", 1))
+        except ModuleNotFoundError as error:
+            extra = OPTIONAL_PACKAGES.get((error.name or "").partition(".")[0])
+            if extra is None:
+                raise
+            click.echo(f"kdumplab: error: `kdumplab {ctx.invoked_subcommand}` needs kdumplab's {extra} extra (no module "
+                       f"{error.name.partition('.')[0]} here): pip install 'kdumplab[{extra}]'", err=True)
+            sys.exit(1)
+        except OSError as error:
+            if error.filename is None:
+                raise
+            # a file the command was given or writes, gone or unreadable: its name and the reason, no traceback
+            click.echo(f"kdumplab: error: {error.filename}: {error.strerror or error}", err=True)
+            sys.exit(1)
 
     def list_commands(self, ctx):
         # registration order, not alphabetical; commands added with add_command come after the lazy ones

@@ -47,6 +47,15 @@ class UnsupportedDumpError(DumpFormatError):
     """A valid file that kdumplab cannot read (another architecture, a format version not handled)."""
 
 
+class UnreadableFileError(KdumplabError):
+    """A file cannot be opened or read at all (missing, a directory, no permission): the message names it and the
+    system's reason, e.g. ``vmcore.1: cannot open: No such file or directory``."""
+
+    def __init__(self, path: str | os.PathLike, error: OSError):
+        self.path = os.fspath(path)
+        super().__init__(f"{self.path}: cannot open: {error.strerror or error}")
+
+
 class VmcoreinfoError(KdumplabError):
     """A VMCOREINFO key is missing or malformed: the message names the key."""
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple
 
-from kdumplab.errors import CorruptDumpError, KdumplabError, PartialDumpWarning, TruncatedDumpError
+from kdumplab.errors import CorruptDumpError, KdumplabError, PartialDumpWarning, TruncatedDumpError, UnreadableFileError
 from kdumplab.formats.notes import Note, PrStatus
 from kdumplab.formats.vmcoreinfo import VmcoreInfo
 
@@ -166,8 +166,11 @@ class DumpFile:
 def detect_format(path: str | os.PathLike) -> str:
     """``"elf"``, ``"kdump"`` or ``"flat"`` from the file's first bytes; CorruptDumpError for anything else."""
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        head = f.read(16)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as error:
+        raise UnreadableFileError(path, error) from error
     if head.startswith(ELF_MAGIC):
         return "elf"
     if head[:8] in (KDUMP_SIGNATURE, DISKDUMP_SIGNATURE):

@@ -30,7 +30,7 @@ import os
 import struct
 from typing import BinaryIO
 
-from kdumplab.errors import CorruptDumpError, TruncatedDumpError
+from kdumplab.errors import CorruptDumpError, TruncatedDumpError, UnreadableFileError
 
 FLAT_SIGNATURE = b"makedumpfile\0\0\0\0"
 FLAT_HEADER_SIZE = 4096
@@ -105,7 +105,11 @@ def reassemble_into(src: str | os.PathLike | BinaryIO, fd: int) -> tuple[int, Tr
     :class:`TruncatedDumpError` of a stream that ends before its end marker (what came before it is written:
     a partial dump, readable as such) or None. Bad records still raise :class:`CorruptDumpError`."""
     if isinstance(src, (str, os.PathLike)):
-        with open(src, "rb") as f:
+        try:
+            f = open(src, "rb")
+        except OSError as error:
+            raise UnreadableFileError(src, error) from error
+        with f:
             return _reassemble(f, os.fspath(src), fd)
     return _reassemble(src, getattr(src, "name", None) if isinstance(getattr(src, "name", None), str) else None, fd)
 
