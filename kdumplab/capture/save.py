@@ -778,7 +778,8 @@ def _save(dump: Any, source: str, dest: str, options: SaveOptions, progress: Pro
             else:
                 p.advance(verify_file(str(target.part_path), dump, plan, options.format, level,
                                       options.verify_samples))
-                final = target.commit()
+                # meta.json's directory fsync, right after, makes the rename durable too
+                final = target.commit(sync_dir=False)
                 meta["bytes"] = os.path.getsize(final)
     except BaseException as error:
         failure = _classify_error(error, target.describe())
@@ -801,7 +802,8 @@ def _save(dump: Any, source: str, dest: str, options: SaveOptions, progress: Pro
 
     meta.update(status="complete", exit_code=0, dump_file=final, timings=progress.timings,
                 seconds=round(time.perf_counter() - started, 3), peak_rss_kib=peak_rss_kib())
-    _write_meta(target, meta, progress)
+    if not _write_meta(target, meta, progress) and not remote:
+        target.sync_directory()  # the dump's rename, which meta.json's fsync would have made durable
     if options.keep and isinstance(target, LocalDirectory) and target.base is not None:
         from kdumplab.capture.retention import apply_retention
 
@@ -832,11 +834,14 @@ def _open_output(target: Target, dump: Any, plan: PagePlan, notes: bytes, option
     return _Output("kdump", writer, file, stream)
 
 
-def _write_meta(target: Target, meta: dict[str, Any], progress: Progress) -> None:
+def _write_meta(target: Target, meta: dict[str, Any], progress: Progress) -> bool:
+    """Write meta.json next to the dump (fsynced, its directory too); False, with a warning, when it cannot."""
     try:
         target.write_side("meta.json", (json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n").encode())
+        return True
     except (SaveError, OSError) as error:
         progress.log(f"warning: meta.json not written: {error}")
+        return False
 
 
 __all__ = ["SaveOptions", "SaveResult", "save", "fallback_chain", "verify_file", "verify_flat", "read_utsname",

@@ -98,6 +98,29 @@ def test_codecs_threads_give_identical_files(vmcore, tmp_path, codec):
     same_pages(vmcore, one.dump, range(0, 4096, 3))
 
 
+
+def test_save_fsyncs_the_dump_and_its_directory_last(vmcore, tmp_path, monkeypatch):
+    """Durability with as few journal commits as it takes: the dump file is fsynced before its rename, the
+    directory after the last rename (the dump's and meta.json's both), and the disk reserve never (it only holds
+    space until it is deleted)."""
+    synced: list[tuple[str, set[str]]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        synced.append((target, set(os.listdir(target)) if os.path.isdir(target) else set()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    result = save(str(vmcore), str(tmp_path / "out") + "/", SaveOptions(dump_level=31), quiet())
+    directory = result.directory
+    assert not any(path.endswith(".kdumplab.reserve") for path, _ in synced)
+    assert any(path.endswith("/.vmcore.part") for path, _ in synced)
+    last_path, listed = synced[-1]
+    assert last_path == directory and {"vmcore", "meta.json"} <= listed
+    # one for both renames (this synthetic vmcore has no kernel log, so no dmesg.txt and its own rename)
+    assert sum(path == directory for path, _ in synced) == 1
+
 def test_flat_is_makedumpfile_R_compatible(vmcore, tmp_path):
     kdump = save(str(vmcore), str(tmp_path / "v.kdump"), SaveOptions(dump_level=1, codec="lzo"), quiet()).dump
     flat = save(str(vmcore), str(tmp_path / "v.flat"), SaveOptions(dump_level=1, codec="lzo", format="flat"),

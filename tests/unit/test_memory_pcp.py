@@ -14,6 +14,7 @@ import pytest
 
 from kdumplab.errors import VmcoreinfoError
 from kdumplab.formats.vmcoreinfo import VmcoreInfo
+from kdumplab.memory.btf import _STRUCT as _STRUCT_KIND
 from kdumplab.memory.btf import Btf, build_btf
 from kdumplab.memory.kallsyms import Kallsyms
 from kdumplab.memory.pcp import _Layout, _Walker, pcp_list_orders
@@ -152,6 +153,36 @@ def test_btf_reader():
     with pytest.raises(VmcoreinfoError, match="not little-endian BTF"):
         Btf(b"\x9f\xeb" + bytes(30))
 
+
+
+def _with_bad_tail(blob: bytes, tail: bytes) -> bytes:
+    """``blob`` with ``tail`` appended to its type section (the header's type_len and str_off moved on)."""
+    hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from("<I4I", blob, 4)
+    types = blob[hdr_len + type_off:hdr_len + type_off + type_len]
+    strings = blob[hdr_len + str_off:hdr_len + str_off + str_len]
+    header = blob[:8] + struct.pack("<4I", 0, len(types) + len(tail), len(types) + len(tail), len(strings))
+    return header + types + tail + strings
+
+
+def test_btf_walks_only_as_far_as_asked():
+    """The type records are indexed only up to what a look-up needs: types before a damaged record are found,
+    with the same answers as from the whole blob, and the damage raises once a look-up reaches it."""
+    whole = Btf(build_btf(PCP_BTF))
+    unknown_kind = struct.pack("<3I", 0, 31 << 24, 0)  # kind 31: no such kind
+    btf = Btf(_with_bad_tail(build_btf(PCP_BTF), unknown_kind))
+    for struct_name, member in (("zone", "per_cpu_pageset"), ("per_cpu_pages", "count"), ("zone", "present_pages")):
+        assert btf.member(struct_name, member) == whole.member(struct_name, member)
+    assert btf.array_length("pglist_data", "node_zones") == 5
+    assert btf.enum_value("MIGRATE_PCPTYPES", "migratetype") == 3
+    assert len(btf._at) < 10  # the walk stopped at migratetype, before the damaged record
+    with pytest.raises(VmcoreinfoError, match="unknown kind 31"):
+        btf.has_member("next", "prev")  # a string but no struct: the walk goes to the end and meets the damage
+    with pytest.raises(VmcoreinfoError, match="unknown kind 31"):
+        btf.enum_value("NO_SUCH_ENUMERATOR")  # every enum: the whole section
+    overrun = Btf(_with_bad_tail(build_btf(PCP_BTF), struct.pack("<3I", 0, _STRUCT_KIND << 24 | 2, 4)))
+    assert overrun.size("zone") == 1536
+    with pytest.raises(VmcoreinfoError, match="overrun"):
+        overrun.type(99)
 
 def test_pcp_list_orders_refuses_an_unknown_layout():
     assert pcp_list_orders(13, 3, 9)[-2:] == [3, 9]
