@@ -62,6 +62,33 @@ def read_record(root: Path = Path("/")) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def first_kernel_view(record: dict[str, Any] | None, directory: Path | None, target_path: str) -> dict[str, Any] | None:
+    """``record`` with the paths the kdump initrd wrote (``dump``, ``directory``: under the mount point it gave
+    the target file system, ``mounted_at``) as the first kernel sees them: under ``directory``, where this kernel
+    has the configured target (``target_path`` on that file system); the initrd's own paths kept under
+    ``kdump_paths``. Unchanged when the save did not mount the target, or this kernel does not have it mounted.
+
+    >>> rec = {"dump": "/run/kdumplab/target/var/crash/d1/dump.0", "mounted_at": "/run/kdumplab/target"}
+    >>> first_kernel_view(rec, Path("/var/crash"), "/var/crash")["dump"]
+    '/var/crash/d1/dump.0'
+    >>> first_kernel_view(rec, Path("/srv/dumps/var/crash"), "var/crash")["dump"]
+    '/srv/dumps/var/crash/d1/dump.0'
+    """
+    if not record or not record.get("mounted_at") or directory is None:
+        return record
+    seen = Path(record["mounted_at"]) / target_path.strip("/")
+    view = dict(record)
+    moved = {}
+    for key in ("dump", "directory"):
+        value = record.get(key)
+        if isinstance(value, str) and Path(value).is_relative_to(seen):
+            view[key] = str(directory / Path(value).relative_to(seen))
+            moved[key] = value
+    if moved:
+        view["kdump_paths"] = moved
+    return view
+
+
 def _in_initramfs() -> bool:
     # initramfs-tools' and dracut's early userspace; the real root has neither
     return os.path.exists("/conf/initramfs.conf") or os.path.exists("/etc/initrd-release")
@@ -90,4 +117,4 @@ def record_outcome(outcome: dict[str, Any], echo=lambda message: None) -> None:
         echo(f"kdumplab save: cannot record the outcome for the first kernel: {error}")
 
 
-__all__ = ["RECORD", "read_record", "record_outcome", "root_spec", "write_record"]
+__all__ = ["RECORD", "first_kernel_view", "read_record", "record_outcome", "root_spec", "write_record"]

@@ -35,7 +35,7 @@ from kdumplab.capture.arm_root import meminfo, under
 from kdumplab.capture.arm_ssh import ssh_argv
 from kdumplab.capture.config import Config
 from kdumplab.capture.kexec import Runner, crash_loaded, lockdown
-from kdumplab.capture.last_capture import read_record
+from kdumplab.capture.last_capture import first_kernel_view, read_record
 from kdumplab.capture.reservation import check_reservation
 from kdumplab.capture.retention import list_dumps
 from kdumplab.capture.sysctl import PANIC_SYSCTLS, read_sysctls
@@ -262,12 +262,14 @@ def collect_status(config: Config, root: Path = Path("/"), runner: Runner | None
     if target.problem:
         problems.append(target.problem)
     dumps = []
+    directory = None
     if config.target.kind == "dir":
         from kdumplab.capture.mount import target_directory
 
         directory, _ = target_directory(config, root)
         dumps = [d.to_dict() for d in list_dumps(directory)[:last]] if directory is not None else []
-    last_capture = read_record(root)
+    # the kdump initrd recorded its own mount point's paths: shown as this kernel has them
+    last_capture = first_kernel_view(read_record(root), directory, config.target.path)
     if last_capture and last_capture.get("status") != "complete":
         problems.append(f"the last capture failed (exit status {last_capture.get('exit_code')}): "
                         f"{last_capture.get('error') or 'no reason recorded'}")

@@ -245,6 +245,7 @@ def run_save(source: str | None, dest: str | None, dump_level: int | None, codec
         with mount as base:
             if base is not None:
                 dest = os.path.join(base, cfg.target.path.strip("/"), "")
+                outcome["mounted_at"] = str(base)  # the first kernel's status shows the paths as it sees them
             result = do_save(source, dest, options, progress)
             outcome.update(dump=result.dump, directory=result.directory)
     except SaveError as error:

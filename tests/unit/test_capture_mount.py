@@ -98,15 +98,20 @@ def test_outcome_record_round_trip(tmp_path):
     assert root_spec("quiet") == (None, None)
 
 
+def _first_kernel(root):
+    """The /proc and /sys files collect_status reads, of an armed 2 GiB machine under ``root``."""
+    for name, text in {"proc/cmdline": "root=/dev/vda crashkernel=256M", "proc/meminfo": "MemTotal: 2097152 kB",
+                       "sys/kernel/kexec_crash_size": "268435456", "sys/kernel/kexec_crash_loaded": "1",
+                       "proc/iomem": ""}.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
 def test_status_reports_a_failed_capture(tmp_path):
     from kdumplab.capture.config import Config
     from kdumplab.capture.status import collect_status
 
-    for name, text in {"proc/cmdline": "root=/dev/vda crashkernel=256M", "proc/meminfo": "MemTotal: 2097152 kB",
-                       "sys/kernel/kexec_crash_size": "268435456", "sys/kernel/kexec_crash_loaded": "1",
-                       "proc/iomem": ""}.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
+    _first_kernel(tmp_path)
     write_record(tmp_path, {"status": "failed", "exit_code": 4, "error": "target file system UUID=x not found"})
     st = collect_status(Config(), tmp_path)
     assert st.last_capture["exit_code"] == 4
@@ -126,3 +131,21 @@ def test_kdump_initrd_is_stale_when_an_input_is_newer(tmp_path):
     assert stale_inputs(initrd, [kernel]) == []
     os.utime(kernel, (time.time() + 5, time.time() + 5))  # a kernel upgrade replaced the image
     assert stale_inputs(initrd, [kernel]) == [kernel]
+
+
+def test_status_shows_the_initrd_record_in_the_first_kernels_paths(tmp_path):
+    """The kdump initrd saved under its own mount point of the target (/run/kdumplab/target/var/crash/...);
+    the first kernel's status names the dump where this kernel has it, and keeps the initrd's paths apart."""
+    from kdumplab.capture.config import Config
+    from kdumplab.capture.status import collect_status
+
+    _first_kernel(tmp_path)
+    seen = "/run/kdumplab/target/var/crash/202612031800"
+    write_record(tmp_path, {"status": "complete", "exit_code": 0, "dump": f"{seen}/dump.202612031800",
+                            "directory": seen, "mounted_at": "/run/kdumplab/target"})
+    last = collect_status(Config(), tmp_path).last_capture
+    assert last["dump"] == str(tmp_path / "var/crash/202612031800/dump.202612031800")
+    assert last["directory"] == str(tmp_path / "var/crash/202612031800")
+    assert last["kdump_paths"]["dump"] == f"{seen}/dump.202612031800"
+    write_record(tmp_path, {"status": "complete", "exit_code": 0, "dump": "/var/crash/d/dump.0"})  # rootfs way
+    assert collect_status(Config(), tmp_path).last_capture["dump"] == "/var/crash/d/dump.0"

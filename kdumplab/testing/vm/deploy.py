@@ -121,6 +121,46 @@ class DeployResult:
         return path
 
 
+#: QEMU options and devices that would give the guest a way to the host: a shared directory (9p, virtiofs), a
+#: network card.
+HOST_OPTIONS = ("-virtfs", "-fsdev", "-netdev", "-nic", "-net")
+HOST_DEVICES = ("virtio-9p", "vhost-user-fs", "virtio-net", "e1000", "rtl8139")
+
+#: The virtio device ids a deployed guest may have: 0x0002, a block device (1 is a network card, 9 a 9p share,
+#: 0x001a virtiofs).
+GUEST_VIRTIO = {"0x0002"}
+
+
+def host_exposure(qemu_argv: list[list[str]], out: Path, report: dict[str, Any] | None) -> list[str]:
+    """What of the host a deployed guest could see, read off its QEMU command lines (every boot's) and off what
+    the guest itself reported after the reboot (its mounts, its virtio devices); empty when it had its own disk
+    images under ``out`` and a serial console only. Each entry says what and where.
+
+    >>> host_exposure([["qemu-system-x86_64", "-virtfs", "local,path=/,mount_tag=host"]], Path("/o"), None)
+    ["boot 1: QEMU option '-virtfs' (local,path=/,mount_tag=host)", 'boot 1: no disk image under /o']
+    """
+    found: list[str] = []
+    for boot, argv in enumerate(qemu_argv, 1):
+        for i, arg in enumerate(argv):
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+            if arg in HOST_OPTIONS or (arg == "-device" and value.startswith(HOST_DEVICES)):
+                found.append(f"boot {boot}: QEMU option {arg!r} ({value})")
+        drives = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-drive"]
+        if not drives:
+            found.append(f"boot {boot}: no disk image under {out}")
+        found += [f"boot {boot}: a drive outside {out}: {d}" for d in drives if not d.startswith(f"file={out}/")]
+    if report is not None:
+        for line in str(report.get("mounts", "")).splitlines():
+            fields = line.split()
+            if len(fields) > 2 and fields[2] in ("9p", "virtiofs", "nfs", "nfs4", "cifs", "fuse.sshfs"):
+                found.append(f"guest mount: {line}")
+        devices = set(str(report.get("virtio_devices", "")).split())
+        if not devices:
+            found.append("the guest reported no virtio device (not even its disk)")
+        found += [f"guest virtio device {d}" for d in sorted(devices - GUEST_VIRTIO)]
+    return found
+
+
 # -- the disk image, read and written without mounting it -------------------------------------------------------
 
 def debugfs(image: Path, *commands: str, write: bool = False) -> str:
@@ -404,4 +444,4 @@ def _collect(out: Path, disk: Path, result: DeployResult, say: Callable[[str], N
 
 
 __all__ = ["CAPTURES", "DeployResult", "DeployTimeouts", "FAULTS", "copy_tree", "debugfs", "deploy_vm",
-           "read_file", "write_file"]
+           "host_exposure", "read_file", "write_file"]
