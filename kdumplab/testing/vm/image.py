@@ -221,6 +221,22 @@ def _name(requirement: str) -> str:
     return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].strip().lower()
 
 
+#: What the wheel is built from: pyproject.toml names the readme and the data files (capture assets, notebooks).
+SOURCE_FILES = ("pyproject.toml", "README.md", "LICENSE", "setup.py", "setup.cfg", "MANIFEST.in")
+SOURCE_DIRS = ("kdumplab", "capture", "notebooks")
+
+
+def _source_copy(checkout: Path, dest: Path) -> None:
+    """The checkout's files that go into kdumplab's wheel, copied to ``dest`` (no build/, caches or bytecode)."""
+    for name in SOURCE_FILES:
+        if (checkout / name).is_file():
+            shutil.copy2(checkout / name, dest / name)
+    for name in SOURCE_DIRS:
+        if (checkout / name).is_dir():
+            shutil.copytree(checkout / name, dest / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.o", "*.egg-info"))
+
+
 @dataclass
 class Wheelhouse:
     """Wheels for the guest's Python: ``directory`` holds kdumplab's and its dependencies'; ``debian`` the
@@ -244,8 +260,12 @@ def wheelhouse(python: str, say: Callable[[str], None] = _say) -> Wheelhouse:
             scratch = Path(tempfile.mkdtemp(dir=base.parent if base.parent.exists() else None))
             base.mkdir(parents=True, exist_ok=True)
             say(f"building kdumplab's wheel from {checkout_root()}")
-            _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(scratch), str(checkout_root())],
-                 "pip wheel kdumplab", cwd=scratch)
+            with tempfile.TemporaryDirectory(prefix="kdumplab-src-") as source:
+                # from a copy: setuptools' build/ in the checkout keeps files across builds (one cut short left
+                # an empty module that later wheels took as up to date)
+                _source_copy(checkout_root(), Path(source))
+                _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(scratch), source],
+                     "pip wheel kdumplab", cwd=scratch)
             shutil.rmtree(own, ignore_errors=True)
             scratch.rename(own)
         wheel = next(own.glob("kdumplab-*.whl"))
