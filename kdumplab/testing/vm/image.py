@@ -400,6 +400,10 @@ else
     printf '#!/bin/sh\nexit 1\n' > "$R/tmp/not-chroot/ischroot"; chmod 755 "$R/tmp/not-chroot/ischroot"
     chroot "$R" env PATH=/tmp/not-chroot:/usr/sbin:/usr/bin:/sbin:/bin /etc/kernel/postinst.d/kdump-tools "$RELEASE"
     rm -rf "$R/tmp/not-chroot"
+    # kdump-config load rebuilds the initrd when /etc/kdump/sysctl.conf differs from the copy it keeps of the last
+    # one it built with (none on a machine never booted: 2 minutes of every boot under TCG); a server has booted
+    # before its crash, so the image holds the copy its first boot would have made
+    [ -f "$R/etc/kdump/sysctl.conf" ] && cp "$R/etc/kdump/sysctl.conf" "$R/var/lib/kdump/latest_sysctls-$RELEASE"
     stat -c %s "$R/var/lib/kdump/initrd.img-$RELEASE" > "$R/var/lib/kdumplab-vmtest/initrd-bytes"
 fi
 echo "$RELEASE" > "$R/var/lib/kdumplab-vmtest/release"
