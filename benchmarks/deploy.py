@@ -33,6 +33,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 import zlib
@@ -301,27 +302,55 @@ def write_floors(data: dict) -> None:
         old = json.loads(FLOORS.read_text())
     except (OSError, ValueError):
         old = {}
-    measured = {(r["suite"], r["capture"]) for r in data["results"] if r["floor_mib"]}
-    floors = [item for item in old.get("floors", []) if (item.get("suite"), item.get("capture")) not in measured]
+    done = [r for r in data["results"] if r["at_floor"] and r["below"] and not r["below"]["saved"]]
     for r in data["results"]:
+        if r not in done:
+            print(f"{r['suite']} {r['capture']}: no floor (no size saved with the one {data['step_mib']} MiB below "
+                  f"failing): floors.json keeps what it had")
+    measured = {(r["suite"], r["capture"]) for r in done}
+    floors = [item for item in old.get("floors", []) if (item.get("suite"), item.get("capture")) not in measured]
+    for r in done:
         f, b = r["at_floor"], r["below"]
-        if not f:
-            continue
         floors.append({
             "capture": r["capture"], "arch": "x86_64", "suite": r["suite"], "release": f["release"],
             "floor_mib": f["mib"], "memory": data["memory"], "workload": data["workload"],
             "measured": data["started"][:10], "panic_to_saved": f["panic_to_saved"], "panic_to_up": f["panic_to_up"],
             "initrd_bytes": f["initrd_bytes"], "initrd_unpacked_bytes": f["initrd_unpacked_bytes"],
             "dump_bytes": f["dump_bytes"], "kdump_available_kib": f["kdump_available_kib"],
-            "not_saved_at_mib": b["mib"] if b and not b["saved"] else None,
-            "why": b.get("why") if b and not b["saved"] else None,
+            "not_saved_at_mib": b["mib"], "why": b["why"],
             "host_load": [min(f["load_before"][0], f["load_after"][0]), max(f["load_before"][0], f["load_after"][0])],
-            "guest": data["guest"], "run": data["command"]})
-    source = f"benchmarks/deploy.py under QEMU {data['accel'].upper()}" if data.get("accel") else "benchmarks/deploy.py"
+            "guest": data.get("guest") or _guest(data), "run": data["command"]
+            + (f" (checkout {data['commit']})" if data.get("commit") else "")})
+    accel = data.get("accel") or _accel(data["probes"])
+    source = f"benchmarks/deploy.py under QEMU {accel.upper()}" if accel else "benchmarks/deploy.py"
     FLOORS.write_text(json.dumps({"source": source,
                                   "floors": sorted(floors, key=lambda i: (i["suite"], i["capture"]))}, indent=2)
                       + "\n")
     print(f"wrote {FLOORS}")
+
+
+def _accel(probes: list[dict]) -> str | None:
+    """The accelerator the probes' guests ran under (vm.json's ``accel``)."""
+    return next((json.loads((Path(p["out"]) / "vm.json").read_text()).get("accel")
+                 for p in probes if (Path(p["out"]) / "vm.json").exists()), None)
+
+
+def _guest(data: dict) -> str:
+    return (f"QEMU {data.get('accel') or _accel(data['probes'])}, {data['memory']} guest, {data['workload']} "
+            f"workload, the installed Debian image of kdumplab vm image; host {data.get('host_cpus')} CPUs shared")
+
+
+def _commit() -> str | None:
+    """The measured checkout's commit, with ``+changes`` when its kdumplab/ differs from it."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "kdumplab", "capture"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if dirty else "")
 
 
 def _per_way(items: list[str], default: dict[str, int]) -> dict[str, int]:
@@ -373,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     data = {"command": "benchmarks/deploy.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
             "started": _now(), "memory": args.memory, "workload": args.workload, "step_mib": args.step,
-            "host_cpus": os.cpu_count(), "probes": [], "results": []}
+            "commit": _commit(), "host_cpus": os.cpu_count(), "probes": [], "results": []}
     searches = [Search(s, c, given.get(c) or _recorded_start(s, c) or DEFAULT_START[c], args.step, args.low, args.high)
                 for s in suites for c in captures]
     while any(search.next is not None for search in searches):
@@ -386,10 +415,8 @@ def main(argv: list[str] | None = None) -> int:
             data["results"] = [s.result() for s in searches]
             (out / "deploy-bench.json").write_text(json.dumps(data, indent=2) + "\n")
     data["finished"] = _now()
-    data["accel"] = next((json.loads((Path(p["out"]) / "vm.json").read_text()).get("accel")
-                          for p in data["probes"] if (Path(p["out"]) / "vm.json").exists()), None)
-    data["guest"] = (f"QEMU {data['accel']}, {args.memory} guest, {args.workload} workload, the installed Debian image "
-                     f"of kdumplab vm image; host {os.cpu_count()} CPUs shared")
+    data["accel"] = _accel(data["probes"])
+    data["guest"] = _guest(data)
     (out / "deploy-bench.json").write_text(json.dumps(data, indent=2) + "\n")
     markdown = table(data["results"], data["probes"])
     (out / "deploy-bench.md").write_text(markdown)
