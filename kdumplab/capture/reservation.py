@@ -53,7 +53,7 @@ GiB = 1 << 30
 
 #: Memory the capture itself may use in the kdump kernel (windows of struct pages, the compression queue).
 CAPTURE_BYTES = 64 * MiB
-#: The kdump kernel's own running memory beyond its image: page tables, slab, udev, systemd, a Python with numpy.
+#: The kdump kernel's own running memory beyond its image: page tables, slab, udev, systemd, a Python with the codecs.
 BASE_BYTES = 96 * MiB
 # Unpacked sizes relative to the files in /boot: a compressed bzImage is roughly a quarter of the running
 # kernel (text, data, bss), and an initramfs is unpacked into tmpfs and kept there.

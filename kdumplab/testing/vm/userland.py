@@ -4,7 +4,7 @@ The lab rig's steps run chrooted into a root filesystem shared over 9p: for a gu
 architecture that is the host's root, where the checkout's Python and kdumplab run with the host's paths. An
 arm64 guest cannot run the host's amd64 programs, so it gets its own root instead: Debian (:data:`SUITE`) for
 arm64, cached under ``~/.cache/kdumplab/userland/<suite>-<arch>/root``. It holds Debian's Python and the
-libraries kdumplab's capture side imports (numpy, zstandard, lzo, click, rich, pyelftools), kexec-tools,
+libraries kdumplab's capture side imports (zstandard, lzo, cramjam, click: its install without extras), kexec-tools,
 makedumpfile, a static busybox (which the initramfs takes) and the tools the realistic workload runs; the guest
 runs the checkout's kdumplab with that Python (``PYTHONPATH`` names the checkout, bound into the root from the
 host).
@@ -128,7 +128,7 @@ def complete_extracted(root: Path) -> None:
 
 
 def base_requirements() -> list[str]:
-    """kdumplab's own dependencies (no extras), as installed: ``["numpy>=1.26", ...]``."""
+    """kdumplab's own dependencies (no extras), as installed: ``["zstandard>=0.22", ...]``."""
     from importlib.metadata import requires
 
     return [r for r in requires("kdumplab") or [] if "extra ==" not in r]
